@@ -1,0 +1,41 @@
+# gitferry — the commands a newcomer (and CI) runs. `make test` is what `.ci/run` calls.
+#
+#   make demo     run the main job: mirror a generated repository through a local git daemon
+#   make test     install what the tests need, then build and run every test of the workspace
+#   make bench    compare `gitferry mirror` with the git CLI on a generated repository
+#   make lint     clippy with warnings as errors
+SHELL := /bin/bash
+CARGO ?= cargo
+export CARGO_TERM_COLOR ?= never
+
+.PHONY: test deps build demo bench lint fmt
+
+## Tools the tests need that a fresh machine may lack. The git CLI is the tests' independent
+## reference (git daemon, git http-backend, git fsck); the product itself never runs git.
+deps:
+	@if [ ! -x "$$(git --exec-path 2>/dev/null)/git-http-backend" ] || [ ! -x "$$(git --exec-path)/git-daemon" ]; then \
+	  echo "installing git (with daemon and http-backend) from Debian"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq git; \
+	fi
+	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs)"; exit 1; }
+
+build:
+	$(CARGO) build --workspace --bins
+
+## The CLI binary is built first: end-to-end tests run it as a user would.
+test: deps
+	$(CARGO) build --workspace --bins
+	$(CARGO) test --workspace --no-fail-fast
+
+demo: build
+	bash infra/local/demo.sh
+
+bench:
+	bash bench/mirror.sh
+
+lint:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all

@@ -1,0 +1,207 @@
+//! The git engine's one error type, and how errors from gix are classified.
+//!
+//! Every error is either *transient* (worth retrying: network trouble, server 5xx, timeouts,
+//! a remote that died mid-transfer) or *permanent* (retrying cannot help: bad URL, auth
+//! refused, repository not found, invalid refs). Callers decide retries from
+//! [`Error::is_transient`] alone. Messages never contain credentials: remotes are shown by their
+//! redacted URL and text from elsewhere is scrubbed (see [`super::remote::scrub`]).
+
+use super::remote::{Remote, scrub};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid remote {url}: {reason}")]
+    InvalidUrl { url: String, reason: String },
+
+    #[error("invalid ref pattern {pattern:?}: {reason}")]
+    InvalidRefPattern { pattern: String, reason: String },
+
+    #[error("refusing ref {name:?} advertised by the remote: {reason}")]
+    InvalidRefName { name: String, reason: String },
+
+    #[error("{remote}: authentication failed ({message})")]
+    Auth { remote: String, message: String },
+
+    #[error("{remote}: repository not found or not readable ({message})")]
+    NotFound { remote: String, message: String },
+
+    /// Could not reach the remote, or the connection failed mid-way (refused, reset, timeout,
+    /// DNS, HTTP 5xx/429): transient.
+    #[error("{remote}: network error ({message})")]
+    Network { remote: String, message: String },
+
+    /// The remote answered, but not in a way we can use (protocol error, unexpected HTTP
+    /// status, unsupported server). Transient unless the server said something definitive.
+    #[error("{remote}: {message}")]
+    Remote {
+        remote: String,
+        message: String,
+        transient: bool,
+    },
+
+    /// The target could not unpack what we sent (`unpack <reason>` in report-status).
+    #[error("{remote}: the remote failed to unpack the pushed objects ({message})")]
+    Unpack { remote: String, message: String },
+
+    /// The local (cache or local-path) repository could not be read or written.
+    #[error("local repository {path}: {message}")]
+    Local { path: String, message: String },
+
+    #[error("interrupted")]
+    Interrupted,
+}
+
+/// Retry classification.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorClass {
+    Transient,
+    Permanent,
+}
+
+impl Error {
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Network { .. } | Error::Unpack { .. } | Error::Interrupted => true,
+            Error::Remote { transient, .. } => *transient,
+            Error::InvalidUrl { .. }
+            | Error::InvalidRefPattern { .. }
+            | Error::InvalidRefName { .. }
+            | Error::Auth { .. }
+            | Error::NotFound { .. }
+            | Error::Local { .. } => false,
+        }
+    }
+
+    pub fn class(&self) -> ErrorClass {
+        if self.is_transient() { ErrorClass::Transient } else { ErrorClass::Permanent }
+    }
+
+    pub(crate) fn local(path: &std::path::Path, message: impl std::fmt::Display) -> Error {
+        Error::Local {
+            path: path.display().to_string(),
+            message: message.to_string(),
+        }
+    }
+
+    /// Classify an error from gix's network stack talking to `remote`. `context` says what we
+    /// were doing ("fetch", "push", "list refs").
+    pub(crate) fn from_gix(remote: &Remote, context: &str, err: &gix::Error) -> Error {
+        let message = scrub(&format!("{context}: {}", chain(err)), remote);
+        let name = remote.to_string();
+        if err.is_cancelled() {
+            return Error::Interrupted;
+        }
+        if err.is_unauthenticated() || err.is_permission_denied() {
+            return Error::Auth { remote: name, message };
+        }
+        if let Some(client) = err.downcast_any_ref::<gix::protocol::transport::client::Error>() {
+            use gix::protocol::transport::client::Error as C;
+            if matches!(client, C::AuthenticationRefused(_) | C::AuthenticationUnsupported) {
+                return Error::Auth { remote: name, message };
+            }
+        }
+        if let Some(status) = http_status(err) {
+            return match status {
+                401 | 403 => Error::Auth { remote: name, message },
+                404 | 410 => Error::NotFound { remote: name, message },
+                408 | 429 | 500..=599 => Error::Network { remote: name, message },
+                _ => Error::Remote { remote: name, message, transient: false },
+            };
+        }
+        if is_not_found_text(&message) || err.is_not_found() {
+            return Error::NotFound { remote: name, message };
+        }
+        if err.can_retry_lenient() {
+            return Error::Network { remote: name, message };
+        }
+        if err.is_unsupported() || err.is_validation() {
+            return Error::Remote { remote: name, message, transient: false };
+        }
+        // Unknown: protocol hiccups (truncated streams, unexpected EOF) are usually a dying
+        // connection; let the queue retry them rather than giving up on the mirror.
+        Error::Remote { remote: name, message, transient: true }
+    }
+
+    /// Classify an I/O error that happened while talking to `remote`.
+    pub(crate) fn from_io(remote: &Remote, context: &str, err: &std::io::Error) -> Error {
+        use std::io::ErrorKind as K;
+        let message = scrub(&format!("{context}: {}", chain(err)), remote);
+        let name = remote.to_string();
+        if let Some(status) = http_status_in_text(&message) {
+            return match status {
+                401 | 403 => Error::Auth { remote: name, message },
+                404 | 410 => Error::NotFound { remote: name, message },
+                408 | 429 | 500..=599 => Error::Network { remote: name, message },
+                _ => Error::Remote { remote: name, message, transient: false },
+            };
+        }
+        match err.kind() {
+            K::PermissionDenied => Error::Auth { remote: name, message },
+            K::NotFound => Error::NotFound { remote: name, message },
+            _ if is_not_found_text(&message) => Error::NotFound { remote: name, message },
+            _ => Error::Network { remote: name, message },
+        }
+    }
+}
+
+/// The whole cause chain of an error on one line (each cause once).
+pub(crate) fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !text.is_empty() && !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+fn http_status(err: &gix::Error) -> Option<u16> {
+    err.iter_errors()
+        .find_map(|e| http_status_in_text(&e.to_string()))
+        .or_else(|| http_status_in_text(&chain(err)))
+}
+
+fn http_status_in_text(text: &str) -> Option<u16> {
+    let rest = &text[text.find("Received HTTP status ")? + "Received HTTP status ".len()..];
+    rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+}
+
+/// How git daemon and friends say "no such repository".
+fn is_not_found_text(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("repository not exported")
+        || m.contains("no such repository")
+        || m.contains("does not appear to be a git repository")
+        || m.contains("repository not found")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_status_parsing() {
+        assert_eq!(http_status_in_text("x: Received HTTP status 503 (bad)"), Some(503));
+        assert_eq!(http_status_in_text("Received HTTP status 404"), Some(404));
+        assert_eq!(http_status_in_text("nothing"), None);
+    }
+
+    #[test]
+    fn classes() {
+        let r = Remote::parse("https://u:pw12345@h/r").unwrap();
+        let e = Error::from_io(
+            &r,
+            "push",
+            &std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by https://u:pw12345@h/r"),
+        );
+        assert!(e.is_transient());
+        assert!(!e.to_string().contains("pw12345"), "{e}");
+        let e = Error::from_io(&r, "push", &std::io::Error::other("Received HTTP status 401"));
+        assert!(matches!(e, Error::Auth { .. }) && !e.is_transient());
+    }
+}

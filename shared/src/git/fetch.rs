@@ -1,0 +1,178 @@
+//! Mirror fetch into the bare cache: every selected ref forced to the source's value, refs the
+//! source no longer has pruned, `HEAD` following the source's default branch.
+//!
+//! gix's fetch writes creates and updates (refspecs `+P:P` for each include pattern, `^P` for
+//! each exclude, no implicit tag following) but never prunes; pruning is a second ref
+//! transaction, run only after a successful fetch and only against the refs the source
+//! advertised in that same conversation. What changed is computed by comparing the cache's refs
+//! before and after ([`super::refs::diff`]), which stays true whichever way the refs moved.
+
+use std::sync::atomic::AtomicBool;
+
+use gix::remote::Direction;
+use gix::remote::fetch::Tags;
+
+use super::refs::{self, RefDelta, RefPatterns, RefState};
+use super::remote::{Location, Remote};
+use super::repo::{self, LocalUpdate};
+use super::{Error, local, lsremote, transport};
+
+/// How to fetch.
+#[derive(Clone, Debug)]
+pub struct FetchOptions {
+    pub refs: RefPatterns,
+    /// Delete cache refs (matching the patterns) that the source no longer has.
+    pub prune: bool,
+}
+
+impl Default for FetchOptions {
+    fn default() -> Self {
+        FetchOptions {
+            refs: RefPatterns::default(),
+            prune: true,
+        }
+    }
+}
+
+/// What a fetch did.
+#[derive(Clone, Debug, Default)]
+pub struct FetchOutcome {
+    /// How the cache's refs changed (created / updated / forced / deleted).
+    pub deltas: Vec<RefDelta>,
+    /// The source's refs (selected by the patterns) as advertised during this fetch.
+    pub source: RefState,
+    /// Objects and bytes of the pack received (0 when nothing was needed).
+    pub objects: u64,
+    pub bytes: u64,
+}
+
+/// Fetch `remote` into the bare repository `cache` as a mirror.
+pub fn mirror_fetch(
+    cache: &gix::Repository,
+    remote: &Remote,
+    options: &FetchOptions,
+    interrupt: &AtomicBool,
+) -> Result<FetchOutcome, Error> {
+    let before = repo::read_refs(cache, &options.refs)?;
+    let (source, objects, bytes) = match remote.location() {
+        Location::Local(path) => fetch_local(cache, remote, path, &before, &options.refs, interrupt)?,
+        Location::Network(url) => fetch_network(cache, remote, url, &options.refs, interrupt)?,
+    };
+
+    // Prune (and point HEAD like the source) in one transaction, compare-and-swap on each ref.
+    let current = repo::read_refs(cache, &options.refs)?;
+    let prunes: Vec<LocalUpdate> = if options.prune {
+        current
+            .refs
+            .iter()
+            .filter(|(name, _)| !source.refs.contains_key(*name))
+            .map(|(name, t)| LocalUpdate {
+                name: name.clone(),
+                old: Some(t.id),
+                new: None,
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    repo::apply_ref_updates(cache, &prunes, source.head.as_deref(), "gitferry: prune")?;
+
+    let after = if prunes.is_empty() { current } else { repo::read_refs(cache, &options.refs)? };
+    let deltas = refs::diff(&before.ids(), &after.ids(), |old, new| {
+        repo::is_ancestor(cache, old, new)
+    });
+    Ok(FetchOutcome {
+        deltas,
+        source,
+        objects,
+        bytes,
+    })
+}
+
+fn fetch_network(
+    cache: &gix::Repository,
+    remote: &Remote,
+    url: &gix::Url,
+    patterns: &RefPatterns,
+    interrupt: &AtomicBool,
+) -> Result<(RefState, u64, u64), Error> {
+    let gix_err = |e: gix::Error| Error::from_gix(remote, "fetch", &e);
+    let specs: Vec<String> = patterns
+        .include
+        .iter()
+        .map(|p| format!("+{p}:{p}"))
+        .chain(patterns.exclude.iter().map(|p| format!("^{p}")))
+        .collect();
+    let r = cache
+        .remote_at(url.clone())
+        .map_err(gix_err)?
+        .with_refspecs(specs.iter().map(String::as_str), Direction::Fetch)
+        .map_err(gix_err)?
+        .with_fetch_tags(Tags::None);
+    let t = transport::open(remote, gix::protocol::transport::Protocol::V2)?;
+    let mut connection = r.to_connection_with_transport(t).with_credentials(|_| Ok(None));
+    if remote.is_http() {
+        connection = connection.with_transport_options(transport::http_options());
+    }
+    // Ask the server only for our prefixes, unless a pattern has no usable literal prefix
+    // (e.g. `refs/*`): a literal `ref-prefix refs/*` would match nothing.
+    let prefix_filter = patterns.prefixes().iter().all(|p| p.len() > "refs/".len());
+    let prepare = connection
+        .prepare_fetch(
+            gix::progress::Discard,
+            gix::remote::ref_map::Options {
+                prefix_from_spec_as_filter_on_remote: prefix_filter,
+                ..Default::default()
+            },
+        )
+        .map_err(gix_err)?;
+    // With the prefix filter HEAD is not listed: `head` stays None and the cache's HEAD is kept.
+    let source = lsremote::ref_state_from_advertisement(&prepare.ref_map().remote_refs, patterns)?;
+    if prepare.ref_map().mappings.is_empty() {
+        // Nothing on the source matches (e.g. an empty repository): nothing to receive.
+        return Ok((source, 0, 0));
+    }
+    let outcome = prepare.receive(gix::progress::Discard, interrupt).map_err(gix_err)?;
+    let (objects, bytes) = match &outcome.status {
+        gix::remote::fetch::Status::Change { write_pack_bundle, .. } => (
+            u64::from(write_pack_bundle.index.num_objects),
+            write_pack_bundle
+                .data_path
+                .as_ref()
+                .and_then(|p| std::fs::metadata(p).ok())
+                .map_or(0, |m| m.len()),
+        ),
+        _ => (0, 0),
+    };
+    Ok((source, objects, bytes))
+}
+
+fn fetch_local(
+    cache: &gix::Repository,
+    remote: &Remote,
+    path: &std::path::Path,
+    before: &RefState,
+    patterns: &RefPatterns,
+    interrupt: &AtomicBool,
+) -> Result<(RefState, u64, u64), Error> {
+    let src = repo::open(path).map_err(|e| lsremote::not_found_if_missing(remote, path, e))?;
+    let source = repo::read_refs(&src, patterns)?;
+    let tips: Vec<_> = source.refs.values().map(|t| t.id).collect();
+    let haves: Vec<_> = before.refs.values().map(|t| t.id).collect();
+    let stats = local::copy_objects(&src, cache, &tips, &haves, interrupt).map_err(|e| Error::Local {
+        path: remote.to_string(),
+        message: e.to_string(),
+    })?;
+    let updates: Vec<LocalUpdate> = source
+        .refs
+        .iter()
+        .filter(|(name, t)| before.refs.get(*name).map(|b| b.id) != Some(t.id))
+        .map(|(name, t)| LocalUpdate {
+            name: name.clone(),
+            old: before.refs.get(name).map(|b| b.id),
+            new: Some(t.id),
+        })
+        .collect();
+    repo::apply_ref_updates(cache, &updates, None, "gitferry: fetch")?;
+    Ok((source, stats.objects, stats.bytes))
+}

@@ -1,0 +1,76 @@
+//! Moving objects between two repositories on this machine without spawning git.
+//!
+//! The source side generates a pack of exactly what the destination lacks ([`super::pack`]); a
+//! second thread indexes it straight into the destination's `objects/pack` through a pipe, so
+//! the pack is never held in memory or written twice.
+
+use std::io::BufReader;
+use std::sync::atomic::AtomicBool;
+
+use gix::ObjectId;
+
+use super::pack::{self, PackError, PackStats};
+
+/// Why copying objects failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    #[error("generating pack: {0}")]
+    Pack(#[from] PackError),
+    #[error("indexing pack into {path}: {message}")]
+    Index { path: String, message: String },
+}
+
+/// Copy the objects reachable from `tips` but not from `haves` from `src` into `dst`.
+/// Returns what was transferred; copies nothing when `dst` already has every tip.
+pub fn copy_objects(
+    src: &gix::Repository,
+    dst: &gix::Repository,
+    tips: &[ObjectId],
+    haves: &[ObjectId],
+    interrupt: &AtomicBool,
+) -> Result<PackStats, CopyError> {
+    let wanted: Vec<ObjectId> = tips.iter().copied().filter(|t| !dst.has_object(t)).collect();
+    if wanted.is_empty() {
+        return Ok(PackStats::default());
+    }
+    let pack_dir = dst.objects.store_ref().path().join("pack");
+    let hash = dst.object_hash();
+    let (reader, mut writer) = std::io::pipe().map_err(|e| CopyError::Index {
+        path: pack_dir.display().to_string(),
+        message: e.to_string(),
+    })?;
+    std::thread::scope(|s| {
+        let indexer = s.spawn(|| {
+            let mut input = BufReader::with_capacity(1 << 16, reader);
+            gix_pack::Bundle::write_to_directory(
+                &mut input,
+                Some(&pack_dir),
+                &mut gix::progress::Discard,
+                interrupt,
+                None::<gix::objs::find::Never>,
+                hash,
+                gix_pack::bundle::write::Options {
+                    thread_limit: None,
+                    iteration_mode: gix_pack::data::input::Mode::Verify,
+                    index_version: gix_pack::index::Version::V2,
+                    alloc_limit_bytes: None,
+                    compression: gix::zlib::Compression::BEST_SPEED,
+                },
+            )
+        });
+        let written = pack::write_pack(src, &wanted, haves, true, &mut writer, interrupt);
+        drop(writer); // EOF for the indexer, whether or not the pack is complete
+        let indexed = indexer.join().expect("indexer thread does not panic");
+        let stats = written?;
+        let mut outcome = indexed.map_err(|e| CopyError::Index {
+            path: pack_dir.display().to_string(),
+            message: super::error::chain(&e),
+        })?;
+        // Our refs will point into this pack right away; gc never runs concurrently on a
+        // mirror's repositories, so the .keep guard is not needed.
+        if let Some(keep) = outcome.keep_path.take() {
+            let _ = std::fs::remove_file(keep);
+        }
+        Ok(stats)
+    })
+}

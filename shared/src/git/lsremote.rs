@@ -1,0 +1,94 @@
+//! `ls-remote`: what a remote has, without fetching anything.
+//!
+//! Over the network this is one handshake plus (protocol v2) one `ls-refs` limited to the
+//! prefixes the mirror cares about (so a GitHub repository's thousands of `refs/pull/*` are not
+//! even listed); local repositories are read directly.
+
+use gix::protocol::handshake::Ref;
+use gix::protocol::transport::{Protocol, Service};
+
+use super::refs::{RefPatterns, RefState, RefTarget, validate_ref_name};
+use super::remote::{Location, Remote};
+use super::{Error, repo, transport};
+
+/// List the refs of `remote` that `patterns` select, with peeled tags and the HEAD symref.
+pub fn ls_remote(remote: &Remote, patterns: &RefPatterns) -> Result<RefState, Error> {
+    match remote.location() {
+        Location::Local(path) => {
+            let r = repo::open(path).map_err(|e| not_found_if_missing(remote, path, e))?;
+            repo::read_refs(&r, patterns)
+        }
+        Location::Network(_) => {
+            let mut t = transport::open(remote, Protocol::V2)?;
+            let gix_err = |e: gix::Error| Error::from_gix(remote, "list refs", &e);
+            let mut handshake = gix::protocol::handshake(
+                &mut t,
+                Service::UploadPack,
+                |_| Ok(None),
+                Vec::new(),
+                &mut gix::progress::Discard,
+            )
+            .map_err(gix_err)?;
+            let refs = match handshake.refs.take() {
+                Some(v1_refs) => v1_refs,
+                None => {
+                    let mut prefixes = gix::protocol::ls_refs::RefPrefixes::new();
+                    prefixes.extend(patterns.prefixes().into_iter().map(Into::into));
+                    prefixes.extend(["HEAD".into()]);
+                    let refs = gix::protocol::LsRefsCommand::new(
+                        Some(prefixes),
+                        &handshake.capabilities,
+                        ("agent", Some(gix::protocol::agent(transport::AGENT))),
+                    )
+                    .invoke_blocking(&mut t, &mut gix::progress::Discard, false)
+                    .map_err(gix_err)?;
+                    let _ = gix::protocol::indicate_end_of_interaction(&mut t, false);
+                    refs
+                }
+            };
+            ref_state_from_advertisement(&refs, patterns)
+        }
+    }
+}
+
+/// Turn an advertisement into a [`RefState`]: only refs the patterns select, every name
+/// validated (hostile names are refused, not written anywhere).
+pub(crate) fn ref_state_from_advertisement(refs: &[Ref], patterns: &RefPatterns) -> Result<RefState, Error> {
+    let mut state = RefState::default();
+    for r in refs {
+        match r {
+            Ref::Symbolic { full_ref_name, target, .. } | Ref::Unborn { full_ref_name, target }
+                if full_ref_name == "HEAD" =>
+            {
+                state.head = validate_ref_name(target).ok();
+                continue;
+            }
+            _ => {}
+        }
+        let (name, id, peeled) = r.unpack();
+        let Some(id) = id else { continue };
+        if !name.starts_with(b"refs/") || !patterns.matches(&String::from_utf8_lossy(name)) {
+            continue;
+        }
+        let name = validate_ref_name(name)?;
+        state.refs.insert(
+            name,
+            RefTarget {
+                id: id.to_owned(),
+                peeled: peeled.map(ToOwned::to_owned).filter(|p| p.as_ref() != id),
+            },
+        );
+    }
+    Ok(state)
+}
+
+pub(crate) fn not_found_if_missing(remote: &Remote, path: &std::path::Path, e: Error) -> Error {
+    if !path.exists() {
+        Error::NotFound {
+            remote: remote.to_string(),
+            message: "no such directory".into(),
+        }
+    } else {
+        e
+    }
+}

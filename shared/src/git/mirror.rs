@@ -1,0 +1,224 @@
+//! The porcelain: one-shot mirror of a source to a target through a bare cache.
+//!
+//! `ls-remote` the source first: when the cache already has exactly the source's refs, no fetch
+//! happens at all (no pack is negotiated); then the target is brought to the cache's refs, and
+//! when it already matches, nothing is sent either. Running a mirror twice with nothing changed
+//! therefore transfers no pack in either direction.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::fetch::{FetchOptions, mirror_fetch};
+use super::push::{PushOptions, RefResult, push};
+use super::refs::{DeltaCounts, RefDelta, RefPatterns};
+use super::remote::Remote;
+use super::{Error, ls_remote, repo};
+
+/// Receives one line of progress text (for humans).
+pub type ProgressFn = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// How to mirror.
+#[derive(Clone, Default)]
+pub struct MirrorOptions {
+    pub refs: RefPatterns,
+    pub prune: bool,
+    pub atomic: bool,
+    pub progress: Option<ProgressFn>,
+}
+
+/// What the fetch side did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct FetchSummary {
+    pub refs: DeltaCounts,
+    pub deltas: Vec<RefDelta>,
+    pub objects: u64,
+    pub bytes: u64,
+    /// True when the cache already matched the source and no fetch was made.
+    pub up_to_date: bool,
+}
+
+/// A ref the target refused.
+#[derive(Clone, Debug, Serialize)]
+pub struct Rejected {
+    pub name: String,
+    pub reason: String,
+}
+
+/// What the push side did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PushSummary {
+    /// Applied changes by kind.
+    pub refs: DeltaCounts,
+    pub results: Vec<RefResult>,
+    pub rejected: Vec<Rejected>,
+    pub objects: u64,
+    pub bytes: u64,
+    pub remote_messages: Vec<String>,
+}
+
+/// The result of [`mirror`]. Shown as JSON (`--json`) or text ([`MirrorSummary::human`]).
+#[derive(Clone, Debug, Serialize)]
+pub struct MirrorSummary {
+    pub source: String,
+    pub target: String,
+    pub cache: PathBuf,
+    pub fetch: FetchSummary,
+    pub push: PushSummary,
+    pub duration_ms: u64,
+}
+
+/// Where the cache of `source` lives under `cache_dir`.
+pub fn cache_path(cache_dir: &Path, source: &Remote) -> PathBuf {
+    cache_dir.join(format!("{}.git", source.cache_key()))
+}
+
+/// Mirror `source` to `target` through a bare cache under `cache_dir`.
+pub fn mirror(source: &Remote, target: &Remote, cache_dir: &Path, options: &MirrorOptions) -> Result<MirrorSummary, Error> {
+    let started = Instant::now();
+    let say = |line: String| {
+        if let Some(p) = &options.progress {
+            p(&line);
+        }
+        tracing::info!("{line}");
+    };
+    let interrupt = AtomicBool::new(false);
+    let cache_path = cache_path(cache_dir, source);
+    let cache = repo::open_or_init_bare(&cache_path)?;
+
+    say(format!("listing refs of {source}"));
+    let advertised = ls_remote(source, &options.refs)?;
+    let cached = repo::read_refs(&cache, &options.refs)?;
+    let mut fetch = FetchSummary::default();
+    if advertised.ids() == cached.ids() || (!options.prune && advertised.refs.iter().all(|(n, t)| cached.refs.get(n) == Some(t))) {
+        fetch.up_to_date = true;
+        say(format!("cache is up to date with {source} ({} refs)", advertised.len()));
+    } else {
+        say(format!("fetching {source}"));
+        let outcome = mirror_fetch(
+            &cache,
+            source,
+            &FetchOptions {
+                refs: options.refs.clone(),
+                prune: options.prune,
+            },
+            &interrupt,
+        )?;
+        fetch.refs = DeltaCounts::of(outcome.deltas.iter().map(|d| &d.kind));
+        fetch.deltas = outcome.deltas;
+        fetch.objects = outcome.objects;
+        fetch.bytes = outcome.bytes;
+        say(format!(
+            "fetched {} objects ({}), {} ref change(s)",
+            fetch.objects,
+            human_bytes(fetch.bytes),
+            fetch.refs.total()
+        ));
+    }
+    // Follow the source's default branch (informational for a bare cache; cheap when unchanged).
+    if advertised.head.is_some() {
+        repo::apply_ref_updates(&cache, &[], advertised.head.as_deref(), "gitferry: HEAD")?;
+    }
+
+    let desired = repo::read_refs(&cache, &options.refs)?;
+    say(format!("pushing {} refs to {target}", desired.len()));
+    let outcome = push(
+        &cache,
+        target,
+        &desired,
+        &PushOptions {
+            refs: options.refs.clone(),
+            prune: options.prune,
+            atomic: options.atomic,
+        },
+        &interrupt,
+    )?;
+    for m in &outcome.remote_messages {
+        say(format!("remote: {m}"));
+    }
+    let push = PushSummary {
+        refs: DeltaCounts::of(outcome.applied().map(|r| &r.command.kind)),
+        rejected: outcome
+            .rejected()
+            .map(|r| Rejected {
+                name: r.command.name.clone(),
+                reason: r.rejected.clone().unwrap_or_default(),
+            })
+            .collect(),
+        objects: outcome.objects,
+        bytes: outcome.bytes,
+        remote_messages: outcome.remote_messages.clone(),
+        results: outcome.results,
+    };
+    say(format!(
+        "pushed {} objects ({}), {} ref change(s), {} rejected",
+        push.objects,
+        human_bytes(push.bytes),
+        push.refs.total(),
+        push.rejected.len()
+    ));
+    Ok(MirrorSummary {
+        source: source.to_string(),
+        target: target.to_string(),
+        cache: cache_path,
+        fetch,
+        push,
+        duration_ms: started.elapsed().as_millis() as u64,
+    })
+}
+
+impl MirrorSummary {
+    /// A short report for terminals.
+    pub fn human(&self) -> String {
+        let counts = |c: &DeltaCounts| {
+            format!("{} created, {} updated, {} forced, {} deleted", c.created, c.updated, c.forced, c.deleted)
+        };
+        let mut out = format!(
+            "mirrored {} -> {} in {:.2}s\n",
+            self.source,
+            self.target,
+            self.duration_ms as f64 / 1000.0
+        );
+        if self.fetch.up_to_date {
+            out.push_str("  fetch: up to date\n");
+        } else {
+            out.push_str(&format!(
+                "  fetch: {}; {} objects, {}\n",
+                counts(&self.fetch.refs),
+                self.fetch.objects,
+                human_bytes(self.fetch.bytes)
+            ));
+        }
+        if self.push.results.is_empty() {
+            out.push_str("  push:  up to date\n");
+        } else {
+            out.push_str(&format!(
+                "  push:  {}; {} objects, {}\n",
+                counts(&self.push.refs),
+                self.push.objects,
+                human_bytes(self.push.bytes)
+            ));
+        }
+        for r in &self.push.rejected {
+            out.push_str(&format!("  rejected {}: {}\n", r.name, r.reason));
+        }
+        for m in &self.push.remote_messages {
+            out.push_str(&format!("  remote: {m}\n"));
+        }
+        out
+    }
+}
+
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[unit]) }
+}

@@ -1,0 +1,36 @@
+//! The git engine: pure Rust on gix, no `git` binary at run time (Lambda's provided.al2023 has
+//! none).
+//!
+//! gix provides transports, ls-refs and fetch; it has no push and no prune. This module adds
+//! them on gix's plumbing:
+//!
+//! * [`remote`] — locations and credentials, redacted everywhere they are shown;
+//! * [`refs`] — ref snapshots ([`RefState`]), patterns, and what changed ([`RefDelta`]);
+//! * [`ls_remote`] — a remote's refs without fetching;
+//! * [`fetch`] — mirror fetch into a bare cache, with prune;
+//! * [`push`] — a receive-pack client (plan, pack, report-status) and local-path pushes;
+//! * [`pack`] / [`local`] — streamed pack generation and local object copies;
+//! * [`mirror()`] — the one-shot porcelain behind `gitferry mirror`.
+//!
+//! Errors are one enum, [`Error`], each transient or permanent.
+
+pub mod error;
+pub mod fetch;
+pub mod local;
+mod lsremote;
+pub mod mirror;
+pub mod pack;
+pub mod push;
+pub mod refs;
+pub mod remote;
+pub mod repo;
+mod transport;
+
+pub use error::{Error, ErrorClass};
+pub use fetch::{FetchOptions, FetchOutcome, mirror_fetch};
+pub use lsremote::ls_remote;
+pub use mirror::{MirrorOptions, MirrorSummary, ProgressFn, mirror};
+pub use push::{PushOptions, PushOutcome, RefResult, push};
+pub use refs::{DeltaKind, RefDelta, RefPatterns, RefState, RefTarget};
+pub use remote::{Credentials, Remote};
+pub use transport::AGENT;

@@ -1,0 +1,278 @@
+//! Pack generation: the objects a receiver lacks, streamed as a non-thin pack.
+//!
+//! gix has no `pack-objects` porcelain, so this composes gix-pack's generation plumbing:
+//!
+//! 1. enumerate commits reachable from the new tips but not from what the receiver has
+//!    (`rev_walk(...).with_hidden(...)`);
+//! 2. count objects: for each such commit, its tree's additions compared to its parents
+//!    (`TreeAdditionsComparedToAncestor`) — everything else the receiver has through the
+//!    parents; annotated tag objects as they are; trees/blobs pointed to directly in full;
+//! 3. drop the boundary commits (and their root trees) that counting adds as diff bases: the
+//!    receiver has them by construction;
+//! 4. copy entries out of our packs (existing deltas are reused when their base is sent too;
+//!    otherwise the object is sent whole — never a thin pack), and stream them through
+//!    `FromEntriesIter` into the writer. The header's object count is the number of counted
+//!    objects, and we verify every counted object exists before writing, because gix-pack
+//!    silently skips missing ones (which would corrupt the pack).
+//!
+//! Nothing is buffered beyond one chunk of entries: the pack goes straight to the socket, HTTP
+//! body or local indexer.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::sync::atomic::AtomicBool;
+
+use gix::ObjectId;
+use gix::prelude::Finalize;
+use gix_pack::data::output;
+
+use super::repo;
+
+/// What was written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PackStats {
+    pub objects: u64,
+    pub bytes: u64,
+}
+
+/// Why a pack could not be produced.
+#[derive(Debug, thiserror::Error)]
+pub enum PackError {
+    /// Reading our own repository failed (missing object, corrupt pack…).
+    #[error("{0}")]
+    Local(String),
+    /// The writer failed (the connection to the receiver broke).
+    #[error("writing pack: {0}")]
+    Write(#[source] std::io::Error),
+    #[error("interrupted")]
+    Interrupted,
+}
+
+/// A writer that counts what passes through it.
+pub struct CountingWriter<W> {
+    pub inner: W,
+    pub count: u64,
+}
+
+impl<W: Write> Write for CountingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.count += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// What to send: `tips` are the object ids the receiver's refs will point to; `haves` are ids
+/// the receiver already has (its advertised refs). Unknown haves are ignored.
+pub fn write_pack(
+    repo: &gix::Repository,
+    tips: &[ObjectId],
+    haves: &[ObjectId],
+    use_ofs_delta: bool,
+    out: &mut dyn Write,
+    interrupt: &AtomicBool,
+) -> Result<PackStats, PackError> {
+    let local = |e: gix::Error| PackError::Local(super::error::chain(&e));
+    let mut db: gix::odb::HandleArc = repo.objects.clone().into_inner().into_arc().map_err(|e| PackError::Local(e.to_string()))?;
+    db.prevent_pack_unload();
+    db.ignore_replacements = true;
+    let counts = count_objects(repo, &db, tips, haves, interrupt)?;
+    let mut out = CountingWriter { inner: out, count: 0 };
+    if counts.is_empty() {
+        write_empty_pack(repo.object_hash(), &mut out)?;
+        return Ok(PackStats { objects: 0, bytes: out.count });
+    }
+    if let Some(c) = counts.iter().find(|c| !gix_pack::Find::contains(&db, &c.id)) {
+        return Err(PackError::Local(format!("object {} is missing from the local repository", c.id)));
+    }
+    let num_entries = counts.len();
+    let header_count =
+        u32::try_from(num_entries).map_err(|_| PackError::Local("more than 2^32 objects".into()))?;
+    let entries = output::entry::iter_from_counts(
+        counts,
+        db,
+        Box::new(gix::progress::Discard),
+        output::entry::iter_from_counts::Options {
+            thread_limit: None,
+            mode: output::entry::iter_from_counts::Mode::PackCopyAndBaseObjects,
+            allow_thin_pack: false,
+            chunk_size: 64,
+            version: gix_pack::data::Version::V2,
+            compression: repo.pack_compression().map_err(local)?,
+        },
+    )
+    .map_err(local)?;
+    let mut in_order = gix::parallel::InOrderIter::from(entries);
+
+    // The receiver may not speak ofs-delta: then point reused deltas at their in-pack base by id.
+    let mut written: Vec<ObjectId> = Vec::with_capacity(if use_ofs_delta { 0 } else { num_entries });
+    let mut invalid = 0usize;
+    let chunks = in_order.by_ref().map(|chunk| {
+        chunk.map(|mut entries| {
+            for e in &mut entries {
+                if e.is_invalid() {
+                    invalid += 1;
+                }
+                if !use_ofs_delta {
+                    if let output::entry::Kind::DeltaRef { object_index } = e.kind {
+                        e.kind = output::entry::Kind::DeltaOid { id: written[object_index] };
+                    }
+                    written.push(e.id);
+                }
+            }
+            entries
+        })
+    });
+    let mut writer = output::bytes::FromEntriesIter::new(
+        chunks,
+        &mut out,
+        header_count,
+        gix_pack::data::Version::V2,
+        repo.object_hash(),
+    );
+    for step in writer.by_ref() {
+        if interrupt.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(PackError::Interrupted);
+        }
+        if let Err(e) = step {
+            // Distinguish a broken receiver from a local read problem.
+            return Err(match e.downcast_any_ref::<std::io::Error>() {
+                Some(io) => PackError::Write(std::io::Error::new(io.kind(), io.to_string())),
+                None => PackError::Local(super::error::chain(&e)),
+            });
+        }
+    }
+    drop(writer);
+    let stats = in_order.inner.finalize().map_err(local)?;
+    if stats.missing_objects != 0 || invalid != 0 {
+        // Unreachable given the pre-check, but a wrong header count must never go unnoticed.
+        return Err(PackError::Local(format!(
+            "{} object(s) vanished while writing the pack",
+            stats.missing_objects.max(invalid)
+        )));
+    }
+    out.flush().map_err(PackError::Write)?;
+    Ok(PackStats {
+        objects: num_entries as u64,
+        bytes: out.count,
+    })
+}
+
+/// A pack with no objects: header and checksum (32 bytes for SHA-1).
+pub fn write_empty_pack(hash: gix::hash::Kind, out: &mut dyn Write) -> Result<u64, PackError> {
+    let mut w = output::bytes::FromEntriesIter::new(
+        std::iter::empty::<gix::Result<Vec<output::Entry>>>(),
+        out,
+        0,
+        gix_pack::data::Version::V2,
+        hash,
+    );
+    let mut total = 0;
+    for step in w.by_ref() {
+        total += step.map_err(|e| match e.downcast_any_ref::<std::io::Error>() {
+            Some(io) => PackError::Write(std::io::Error::new(io.kind(), io.to_string())),
+            None => PackError::Local(super::error::chain(&e)),
+        })?;
+    }
+    Ok(total)
+}
+
+/// The objects to send, deduplicated. See the module docs for the method.
+fn count_objects(
+    repo: &gix::Repository,
+    db: &gix::odb::HandleArc,
+    tips: &[ObjectId],
+    haves: &[ObjectId],
+    interrupt: &AtomicBool,
+) -> Result<Vec<output::Count>, PackError> {
+    use gix::object::Kind;
+    use output::count::objects::ObjectExpansion;
+    let local = |e: gix::Error| PackError::Local(super::error::chain(&e));
+
+    let hidden: Vec<ObjectId> = haves
+        .iter()
+        .filter_map(|h| repo::peel(repo, *h))
+        .filter(|id| repo::object_kind(repo, *id) == Some(Kind::Commit))
+        .collect();
+
+    // Sort tips into commits to walk, tag objects to send as-is and trees/blobs to send whole.
+    let mut commit_tips = Vec::new();
+    let mut tag_objects = Vec::new();
+    let mut whole = Vec::new();
+    for &tip in tips {
+        let mut id = tip;
+        loop {
+            match repo::object_kind(repo, id) {
+                Some(Kind::Tag) => {
+                    tag_objects.push(id);
+                    let tag = repo.find_object(id).map_err(|e| PackError::Local(e.to_string()))?;
+                    id = tag
+                        .try_into_tag()
+                        .map_err(|e| PackError::Local(e.to_string()))?
+                        .target_id()
+                        .map_err(|e| PackError::Local(e.to_string()))?
+                        .detach();
+                }
+                Some(Kind::Commit) => {
+                    commit_tips.push(id);
+                    break;
+                }
+                Some(Kind::Tree | Kind::Blob) => {
+                    whole.push(id);
+                    break;
+                }
+                None => return Err(PackError::Local(format!("object {id} is missing from the local repository"))),
+            }
+        }
+    }
+
+    let mut walked = HashSet::new();
+    let mut boundary = HashSet::new();
+    if !commit_tips.is_empty() {
+        let walk = repo
+            .rev_walk(commit_tips.iter().copied())
+            .with_hidden(hidden.iter().copied())
+            .all()
+            .map_err(local)?;
+        let mut parents = Vec::new();
+        for info in walk {
+            let info = info.map_err(local)?;
+            walked.insert(info.id);
+            parents.extend(info.parent_ids.iter().copied());
+        }
+        boundary.extend(parents.into_iter().filter(|p| !walked.contains(p)));
+    }
+    // Root trees of boundary commits: counted as diff bases, but the receiver has them.
+    let mut skip: HashSet<ObjectId> = boundary.clone();
+    for b in &boundary {
+        if let Ok(commit) = repo.find_commit(*b) {
+            if let Ok(tree) = commit.tree_id() {
+                skip.insert(tree.detach());
+            }
+        }
+    }
+
+    let mut counts = Vec::new();
+    let mut seen = HashSet::new();
+    let mut add = |ids: Vec<ObjectId>, expansion: ObjectExpansion, counts: &mut Vec<output::Count>| -> Result<(), PackError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut input = ids.into_iter().map(Ok::<_, gix::Error>);
+        let (found, _) =
+            output::count::objects_unthreaded(db, &mut input, &gix::progress::Discard, interrupt, expansion)
+                .map_err(|e| if e.is_cancelled() { PackError::Interrupted } else { local(e) })?;
+        counts.extend(found.into_iter().filter(|c| !skip.contains(&c.id) && seen.insert(c.id)));
+        Ok(())
+    };
+    let mut walked: Vec<ObjectId> = walked.into_iter().collect();
+    walked.sort(); // deterministic packs for the same input
+    add(walked, ObjectExpansion::TreeAdditionsComparedToAncestor, &mut counts)?;
+    add(tag_objects, ObjectExpansion::AsIs, &mut counts)?;
+    add(whole, ObjectExpansion::TreeContents, &mut counts)?;
+    Ok(counts)
+}

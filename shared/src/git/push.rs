@@ -1,0 +1,567 @@
+//! Push: a `git-receive-pack` client (gix has none), and the same plan applied to local paths.
+//!
+//! 1. **Plan** ([`plan`]): compare the refs we want on the target with what it advertises
+//!    (only refs our patterns select: refs outside them, such as a host's `refs/pull/*`, are
+//!    never touched) → create / update / force / delete commands.
+//! 2. **Handshake** for `git-receive-pack` (protocol v0/v1; v2 has no push), parse the
+//!    advertisement and capabilities.
+//! 3. **Commands** as pkt-lines, the first carrying our capabilities: `report-status`,
+//!    `side-band-64k`, `ofs-delta`, `delete-refs`, `atomic` (each only when offered; atomic
+//!    only when asked for), `agent`.
+//! 4. **Pack** of exactly what the target lacks, streamed raw after the commands' flush
+//!    ([`super::pack`]). No pack when every command is a delete; an empty (32-byte) pack when
+//!    refs are created or moved to objects the target already has — receive-pack waits for a
+//!    pack whenever any command is not a delete.
+//! 5. **report-status**, demultiplexed from side-band channel 1 (channel 2 carries hook
+//!    messages and progress, channel 3 a fatal error), into a per-ref result.
+//!
+//! A ref the target refuses (hook, protection, non-fast-forward policy) is a per-ref
+//! rejection in the outcome, not an error: the other refs still land (unless `atomic`).
+
+use std::collections::BTreeMap;
+use std::io::{BufWriter, Read, Write};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+
+use gix::ObjectId;
+use gix::protocol::transport::client::blocking_io::{ExtendedBufRead, HandleProgress, Transport};
+use gix::protocol::transport::client::{MessageKind, WriteMode};
+use gix::protocol::transport::packetline::PacketLineRef;
+use gix::protocol::transport::packetline::blocking_io::{StreamingPeekableIter, encode};
+use gix::protocol::transport::{Protocol, Service};
+use serde::Serialize;
+
+use super::pack::{self, PackError};
+use super::refs::{self, DeltaKind, RefPatterns, RefState};
+use super::remote::{Location, Remote, scrub};
+use super::repo::{self, LocalUpdate};
+use super::{Error, local, lsremote, transport};
+
+/// How to push.
+#[derive(Clone, Debug)]
+pub struct PushOptions {
+    pub refs: RefPatterns,
+    /// Delete target refs (matching the patterns) that we do not have.
+    pub prune: bool,
+    /// Ask for all-or-nothing (`atomic`) when the target offers it.
+    pub atomic: bool,
+}
+
+impl Default for PushOptions {
+    fn default() -> Self {
+        PushOptions {
+            refs: RefPatterns::default(),
+            prune: true,
+            atomic: false,
+        }
+    }
+}
+
+/// One ref command: `old → new` on the target (`None` = absent).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Command {
+    pub name: String,
+    pub kind: DeltaKind,
+    #[serde(with = "refs::hex_oid_opt")]
+    pub old: Option<ObjectId>,
+    #[serde(with = "refs::hex_oid_opt")]
+    pub new: Option<ObjectId>,
+}
+
+/// The target's verdict on one command.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RefResult {
+    #[serde(flatten)]
+    pub command: Command,
+    /// `None` = applied; `Some(reason)` = rejected by the target.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rejected: Option<String>,
+}
+
+/// What a push did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PushOutcome {
+    pub results: Vec<RefResult>,
+    /// Objects and bytes of the pack sent (0 when none was needed).
+    pub objects: u64,
+    pub bytes: u64,
+    /// Messages the target sent for humans (hook output), progress lines removed.
+    pub remote_messages: Vec<String>,
+    /// Whether the update was requested as atomic and the target supports it.
+    pub atomic: bool,
+}
+
+impl PushOutcome {
+    pub fn rejected(&self) -> impl Iterator<Item = &RefResult> {
+        self.results.iter().filter(|r| r.rejected.is_some())
+    }
+
+    pub fn applied(&self) -> impl Iterator<Item = &RefResult> {
+        self.results.iter().filter(|r| r.rejected.is_none())
+    }
+}
+
+/// Commands that turn `target` into `desired` (both already filtered by the ref patterns).
+/// `is_fast_forward(old, new)` classifies updates; deletions only when `prune`.
+pub fn plan(
+    desired: &BTreeMap<String, ObjectId>,
+    target: &BTreeMap<String, ObjectId>,
+    prune: bool,
+    is_fast_forward: impl FnMut(ObjectId, ObjectId) -> bool,
+) -> Vec<Command> {
+    refs::diff(target, desired, is_fast_forward)
+        .into_iter()
+        .filter(|d| prune || d.kind != DeltaKind::Deleted)
+        .map(|d| Command {
+            name: d.name,
+            kind: d.kind,
+            old: d.old,
+            new: d.new,
+        })
+        .collect()
+}
+
+/// Make `remote` carry exactly the refs `desired` (from the local repository `repo`), within
+/// `options.refs`.
+pub fn push(
+    repo: &gix::Repository,
+    remote: &Remote,
+    desired: &RefState,
+    options: &PushOptions,
+    interrupt: &AtomicBool,
+) -> Result<PushOutcome, Error> {
+    let desired = desired.filtered(&options.refs).ids();
+    match remote.location() {
+        Location::Local(path) => push_local(repo, remote, path, &desired, options, interrupt),
+        Location::Network(_) => push_network(repo, remote, &desired, options, interrupt),
+    }
+}
+
+fn push_local(
+    repo: &gix::Repository,
+    remote: &Remote,
+    path: &std::path::Path,
+    desired: &BTreeMap<String, ObjectId>,
+    options: &PushOptions,
+    interrupt: &AtomicBool,
+) -> Result<PushOutcome, Error> {
+    let target = repo::open(path).map_err(|e| lsremote::not_found_if_missing(remote, path, e))?;
+    let all = RefPatterns::new(vec!["refs/*".into()], Vec::new()).expect("valid pattern");
+    let target_all = repo::read_refs(&target, &all)?;
+    let current = target_all.filtered(&options.refs).ids();
+    let commands = plan(desired, &current, options.prune, |old, new| repo::is_ancestor(repo, old, new));
+    let mut outcome = PushOutcome {
+        atomic: options.atomic,
+        ..Default::default()
+    };
+    if commands.is_empty() {
+        return Ok(outcome);
+    }
+    let tips: Vec<ObjectId> = commands.iter().filter_map(|c| c.new).collect();
+    let haves: Vec<ObjectId> = target_all.refs.values().map(|t| t.id).collect();
+    let stats = local::copy_objects(repo, &target, &tips, &haves, interrupt).map_err(|e| Error::Local {
+        path: remote.to_string(),
+        message: e.to_string(),
+    })?;
+    outcome.objects = stats.objects;
+    outcome.bytes = stats.bytes;
+    let to_update = |c: &Command| LocalUpdate {
+        name: c.name.clone(),
+        old: c.old,
+        new: c.new,
+    };
+    if options.atomic {
+        let updates: Vec<_> = commands.iter().map(to_update).collect();
+        let verdict = repo::apply_ref_updates(&target, &updates, None, "gitferry: push").err();
+        outcome.results = commands
+            .into_iter()
+            .map(|command| RefResult {
+                command,
+                rejected: verdict.as_ref().map(|e| format!("atomic update failed: {e}")),
+            })
+            .collect();
+    } else {
+        outcome.results = commands
+            .into_iter()
+            .map(|command| {
+                let rejected = repo::apply_ref_updates(&target, &[to_update(&command)], None, "gitferry: push")
+                    .err()
+                    .map(|e| e.to_string());
+                RefResult { command, rejected }
+            })
+            .collect();
+    }
+    Ok(outcome)
+}
+
+fn client_err(remote: &Remote, context: &str, e: &gix::protocol::transport::client::Error) -> Error {
+    use gix::protocol::transport::client::Error as C;
+    match e {
+        C::Io(io) => Error::from_io(remote, context, io),
+        C::AuthenticationRefused(_) | C::AuthenticationUnsupported => Error::Auth {
+            remote: remote.to_string(),
+            message: scrub(&e.to_string(), remote),
+        },
+        other => {
+            let message = scrub(&format!("{context}: {}", super::error::chain(other)), remote);
+            if gix::error::classify(other).is_unauthenticated() || gix::error::classify(other).is_permission_denied() {
+                Error::Auth { remote: remote.to_string(), message }
+            } else {
+                Error::Remote {
+                    remote: remote.to_string(),
+                    message,
+                    transient: gix::error::classify(other).can_retry_lenient(),
+                }
+            }
+        }
+    }
+}
+
+fn push_network(
+    repo: &gix::Repository,
+    remote: &Remote,
+    desired: &BTreeMap<String, ObjectId>,
+    options: &PushOptions,
+    interrupt: &AtomicBool,
+) -> Result<PushOutcome, Error> {
+    let mut t = transport::open(remote, Protocol::V1)?;
+
+    // Handshake: the target's refs and capabilities.
+    let (advertised, caps) = {
+        let response = t
+            .handshake(Service::ReceivePack, &[])
+            .map_err(|e| client_err(remote, "receive-pack handshake", &e))?;
+        // A server that sent nothing at all gets gix's default capabilities, which claim
+        // features nobody offered: treat it as offering none.
+        let caps: Vec<(String, Option<String>)> = if response.actual_protocol == Protocol::V0 {
+            Vec::new()
+        } else {
+            response
+                .capabilities
+                .iter()
+                .map(|c| (c.name().to_string(), c.value().map(|v| v.to_string())))
+                .collect()
+        };
+        let mut reader = response.refs.ok_or_else(|| Error::Remote {
+            remote: remote.to_string(),
+            message: "receive-pack sent no ref advertisement".into(),
+            transient: true,
+        })?;
+        let (advertised, _shallow) =
+            gix::protocol::handshake::refs::from_v1_refs_received_as_part_of_handshake_and_capabilities(
+                &mut reader,
+                response.capabilities.iter(),
+            )
+            .map_err(|e| Error::from_gix(remote, "reading the target's refs", &e))?;
+        (advertised, caps)
+    };
+    let offers = |name: &str| caps.iter().any(|(n, _)| n == name);
+    if let Some((_, Some(format))) = caps.iter().find(|(n, _)| n == "object-format") {
+        if format != "sha1" {
+            return Err(Error::Remote {
+                remote: remote.to_string(),
+                message: format!("target uses object format {format}; only sha1 is supported"),
+                transient: false,
+            });
+        }
+    }
+
+    let all = RefPatterns::new(vec!["refs/*".into()], Vec::new()).expect("valid pattern");
+    let target_all = lsremote::ref_state_from_advertisement(&advertised, &all)?;
+    let current = target_all.filtered(&options.refs).ids();
+    let commands = plan(desired, &current, options.prune, |old, new| repo::is_ancestor(repo, old, new));
+    let atomic = options.atomic && offers("atomic");
+    let mut outcome = PushOutcome {
+        atomic,
+        ..Default::default()
+    };
+    if commands.is_empty() {
+        let _ = gix::protocol::indicate_end_of_interaction(&mut t, false);
+        return Ok(outcome);
+    }
+
+    let mut want_caps = vec!["report-status".to_owned()];
+    let sideband = offers("side-band-64k");
+    for (cap, wanted) in [
+        ("side-band-64k", sideband),
+        ("ofs-delta", true),
+        ("delete-refs", commands.iter().any(|c| c.new.is_none())),
+        ("atomic", atomic),
+    ] {
+        if wanted && offers(cap) {
+            want_caps.push(cap.to_owned());
+        }
+    }
+    want_caps.push(format!("agent={}", transport::AGENT));
+    let use_ofs_delta = offers("ofs-delta");
+    let needs_pack = commands.iter().any(|c| c.new.is_some());
+
+    let request = t
+        .request(WriteMode::Binary, MessageKind::Flush, false)
+        .map_err(|e| client_err(remote, "starting push", &e))?;
+    let (mut raw, mut reader) = request.into_parts();
+
+    // Commands, then (if anything is created or updated) the pack, all on one stream.
+    let send = (|| -> Result<(u64, u64), SendError> {
+        let mut buf = Vec::new();
+        for (i, c) in commands.iter().enumerate() {
+            let zero = ObjectId::null(repo.object_hash());
+            let mut line = format!("{} {} {}", c.old.unwrap_or(zero), c.new.unwrap_or(zero), c.name);
+            if i == 0 {
+                line.push('\0');
+                line.push_str(&want_caps.join(" "));
+            }
+            line.push('\n');
+            encode::data_to_write(line.as_bytes(), &mut buf).map_err(SendError::Io)?;
+        }
+        encode::flush_to_write(&mut buf).map_err(SendError::Io)?;
+        raw.write_all(&buf).map_err(SendError::Io)?;
+        let mut stats = (0, 0);
+        if needs_pack {
+            let tips: Vec<ObjectId> = commands.iter().filter_map(|c| c.new).collect();
+            let haves: Vec<ObjectId> = target_all.refs.values().map(|t| t.id).collect();
+            let mut w = BufWriter::with_capacity(1 << 16, &mut raw);
+            let s = pack::write_pack(repo, &tips, &haves, use_ofs_delta, &mut w, interrupt).map_err(SendError::Pack)?;
+            w.flush().map_err(SendError::Io)?;
+            stats = (s.objects, s.bytes);
+        }
+        raw.flush().map_err(SendError::Io)?;
+        Ok(stats)
+    })();
+    drop(raw); // ends the HTTP request body
+
+    let messages = Arc::new(Mutex::new(RemoteMessages::default()));
+    let report = read_report(&mut reader, sideband, messages.clone());
+    outcome.remote_messages = messages.lock().expect("not poisoned").lines(remote);
+
+    let (objects, bytes) = match send {
+        Ok(stats) => stats,
+        Err(SendError::Pack(PackError::Interrupted)) => return Err(Error::Interrupted),
+        Err(SendError::Pack(PackError::Local(m))) => {
+            return Err(Error::Local { path: repo.path().display().to_string(), message: m });
+        }
+        Err(SendError::Pack(PackError::Write(e)) | SendError::Io(e)) => {
+            // The target hung up early: its own words (a report or fatal error) explain more
+            // than our broken pipe.
+            return Err(match report {
+                Err(reason) => reason,
+                Ok(_) => Error::from_io(remote, "sending pack", &e),
+            });
+        }
+    };
+    outcome.objects = objects;
+    outcome.bytes = bytes;
+    let report = report?;
+    let status = parse_report_status(&report).map_err(|m| Error::Remote {
+        remote: remote.to_string(),
+        message: scrub(&m, remote),
+        transient: true,
+    })?;
+    if let Err(reason) = status.unpack {
+        return Err(Error::Unpack {
+            remote: remote.to_string(),
+            message: scrub(&reason, remote),
+        });
+    }
+    outcome.results = commands
+        .into_iter()
+        .map(|command| {
+            let rejected = match status.refs.get(&command.name) {
+                Some(None) => None,
+                Some(Some(reason)) => Some(scrub(reason, remote)),
+                None => Some("the target reported no status for this ref".into()),
+            };
+            RefResult { command, rejected }
+        })
+        .collect();
+    Ok(outcome)
+}
+
+enum SendError {
+    Io(std::io::Error),
+    Pack(PackError),
+}
+
+/// Text the remote sends on side-band 2 (hook output, progress) and 3 (fatal).
+#[derive(Default)]
+struct RemoteMessages {
+    text: Vec<u8>,
+    fatal: Vec<u8>,
+}
+
+impl RemoteMessages {
+    /// Human lines, progress meters (`\r`-updated "…: 50% (1/2)") removed, at most 100.
+    fn lines(&self, remote: &Remote) -> Vec<String> {
+        String::from_utf8_lossy(&self.text)
+            .split('\n')
+            .filter_map(|l| l.rsplit('\r').next())
+            .map(str::trim_end)
+            .filter(|l| !l.is_empty() && !is_progress(l))
+            .take(100)
+            .map(|l| scrub(l, remote))
+            .collect()
+    }
+}
+
+fn is_progress(line: &str) -> bool {
+    line.contains("% (") || line.starts_with("Total ") && line.contains("(delta ")
+}
+
+/// Read report-status lines from the response, demultiplexing side-band if negotiated.
+fn read_report<'a>(
+    reader: &mut Box<dyn ExtendedBufRead<'a> + Unpin + 'a>,
+    sideband: bool,
+    messages: Arc<Mutex<RemoteMessages>>,
+) -> Result<Vec<String>, Error> {
+    let protocol = |m: String| Error::Remote {
+        remote: String::new(),
+        message: m,
+        transient: true,
+    };
+    let mut lines = Vec::new();
+    if sideband {
+        let sink = messages.clone();
+        let handler: HandleProgress<'a> = Box::new(move |is_error: bool, text: &[u8]| {
+            let mut m = sink.lock().expect("not poisoned");
+            let buf = if is_error { &mut m.fatal } else { &mut m.text };
+            buf.extend_from_slice(text);
+            buf.push(b'\n');
+            std::ops::ControlFlow::Continue(())
+        });
+        reader.set_progress_handler(Some(handler));
+        let mut inner = StreamingPeekableIter::new(&mut *reader, &[PacketLineRef::Flush], false);
+        while let Some(line) = inner.read_line() {
+            match line {
+                Ok(Ok(l)) => {
+                    if let Some(text) = l.as_slice() {
+                        lines.push(String::from_utf8_lossy(text).trim_end_matches('\n').to_owned());
+                    }
+                }
+                Ok(Err(e)) => return Err(protocol(format!("malformed report-status: {e}"))),
+                Err(e) => {
+                    let fatal = String::from_utf8_lossy(&messages.lock().expect("not poisoned").fatal).trim().to_owned();
+                    return Err(protocol(if fatal.is_empty() {
+                        format!("reading push result: {}", super::error::chain(&e))
+                    } else {
+                        format!("remote error: {fatal}")
+                    }));
+                }
+            }
+        }
+        let fatal = String::from_utf8_lossy(&messages.lock().expect("not poisoned").fatal).trim().to_owned();
+        if lines.is_empty() && !fatal.is_empty() {
+            return Err(protocol(format!("remote error: {fatal}")));
+        }
+    } else {
+        while let Some(line) = reader.readline() {
+            let line = line
+                .map_err(|e| protocol(format!("reading push result: {e}")))?
+                .map_err(|e| protocol(format!("malformed report-status: {e}")))?;
+            if let Some(text) = line.as_slice() {
+                lines.push(String::from_utf8_lossy(text).trim_end_matches('\n').to_owned());
+            }
+        }
+    }
+    // Drain anything after the report so HTTP bodies are fully consumed.
+    let mut sink = [0u8; 512];
+    while matches!(reader.read(&mut sink), Ok(n) if n > 0) {}
+    Ok(lines)
+}
+
+/// A parsed `report-status`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ReportStatus {
+    /// `unpack ok` or the server's reason.
+    pub unpack: Result<(), String>,
+    /// Per ref: `None` = ok, `Some(reason)` = ng.
+    pub refs: BTreeMap<String, Option<String>>,
+}
+
+/// Parse report-status lines (`unpack ok`, `ok <ref>`, `ng <ref> <reason>`). An `ERR` line or a
+/// missing `unpack` line is an error.
+pub fn parse_report_status(lines: &[String]) -> Result<ReportStatus, String> {
+    let mut iter = lines.iter();
+    let first = iter.next().ok_or("the target sent no report-status")?;
+    if let Some(err) = first.strip_prefix("ERR ") {
+        return Err(format!("remote error: {err}"));
+    }
+    let unpack = match first.strip_prefix("unpack ") {
+        Some("ok") => Ok(()),
+        Some(reason) => Err(reason.to_owned()),
+        None => return Err(format!("unexpected report-status line {first:?}")),
+    };
+    let mut refs = BTreeMap::new();
+    for line in iter {
+        if let Some(name) = line.strip_prefix("ok ") {
+            refs.insert(name.to_owned(), None);
+        } else if let Some(rest) = line.strip_prefix("ng ") {
+            let (name, reason) = rest.split_once(' ').unwrap_or((rest, "rejected"));
+            refs.insert(name.to_owned(), Some(reason.to_owned()));
+        } else if let Some(err) = line.strip_prefix("ERR ") {
+            return Err(format!("remote error: {err}"));
+        } else {
+            return Err(format!("unexpected report-status line {line:?}"));
+        }
+    }
+    Ok(ReportStatus { unpack, refs })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn oid(n: u8) -> ObjectId {
+        ObjectId::from_bytes_or_panic(&[n; 20])
+    }
+
+    #[test]
+    fn report_status_parsing() {
+        let lines: Vec<String> = ["unpack ok", "ok refs/heads/main", "ng refs/heads/blocked hook declined"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let r = parse_report_status(&lines).unwrap();
+        assert_eq!(r.unpack, Ok(()));
+        assert_eq!(r.refs["refs/heads/main"], None);
+        assert_eq!(r.refs["refs/heads/blocked"].as_deref(), Some("hook declined"));
+        assert!(parse_report_status(&[]).is_err());
+        assert!(parse_report_status(&["ERR no".into()]).is_err());
+        assert!(parse_report_status(&["garbage".into()]).is_err());
+        let r = parse_report_status(&["unpack index-pack abnormal exit".into()]).unwrap();
+        assert_eq!(r.unpack, Err("index-pack abnormal exit".into()));
+    }
+
+    #[test]
+    fn plan_creates_updates_deletes_and_respects_prune() {
+        let desired: BTreeMap<_, _> = [("refs/heads/a", 1), ("refs/heads/b", 2), ("refs/heads/n", 3)]
+            .into_iter()
+            .map(|(n, i)| (n.to_owned(), oid(i)))
+            .collect();
+        let target: BTreeMap<_, _> = [("refs/heads/a", 1), ("refs/heads/b", 9), ("refs/heads/old", 4)]
+            .into_iter()
+            .map(|(n, i)| (n.to_owned(), oid(i)))
+            .collect();
+        let p = plan(&desired, &target, true, |_, _| false);
+        let kinds: Vec<_> = p.iter().map(|c| (c.name.as_str(), c.kind)).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                ("refs/heads/b", DeltaKind::Forced),
+                ("refs/heads/n", DeltaKind::Created),
+                ("refs/heads/old", DeltaKind::Deleted)
+            ]
+        );
+        assert_eq!(plan(&desired, &target, false, |_, _| true).len(), 2);
+        assert!(plan(&desired, &desired, true, |_, _| true).is_empty());
+    }
+
+    #[test]
+    fn progress_lines_are_dropped_from_messages() {
+        let m = RemoteMessages {
+            text: b"Resolving deltas:  50% (1/2)\rResolving deltas: 100% (2/2), done.\nrefusing blocked branch\n".to_vec(),
+            fatal: Vec::new(),
+        };
+        let r = Remote::parse("git://h/r").unwrap();
+        assert_eq!(m.lines(&r), vec!["refusing blocked branch".to_owned()]);
+    }
+}

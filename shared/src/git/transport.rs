@@ -1,0 +1,117 @@
+//! Opening network transports (git://, http(s)://) the way a mirror needs them.
+//!
+//! * Credentials are set on the transport before the first request (HTTP basic auth is sent
+//!   up front): a streamed push body cannot be replayed after a 401, and no credential helper
+//!   or prompt is ever consulted.
+//! * The HTTP client has no total timeout (reqwest's blocking default of 30 s covers the whole
+//!   upload and would kill large pushes — and a push that times out may still have been applied);
+//!   connects time out after 20 s and TCP keepalive detects dead peers.
+//! * git:// connections are built here rather than by gix's `connect`, which sets no read or
+//!   write timeout (a silent server would hang a sync forever) and tries only the first resolved
+//!   address. A stall longer than [`IO_TIMEOUT`] fails the transfer as a transient error.
+//!
+//! Overall time limits belong to the caller (the sync deadline).
+
+use std::any::Any;
+use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use gix::protocol::transport::Protocol;
+use gix::protocol::transport::client::blocking_io::{Transport, http};
+use gix::protocol::transport::client::git::{ConnectMode, blocking_io::Connection};
+
+use super::Error;
+use super::remote::{Location, Remote};
+
+/// The agent we announce to servers.
+pub const AGENT: &str = concat!("gitferry/", env!("CARGO_PKG_VERSION"));
+
+/// How long a git:// socket may stay silent (no byte read or written) before we give up.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(300);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A transport to `remote` with credentials applied. For git:// the TCP connection is open; HTTP
+/// connects lazily on the first request.
+pub(crate) fn open(remote: &Remote, version: Protocol) -> Result<Box<dyn Transport + Send>, Error> {
+    let Location::Network(url) = remote.location() else {
+        unreachable!("local remotes never open a network transport");
+    };
+    match url.scheme {
+        gix::url::Scheme::Git => open_git(remote, url, version),
+        _ => {
+            let mut transport = http::connect::<http::reqwest::Remote>(url.clone(), version, false);
+            if let Some(c) = remote.credentials() {
+                use gix::protocol::transport::client::TransportWithoutIO;
+                transport
+                    .set_identity(gix::sec::identity::Account {
+                        username: c.username.clone(),
+                        password: c.password.clone(),
+                        oauth_refresh_token: None,
+                    })
+                    .map_err(|e| Error::Auth {
+                        remote: remote.to_string(),
+                        message: super::remote::scrub(&e.to_string(), remote),
+                    })?;
+            }
+            use gix::protocol::transport::client::TransportWithoutIO;
+            transport
+                .configure(&*http_options())
+                .map_err(|e| Error::from_gix(remote, "configuring HTTP", &e))?;
+            Ok(Box::new(transport))
+        }
+    }
+}
+
+fn open_git(remote: &Remote, url: &gix::Url, version: Protocol) -> Result<Box<dyn Transport + Send>, Error> {
+    let host = url.host().unwrap_or_default().to_owned();
+    let port = url.port;
+    let io_err = |e: std::io::Error| Error::from_io(remote, "connect", &e);
+    let addrs: Vec<_> = (host.as_str(), port.unwrap_or(9418))
+        .to_socket_addrs()
+        .map_err(io_err)?
+        .collect();
+    let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "host resolved to no address");
+    for addr in addrs {
+        match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
+            Ok(stream) => {
+                stream.set_read_timeout(Some(IO_TIMEOUT)).map_err(io_err)?;
+                stream.set_write_timeout(Some(IO_TIMEOUT)).map_err(io_err)?;
+                let _ = stream.set_nodelay(true);
+                let read = stream.try_clone().map_err(io_err)?;
+                let conn = Connection::new(
+                    read,
+                    stream,
+                    version,
+                    url.path.clone(),
+                    Some((host.clone(), port)),
+                    ConnectMode::Daemon,
+                    false,
+                )
+                .custom_url(Some(url.to_bstring()));
+                return Ok(Box::new(conn));
+            }
+            Err(e) => last = e,
+        }
+    }
+    Err(io_err(last))
+}
+
+/// HTTP options for every request we make.
+pub(crate) fn http_options() -> Box<dyn Any> {
+    let backend = http::reqwest::Options {
+        configure_client: Some(Box::new(|builder| {
+            Ok(builder
+                .timeout(None::<Duration>)
+                .connect_timeout(CONNECT_TIMEOUT)
+                .tcp_keepalive(Duration::from_secs(30))
+                .user_agent(AGENT))
+        })),
+        configure_request: None,
+    };
+    let options = http::Options {
+        backend: Some(Arc::new(Mutex::new(backend))),
+        ..Default::default()
+    };
+    Box::new(options)
+}

@@ -1,0 +1,9 @@
+//! `gitferry-core`: everything in gitferry that is not an entrypoint.
+//!
+//! The Lambda functions and the `gitferry` command line are thin shells around this crate. It
+//! holds no AWS types: storage and queues (later) are traits with adapters.
+//!
+//! * [`git`] — the pure-Rust git engine: ls-remote, mirror fetch with prune, push (a
+//!   receive-pack client), and the one-shot [`git::mirror`].
+
+pub mod git;

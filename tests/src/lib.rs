@@ -1,0 +1,599 @@
+//! The end-to-end test harness: real git servers on loopback and fixture repositories.
+//!
+//! Everything gitferry does is checked against the git CLI, which is the independent reference
+//! here (and only here: the product never runs git). A test typically:
+//!
+//! 1. starts [`Servers`] — a `git daemon` (git://, receive-pack enabled) and `git http-backend`
+//!    behind a small loopback HTTP server ([`HttpBackend`], optional basic auth), both serving
+//!    the bare repositories under one root directory, each on a free port;
+//! 2. builds a source with [`Servers::create_bare`] + [`Worktree`] (commits, merges, branches,
+//!    tags, a large-ish file — see [`Worktree::build_history`]);
+//! 3. runs the engine and asserts with [`assert_refs_equal`] and [`assert_fsck_clean`].
+//!
+//! Servers are torn down when dropped. Git runs with an isolated environment (no user or system
+//! config, fixed identities and dates) so fixtures are reproducible.
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+pub use tempfile::TempDir;
+
+/// Build a `git` command with an isolated, reproducible environment.
+pub fn git_cmd(dir: &Path) -> Command {
+    let mut cmd = Command::new("git");
+    cmd.current_dir(dir)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_AUTHOR_NAME", "Fixture Author")
+        .env("GIT_AUTHOR_EMAIL", "author@example.invalid")
+        .env("GIT_COMMITTER_NAME", "Fixture Committer")
+        .env("GIT_COMMITTER_EMAIL", "committer@example.invalid")
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env_remove("GIT_DIR")
+        .env_remove("GIT_WORK_TREE");
+    cmd
+}
+
+/// Run git in `dir`, panic with its stderr on failure, return trimmed stdout.
+pub fn git<I, S>(dir: &Path, args: I) -> String
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let args: Vec<_> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+    let out = git_cmd(dir).args(&args).output().expect("git runs");
+    if !out.status.success() {
+        panic!(
+            "git {:?} in {} failed: {}\n{}",
+            args,
+            dir.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    String::from_utf8_lossy(&out.stdout).trim_end().to_owned()
+}
+
+/// All refs of a repository as `name -> object id` (tags not peeled), excluding `HEAD`.
+pub fn refs(repo: &Path) -> BTreeMap<String, String> {
+    refs_under(repo, &["refs/"])
+}
+
+/// Refs under the given prefixes (`git for-each-ref` patterns).
+pub fn refs_under(repo: &Path, prefixes: &[&str]) -> BTreeMap<String, String> {
+    let mut args = vec!["for-each-ref", "--format=%(objectname) %(refname)"];
+    args.extend_from_slice(prefixes);
+    git(repo, args)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let (id, name) = l.split_once(' ').expect("id and name");
+            (name.to_owned(), id.to_owned())
+        })
+        .collect()
+}
+
+/// The refs a mirror carries by default: branches and tags.
+pub fn mirrored_refs(repo: &Path) -> BTreeMap<String, String> {
+    refs_under(repo, &["refs/heads/", "refs/tags/"])
+}
+
+/// Assert that the target has exactly the source's branches and tags, at the same ids.
+#[track_caller]
+pub fn assert_refs_equal(source: &Path, target: &Path) {
+    let (s, t) = (mirrored_refs(source), mirrored_refs(target));
+    if s != t {
+        let only_s: Vec<_> = s.iter().filter(|(k, v)| t.get(*k) != Some(v)).collect();
+        let only_t: Vec<_> = t.iter().filter(|(k, v)| s.get(*k) != Some(v)).collect();
+        panic!(
+            "refs differ\n  source {}: {:?}\n  target {}: {:?}",
+            source.display(),
+            only_s,
+            target.display(),
+            only_t
+        );
+    }
+}
+
+/// Assert `git fsck --full --strict` finds nothing wrong (no missing or corrupt objects).
+#[track_caller]
+pub fn assert_fsck_clean(repo: &Path) {
+    let out = git_cmd(repo)
+        .args(["fsck", "--full", "--strict", "--no-dangling"])
+        .output()
+        .expect("git fsck runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.trim().is_empty(),
+        "git fsck of {} is not clean ({}):\n{stdout}\n{stderr}",
+        repo.display(),
+        out.status
+    );
+}
+
+/// Count objects in a repository (loose + packed), as `git count-objects -v` sees them.
+pub fn object_count(repo: &Path) -> u64 {
+    let out = git(repo, ["count-objects", "-v"]);
+    let field = |name: &str| -> u64 {
+        out.lines()
+            .find_map(|l| l.strip_prefix(name).map(|v| v.trim().parse().unwrap_or(0)))
+            .unwrap_or(0)
+    };
+    field("count:") + field("in-pack:")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .expect("bind loopback")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn wait_for_port(port: u16, child: &mut Child, what: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            return true;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            eprintln!("{what} exited early: {status}");
+            return false;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    panic!("{what} did not listen on port {port} within 10s");
+}
+
+/// A `git daemon` serving every repository under a root directory, receive-pack enabled.
+pub struct GitDaemon {
+    child: Child,
+    pub port: u16,
+}
+
+impl GitDaemon {
+    pub fn start(root: &Path) -> GitDaemon {
+        for _attempt in 0..5 {
+            let port = free_port();
+            let mut child = git_cmd(root)
+                .args([
+                    "daemon",
+                    "--reuseaddr",
+                    "--export-all",
+                    "--enable=receive-pack",
+                    "--informative-errors",
+                    "--listen=127.0.0.1",
+                ])
+                .arg(format!("--port={port}"))
+                .arg(format!("--base-path={}", root.display()))
+                .arg(root)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("git daemon starts");
+            if wait_for_port(port, &mut child, "git daemon") {
+                return GitDaemon { child, port };
+            }
+        }
+        panic!("git daemon could not start on a free port");
+    }
+
+    pub fn url(&self, name: &str) -> String {
+        format!("git://127.0.0.1:{}/{name}", self.port)
+    }
+}
+
+impl Drop for GitDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Credentials the HTTP server demands (HTTP basic auth), if any.
+#[derive(Clone, Debug)]
+pub struct BasicAuth {
+    pub user: String,
+    pub password: String,
+}
+
+/// `git http-backend` (CGI) behind a small loopback HTTP server.
+///
+/// Request bodies (including chunked ones) are streamed into the CGI process and its output is
+/// streamed back, so large pushes and fetches are not buffered in the test process.
+pub struct HttpBackend {
+    server: Arc<tiny_http::Server>,
+    thread: Option<thread::JoinHandle<()>>,
+    pub port: u16,
+    /// Requests answered, by status code class; lets tests assert e.g. that a 401 happened.
+    pub requests: Arc<RequestLog>,
+}
+
+/// What the HTTP server saw, for assertions.
+#[derive(Default)]
+pub struct RequestLog {
+    pub total: AtomicU64,
+    pub unauthorized: AtomicU64,
+    pub request_bytes: AtomicU64,
+}
+
+impl HttpBackend {
+    pub fn start(root: &Path, auth: Option<BasicAuth>) -> HttpBackend {
+        let server = Arc::new(
+            tiny_http::Server::http(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+                .expect("bind http server"),
+        );
+        let port = server.server_addr().to_ip().expect("ip listener").port();
+        let requests = Arc::new(RequestLog::default());
+        let (srv, root, log) = (server.clone(), root.to_owned(), requests.clone());
+        let thread = thread::spawn(move || {
+            for request in srv.incoming_requests() {
+                let (root, auth, log) = (root.clone(), auth.clone(), log.clone());
+                thread::spawn(move || serve_cgi(request, &root, auth.as_ref(), &log));
+            }
+        });
+        HttpBackend {
+            server,
+            thread: Some(thread),
+            port,
+            requests,
+        }
+    }
+
+    pub fn url(&self, name: &str) -> String {
+        format!("http://127.0.0.1:{}/{name}", self.port)
+    }
+
+    /// The URL with credentials in its userinfo, as a user might configure it.
+    pub fn url_with_userinfo(&self, name: &str, user: &str, password: &str) -> String {
+        format!("http://{user}:{password}@127.0.0.1:{}/{name}", self.port)
+    }
+}
+
+impl Drop for HttpBackend {
+    fn drop(&mut self) {
+        self.server.unblock();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn header<'a>(request: &'a tiny_http::Request, name: &str) -> Option<&'a str> {
+    request
+        .headers()
+        .iter()
+        .find(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name))
+        .map(|h| h.value.as_str())
+}
+
+fn basic_auth_ok(request: &tiny_http::Request, auth: &BasicAuth) -> bool {
+    let Some(value) = header(request, "Authorization") else {
+        return false;
+    };
+    let Some(encoded) = value.strip_prefix("Basic ") else {
+        return false;
+    };
+    base64_decode(encoded.trim()).as_deref()
+        == Some(format!("{}:{}", auth.user, auth.password).as_bytes())
+}
+
+/// Minimal standard base64 decoding, enough to read a Basic auth header.
+fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = Vec::new();
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in s.bytes().filter(|&c| c != b'=') {
+        let v = ALPHABET.iter().position(|&a| a == c)? as u32;
+        acc = (acc << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    Some(out)
+}
+
+fn serve_cgi(mut request: tiny_http::Request, root: &Path, auth: Option<&BasicAuth>, log: &RequestLog) {
+    log.total.fetch_add(1, Ordering::Relaxed);
+    if let Some(auth) = auth {
+        if !basic_auth_ok(&request, auth) {
+            log.unauthorized.fetch_add(1, Ordering::Relaxed);
+            let header =
+                tiny_http::Header::from_bytes("WWW-Authenticate", "Basic realm=\"gitferry-test\"")
+                    .unwrap();
+            let _ = request.respond(
+                tiny_http::Response::from_string("authentication required")
+                    .with_status_code(401)
+                    .with_header(header),
+            );
+            return;
+        }
+    }
+    let url = request.url().to_owned();
+    let (path, query) = url.split_once('?').unwrap_or((&url, ""));
+    let mut cmd = git_cmd(root);
+    cmd.arg("http-backend")
+        .env("GIT_PROJECT_ROOT", root)
+        .env("GIT_HTTP_EXPORT_ALL", "1")
+        .env("REQUEST_METHOD", request.method().as_str())
+        .env("PATH_INFO", path)
+        .env("QUERY_STRING", query)
+        .env("REMOTE_ADDR", "127.0.0.1")
+        // Anonymous pushes are refused by http-backend unless receive-pack is enabled.
+        .env("GIT_CONFIG_COUNT", "1")
+        .env("GIT_CONFIG_KEY_0", "http.receivepack")
+        .env("GIT_CONFIG_VALUE_0", "true")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    if let Some(auth) = auth {
+        cmd.env("REMOTE_USER", &auth.user);
+    }
+    for (cgi, http) in [
+        ("CONTENT_TYPE", "Content-Type"),
+        ("CONTENT_LENGTH", "Content-Length"),
+        ("HTTP_CONTENT_ENCODING", "Content-Encoding"),
+        ("GIT_PROTOCOL", "Git-Protocol"),
+    ] {
+        if let Some(v) = header(&request, http) {
+            cmd.env(cgi, v);
+        }
+    }
+    let mut child = cmd.spawn().expect("git http-backend starts");
+    let mut stdin = child.stdin.take().expect("stdin");
+    // Stream the request body into the CGI process while we read its output.
+    let body_len = {
+        let reader = request.as_reader();
+        let mut counted = 0u64;
+        let mut buf = [0u8; 64 * 1024];
+        loop {
+            match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    counted += n as u64;
+                    if stdin.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        counted
+    };
+    drop(stdin);
+    log.request_bytes.fetch_add(body_len, Ordering::Relaxed);
+
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut status = 200u16;
+    let mut headers = Vec::new();
+    loop {
+        let mut line = String::new();
+        if out.read_line(&mut line).unwrap_or(0) == 0 {
+            break;
+        }
+        let line = line.trim_end_matches(['\r', '\n']);
+        if line.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            let v = v.trim();
+            if k.eq_ignore_ascii_case("Status") {
+                status = v.split(' ').next().and_then(|c| c.parse().ok()).unwrap_or(500);
+            } else if let Ok(h) = tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()) {
+                headers.push(h);
+            }
+        }
+    }
+    let response = tiny_http::Response::new(status.into(), headers, out, None, None);
+    let _ = request.respond(response);
+    let _ = child.wait();
+}
+
+/// Which server a test talks to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proto {
+    GitDaemon,
+    Http,
+}
+
+impl Proto {
+    pub const ALL: [Proto; 2] = [Proto::GitDaemon, Proto::Http];
+}
+
+/// A root directory of bare repositories served by both a git daemon and http-backend.
+pub struct Servers {
+    pub daemon: GitDaemon,
+    pub http: HttpBackend,
+    /// Kept last so the servers stop before the directory goes away.
+    pub dir: TempDir,
+}
+
+impl Servers {
+    pub fn start() -> Servers {
+        Self::start_with_auth(None)
+    }
+
+    pub fn start_with_auth(auth: Option<BasicAuth>) -> Servers {
+        let dir = tempfile::Builder::new()
+            .prefix("gitferry-srv-")
+            .tempdir()
+            .expect("tempdir");
+        let daemon = GitDaemon::start(dir.path());
+        let http = HttpBackend::start(dir.path(), auth);
+        Servers { daemon, http, dir }
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Path of the bare repository `name` (e.g. `"src.git"`) on the server side.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.root().join(name)
+    }
+
+    /// Create an empty bare repository `name` on the server (default branch `main`).
+    pub fn create_bare(&self, name: &str) -> PathBuf {
+        let path = self.path(name);
+        git(self.root(), ["init", "--quiet", "--bare", "--initial-branch=main", name]);
+        path
+    }
+
+    pub fn url(&self, proto: Proto, name: &str) -> String {
+        match proto {
+            Proto::GitDaemon => self.daemon.url(name),
+            Proto::Http => self.http.url(name),
+        }
+    }
+}
+
+/// A non-bare working repository used to author history and push it to a served bare repo.
+pub struct Worktree {
+    pub path: PathBuf,
+    _dir: TempDir,
+    counter: u64,
+}
+
+impl Worktree {
+    /// A new worktree whose `origin` is the bare repository at `remote`.
+    pub fn new(remote: &Path) -> Worktree {
+        let dir = tempfile::Builder::new()
+            .prefix("gitferry-wt-")
+            .tempdir()
+            .expect("tempdir");
+        let path = dir.path().join("wt");
+        git(dir.path(), ["init", "--quiet", "--initial-branch=main", "wt"]);
+        git(&path, ["remote", "add", "origin"].map(String::from).into_iter().chain([remote.display().to_string()]));
+        Worktree {
+            path,
+            _dir: dir,
+            counter: 0,
+        }
+    }
+
+    pub fn git<I, S>(&self, args: I) -> String
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        git(&self.path, args)
+    }
+
+    /// Write `content` to `file` and commit it with a deterministic date; returns the commit id.
+    pub fn commit_file(&mut self, file: &str, content: &[u8], message: &str) -> String {
+        let p = self.path.join(file);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).unwrap();
+        }
+        std::fs::write(&p, content).unwrap();
+        self.git(["add", "--", file]);
+        self.commit(message)
+    }
+
+    /// Commit what is staged (allowing empty commits) with a deterministic, increasing date.
+    pub fn commit(&mut self, message: &str) -> String {
+        self.counter += 1;
+        let date = format!("{} +0000", 1_700_000_000 + self.counter * 60);
+        let out = git_cmd(&self.path)
+            .env("GIT_AUTHOR_DATE", &date)
+            .env("GIT_COMMITTER_DATE", &date)
+            .args(["commit", "--quiet", "--allow-empty", "-m", message])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "commit failed: {}", String::from_utf8_lossy(&out.stderr));
+        self.git(["rev-parse", "HEAD"])
+    }
+
+    /// A small history with everything a mirror must carry: several branches, a merge commit,
+    /// annotated and lightweight tags, nested directories and a large-ish (1.5 MiB,
+    /// incompressible) file. Pushes all branches and tags to `origin`.
+    pub fn build_history(&mut self) {
+        self.commit_file("README.md", b"# fixture\n", "initial commit");
+        for i in 0..5 {
+            self.commit_file(
+                &format!("src/mod{i}.rs"),
+                format!("pub fn f{i}() -> u32 {{ {i} }}\n").as_bytes(),
+                &format!("add mod{i}"),
+            );
+        }
+        self.commit_file("assets/blob.bin", &pseudo_random_bytes(1536 * 1024, 7), "add a large file");
+        self.git(["tag", "-a", "v1.0", "-m", "release 1.0"]);
+        self.git(["checkout", "--quiet", "-b", "feature"]);
+        for i in 0..3 {
+            self.commit_file(
+                "src/feature.rs",
+                format!("// feature step {i}\n").as_bytes(),
+                &format!("feature step {i}"),
+            );
+        }
+        self.git(["checkout", "--quiet", "main"]);
+        self.commit_file("CHANGELOG.md", b"- 1.1\n", "changelog");
+        self.counter += 1;
+        let date = format!("{} +0000", 1_700_000_000 + self.counter * 60);
+        let out = git_cmd(&self.path)
+            .env("GIT_AUTHOR_DATE", &date)
+            .env("GIT_COMMITTER_DATE", &date)
+            .args(["merge", "--quiet", "--no-ff", "-m", "merge feature", "feature"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "merge failed: {}", String::from_utf8_lossy(&out.stderr));
+        self.git(["tag", "light-1"]);
+        self.git(["checkout", "--quiet", "-b", "release/1.x", "v1.0"]);
+        self.commit_file("src/mod0.rs", b"pub fn f0() -> u32 { 100 }\n", "backport fix");
+        self.git(["tag", "-a", "v1.0.1", "-m", "release 1.0.1"]);
+        self.git(["checkout", "--quiet", "main"]);
+        self.push_all();
+    }
+
+    /// Push all branches and tags to origin, forcing, and prune what origin has beyond them.
+    pub fn push_all(&self) {
+        self.git(["push", "--quiet", "--force", "--prune", "origin", "refs/heads/*:refs/heads/*", "refs/tags/*:refs/tags/*"]);
+    }
+}
+
+/// Deterministic incompressible bytes (xorshift), so pack sizes are stable across runs.
+pub fn pseudo_random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Install an executable hook script into a bare repository.
+pub fn install_hook(repo: &Path, name: &str, script: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let hooks = repo.join("hooks");
+    std::fs::create_dir_all(&hooks).unwrap();
+    let p = hooks.join(name);
+    std::fs::write(&p, script).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// The path of the `gitferry` binary built by cargo for this test run.
+pub fn gitferry_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("GITFERRY_BIN") {
+        return PathBuf::from(p);
+    }
+    // tests/… binaries live in target/<profile>/deps; the CLI is in target/<profile>.
+    let exe = std::env::current_exe().expect("current exe");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    profile_dir.join("gitferry")
+}
