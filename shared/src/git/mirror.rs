@@ -81,7 +81,7 @@ pub fn mirror(source: &Remote, target: &Remote, cache_dir: &Path, options: &Mirr
     let started = Instant::now();
     let say = |line: String| {
         if let Some(p) = &options.progress {
-            p(&line);
+            p(&format!("[{:6.2}s] {line}", started.elapsed().as_secs_f64()));
         }
         tracing::info!("{line}");
     };

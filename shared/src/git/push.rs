@@ -19,12 +19,11 @@
 //! rejection in the outcome, not an error: the other refs still land (unless `atomic`).
 
 use std::collections::BTreeMap;
-use std::io::{BufWriter, Read, Write};
+use std::io::{BufWriter, Write};
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
 
 use gix::ObjectId;
-use gix::protocol::transport::client::blocking_io::{ExtendedBufRead, HandleProgress, Transport};
+use gix::protocol::transport::client::blocking_io::{ExtendedBufRead, Transport};
 use gix::protocol::transport::client::{MessageKind, WriteMode};
 use gix::protocol::transport::packetline::PacketLineRef;
 use gix::protocol::transport::packetline::blocking_io::{StreamingPeekableIter, encode};
@@ -330,9 +329,9 @@ fn push_network(
     })();
     drop(raw); // ends the HTTP request body
 
-    let messages = Arc::new(Mutex::new(RemoteMessages::default()));
-    let report = read_report(&mut reader, sideband, messages.clone());
-    outcome.remote_messages = messages.lock().expect("not poisoned").lines(remote);
+    let mut messages = RemoteMessages::default();
+    let report = read_report(remote, &mut reader, sideband, &mut messages);
+    outcome.remote_messages = messages.lines(remote);
 
     let (objects, bytes) = match send {
         Ok(stats) => stats,
@@ -393,8 +392,7 @@ impl RemoteMessages {
     /// Human lines, progress meters (`\r`-updated "…: 50% (1/2)") removed, at most 100.
     fn lines(&self, remote: &Remote) -> Vec<String> {
         String::from_utf8_lossy(&self.text)
-            .split('\n')
-            .filter_map(|l| l.rsplit('\r').next())
+            .split(['\n', '\r'])
             .map(str::trim_end)
             .filter(|l| !l.is_empty() && !is_progress(l))
             .take(100)
@@ -407,64 +405,76 @@ fn is_progress(line: &str) -> bool {
     line.contains("% (") || line.starts_with("Total ") && line.contains("(delta ")
 }
 
-/// Read report-status lines from the response, demultiplexing side-band if negotiated.
+/// Read report-status lines from the response.
+///
+/// With side-band, raw packets are demultiplexed here rather than by gix's reader, whose
+/// progress callback strips a trailing newline from every packet — and receive-pack relays hook
+/// output in arbitrary 128-byte chunks, so line boundaries would be lost. Channel 1 carries the
+/// (small) report as nested pkt-lines, 2 human text, 3 a fatal error.
 fn read_report<'a>(
+    remote: &Remote,
     reader: &mut Box<dyn ExtendedBufRead<'a> + Unpin + 'a>,
     sideband: bool,
-    messages: Arc<Mutex<RemoteMessages>>,
+    messages: &mut RemoteMessages,
 ) -> Result<Vec<String>, Error> {
     let protocol = |m: String| Error::Remote {
-        remote: String::new(),
-        message: m,
+        remote: remote.to_string(),
+        message: scrub(&m, remote),
         transient: true,
     };
     let mut lines = Vec::new();
+    let push_text = |lines: &mut Vec<String>, data: &[u8]| -> Result<(), Error> {
+        let text = String::from_utf8_lossy(data).trim_end_matches('\n').to_owned();
+        if let Some(err) = text.strip_prefix("ERR ") {
+            return Err(protocol(format!("remote error: {err}")));
+        }
+        lines.push(text);
+        Ok(())
+    };
+    let mut band1 = Vec::new();
+    while let Some(line) = reader.readline() {
+        let line = match line {
+            Ok(Ok(l)) => l,
+            Ok(Err(e)) => return Err(protocol(format!("malformed push response: {e}"))),
+            Err(e) => {
+                let fatal = String::from_utf8_lossy(&messages.fatal).trim().to_owned();
+                return Err(protocol(if fatal.is_empty() {
+                    format!("reading push result: {}", super::error::chain(&e))
+                } else {
+                    format!("remote error: {fatal}")
+                }));
+            }
+        };
+        let Some(data) = line.as_slice() else { continue };
+        if !sideband {
+            push_text(&mut lines, data)?;
+            continue;
+        }
+        match data.split_first() {
+            Some((1, rest)) => band1.extend_from_slice(rest),
+            Some((2, rest)) => messages.text.extend_from_slice(rest),
+            Some((3, rest)) => messages.fatal.extend_from_slice(rest),
+            _ => push_text(&mut lines, data)?, // e.g. an `ERR` line outside the side-band
+        }
+    }
     if sideband {
-        let sink = messages.clone();
-        let handler: HandleProgress<'a> = Box::new(move |is_error: bool, text: &[u8]| {
-            let mut m = sink.lock().expect("not poisoned");
-            let buf = if is_error { &mut m.fatal } else { &mut m.text };
-            buf.extend_from_slice(text);
-            buf.push(b'\n');
-            std::ops::ControlFlow::Continue(())
-        });
-        reader.set_progress_handler(Some(handler));
-        let mut inner = StreamingPeekableIter::new(&mut *reader, &[PacketLineRef::Flush], false);
+        let mut inner = StreamingPeekableIter::new(&band1[..], &[PacketLineRef::Flush], false);
         while let Some(line) = inner.read_line() {
             match line {
                 Ok(Ok(l)) => {
-                    if let Some(text) = l.as_slice() {
-                        lines.push(String::from_utf8_lossy(text).trim_end_matches('\n').to_owned());
+                    if let Some(data) = l.as_slice() {
+                        push_text(&mut lines, data)?;
                     }
                 }
                 Ok(Err(e)) => return Err(protocol(format!("malformed report-status: {e}"))),
-                Err(e) => {
-                    let fatal = String::from_utf8_lossy(&messages.lock().expect("not poisoned").fatal).trim().to_owned();
-                    return Err(protocol(if fatal.is_empty() {
-                        format!("reading push result: {}", super::error::chain(&e))
-                    } else {
-                        format!("remote error: {fatal}")
-                    }));
-                }
+                Err(e) => return Err(protocol(format!("truncated report-status: {e}"))),
             }
         }
-        let fatal = String::from_utf8_lossy(&messages.lock().expect("not poisoned").fatal).trim().to_owned();
+        let fatal = String::from_utf8_lossy(&messages.fatal).trim().to_owned();
         if lines.is_empty() && !fatal.is_empty() {
             return Err(protocol(format!("remote error: {fatal}")));
         }
-    } else {
-        while let Some(line) = reader.readline() {
-            let line = line
-                .map_err(|e| protocol(format!("reading push result: {e}")))?
-                .map_err(|e| protocol(format!("malformed report-status: {e}")))?;
-            if let Some(text) = line.as_slice() {
-                lines.push(String::from_utf8_lossy(text).trim_end_matches('\n').to_owned());
-            }
-        }
     }
-    // Drain anything after the report so HTTP bodies are fully consumed.
-    let mut sink = [0u8; 512];
-    while matches!(reader.read(&mut sink), Ok(n) if n > 0) {}
     Ok(lines)
 }
 

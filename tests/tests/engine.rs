@@ -1,0 +1,502 @@
+//! The git engine end to end, against a real `git daemon` and `git http-backend`.
+//!
+//! Every scenario runs over both transports; after each, the target's branches and tags must
+//! equal the source's (where expected) and `git fsck --full --strict` must be clean.
+
+use std::path::PathBuf;
+
+use gitferry_core::git::{self, DeltaKind, MirrorOptions, MirrorSummary, RefPatterns, Remote};
+use harness::{
+    BasicAuth, Proto, Servers, TempDir, Worktree, assert_fsck_clean, assert_refs_equal, git, install_hook,
+    mirrored_refs, refs,
+};
+
+/// A source with history, an empty target, a cache directory, all on one pair of servers.
+struct Case {
+    servers: Servers,
+    proto: Proto,
+    source: PathBuf,
+    target: PathBuf,
+    wt: Worktree,
+    cache: TempDir,
+}
+
+impl Case {
+    fn new(proto: Proto) -> Case {
+        Self::with_servers(proto, Servers::start())
+    }
+
+    fn with_servers(proto: Proto, servers: Servers) -> Case {
+        let source = servers.create_bare("src.git");
+        let target = servers.create_bare("dst.git");
+        let mut wt = Worktree::new(&source);
+        wt.build_history();
+        Case {
+            servers,
+            proto,
+            source,
+            target,
+            wt,
+            cache: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn source_remote(&self) -> Remote {
+        Remote::parse(&self.servers.url(self.proto, "src.git")).unwrap()
+    }
+
+    fn target_remote(&self) -> Remote {
+        Remote::parse(&self.servers.url(self.proto, "dst.git")).unwrap()
+    }
+
+    fn mirror(&self) -> MirrorSummary {
+        self.try_mirror().unwrap_or_else(|e| panic!("mirror over {:?} failed: {e}", self.proto))
+    }
+
+    fn try_mirror(&self) -> Result<MirrorSummary, git::Error> {
+        git::mirror(&self.source_remote(), &self.target_remote(), self.cache.path(), &options())
+    }
+
+    fn cache_repo(&self) -> PathBuf {
+        git::mirror::cache_path(self.cache.path(), &self.source_remote())
+    }
+
+    #[track_caller]
+    fn assert_mirrored(&self) {
+        assert_refs_equal(&self.source, &self.target);
+        assert_refs_equal(&self.source, &self.cache_repo());
+        assert_fsck_clean(&self.target);
+        assert_fsck_clean(&self.cache_repo());
+    }
+}
+
+fn options() -> MirrorOptions {
+    MirrorOptions {
+        refs: RefPatterns::default(),
+        prune: true,
+        atomic: false,
+        progress: None,
+    }
+}
+
+fn count(summary_deltas: &[git::RefDelta], kind: DeltaKind) -> usize {
+    summary_deltas.iter().filter(|d| d.kind == kind).count()
+}
+
+#[test]
+fn initial_mirror_into_empty_target() {
+    for proto in Proto::ALL {
+        let case = Case::new(proto);
+        let n = mirrored_refs(&case.source).len();
+        assert!(n >= 6, "fixture has branches and tags: {n}");
+        let s = case.mirror();
+        case.assert_mirrored();
+        assert_eq!(s.fetch.refs.created, n, "{proto:?}: every ref created in the cache");
+        assert_eq!(s.push.refs.created, n, "{proto:?}: every ref created on the target");
+        assert!(s.push.rejected.is_empty());
+        assert!(s.fetch.objects > 20 && s.push.objects > 20, "{proto:?}: {s:?}");
+        // The 1.5 MiB incompressible blob went both ways.
+        assert!(s.fetch.bytes > 1_500_000 && s.push.bytes > 1_500_000, "{proto:?}: {s:?}");
+    }
+}
+
+#[test]
+fn second_run_with_nothing_changed_transfers_no_pack() {
+    for proto in Proto::ALL {
+        let case = Case::new(proto);
+        case.mirror();
+        let s = case.mirror();
+        case.assert_mirrored();
+        assert!(s.fetch.up_to_date, "{proto:?}: no fetch when the cache matches the source");
+        assert_eq!((s.fetch.objects, s.fetch.bytes), (0, 0), "{proto:?}");
+        assert!(s.push.results.is_empty(), "{proto:?}: nothing to push: {:?}", s.push.results);
+        assert_eq!((s.push.objects, s.push.bytes), (0, 0), "{proto:?}");
+    }
+}
+
+#[test]
+fn incremental_commits_branch_and_annotated_tag() {
+    for proto in Proto::ALL {
+        let mut case = Case::new(proto);
+        let first = case.mirror();
+        case.wt.commit_file("src/new.rs", b"pub fn new() {}\n", "more work");
+        case.wt.commit_file("src/new2.rs", b"pub fn new2() {}\n", "even more work");
+        case.wt.git(["tag", "-a", "v2.0", "-m", "release 2.0"]);
+        case.wt.git(["branch", "topic/next"]);
+        case.wt.push_all();
+        let s = case.mirror();
+        case.assert_mirrored();
+        assert_eq!(count(&s.fetch.deltas, DeltaKind::Created), 2, "{proto:?}: tag + branch: {:?}", s.fetch.deltas);
+        assert_eq!(count(&s.fetch.deltas, DeltaKind::Updated), 1, "{proto:?}: main fast-forwarded");
+        assert_eq!((s.push.refs.created, s.push.refs.updated), (2, 1), "{proto:?}");
+        // Only the delta travels: 2 commits, their trees and blobs, the tag — not the history.
+        assert!(s.push.objects <= 10, "{proto:?}: pushed {} objects", s.push.objects);
+        assert!(s.push.bytes < first.push.bytes / 20, "{proto:?}: {} vs {}", s.push.bytes, first.push.bytes);
+        assert!(s.fetch.bytes < first.fetch.bytes / 20, "{proto:?}");
+    }
+}
+
+#[test]
+fn source_force_push_is_reproduced() {
+    for proto in Proto::ALL {
+        let mut case = Case::new(proto);
+        case.mirror();
+        let old_main = git(&case.source, ["rev-parse", "refs/heads/main"]);
+        case.wt.git(["reset", "--quiet", "--hard", "HEAD~2"]);
+        case.wt.commit_file("rewritten.txt", b"history was rewritten\n", "rewrite");
+        case.wt.push_all();
+        let s = case.mirror();
+        case.assert_mirrored();
+        let forced: Vec<_> = s.fetch.deltas.iter().filter(|d| d.kind == DeltaKind::Forced).collect();
+        assert_eq!(forced.len(), 1, "{proto:?}: {:?}", s.fetch.deltas);
+        assert_eq!(forced[0].name, "refs/heads/main");
+        assert_eq!(forced[0].old.unwrap().to_string(), old_main);
+        assert_eq!(s.push.refs.forced, 1, "{proto:?}");
+    }
+}
+
+#[test]
+fn deleted_branch_and_tag_are_pruned_in_cache_and_target() {
+    for proto in Proto::ALL {
+        let case = Case::new(proto);
+        case.mirror();
+        git(&case.source, ["branch", "-D", "feature"]);
+        git(&case.source, ["tag", "-d", "v1.0"]);
+        let s = case.mirror();
+        case.assert_mirrored();
+        let cache_refs = refs(&case.cache_repo());
+        assert!(!cache_refs.contains_key("refs/heads/feature") && !cache_refs.contains_key("refs/tags/v1.0"));
+        assert_eq!(s.fetch.refs.deleted, 2, "{proto:?}");
+        assert_eq!(s.push.refs.deleted, 2, "{proto:?}");
+        assert_eq!(s.push.objects, 0, "{proto:?}: deletes need no objects");
+    }
+}
+
+#[test]
+fn refs_only_on_the_target_are_deleted_but_foreign_namespaces_kept() {
+    for proto in Proto::ALL {
+        let case = Case::new(proto);
+        case.mirror();
+        let main = git(&case.target, ["rev-parse", "refs/heads/main"]);
+        git(&case.target, ["update-ref", "refs/heads/stray", &main]);
+        git(&case.target, ["update-ref", "refs/tags/stray-tag", &main]);
+        // Hosts keep read-only refs such as refs/pull/*: a mirror must not touch them.
+        git(&case.target, ["update-ref", "refs/pull/1/head", &main]);
+        let s = case.mirror();
+        case.assert_mirrored();
+        assert_eq!(s.push.refs.deleted, 2, "{proto:?}: {:?}", s.push.results);
+        assert!(refs(&case.target).contains_key("refs/pull/1/head"));
+    }
+}
+
+#[test]
+fn hosted_read_only_refs_on_the_source_are_not_mirrored() {
+    for proto in Proto::ALL {
+        let case = Case::new(proto);
+        let main = git(&case.source, ["rev-parse", "refs/heads/main"]);
+        git(&case.source, ["update-ref", "refs/pull/7/head", &main]);
+        case.mirror();
+        case.assert_mirrored();
+        assert!(!refs(&case.target).contains_key("refs/pull/7/head"));
+        assert!(!refs(&case.cache_repo()).contains_key("refs/pull/7/head"));
+    }
+}
+
+#[test]
+fn target_hook_declining_one_ref_rejects_only_that_ref() {
+    for proto in Proto::ALL {
+        let case = Case::new(proto);
+        // receive-pack's per-ref `update` hook (a pre-receive hook declines the whole push).
+        install_hook(
+            &case.target,
+            "update",
+            "#!/bin/sh\nif [ \"$1\" = refs/heads/feature ]; then echo \"policy: feature is frozen\" >&2; exit 1; fi\nexit 0\n",
+        );
+        let cli = std::process::Command::new(harness::gitferry_bin())
+            .args([
+                "mirror",
+                &case.servers.url(proto, "src.git"),
+                &case.servers.url(proto, "dst.git"),
+                "--cache-dir",
+            ])
+            .arg(case.cache.path())
+            .arg("--json")
+            .output()
+            .expect("gitferry runs");
+        assert_eq!(cli.status.code(), Some(1), "{proto:?}: a rejected ref fails the command");
+        let summary: serde_json::Value = serde_json::from_slice(&cli.stdout).expect("JSON summary on stdout");
+        let rejected = summary["push"]["rejected"].as_array().unwrap();
+        assert_eq!(rejected.len(), 1, "{proto:?}: {summary}");
+        assert_eq!(rejected[0]["name"], "refs/heads/feature");
+        assert!(rejected[0]["reason"].as_str().unwrap().contains("hook declined"), "{summary}");
+        let messages = summary["push"]["remote_messages"].to_string();
+        assert!(messages.contains("policy: feature is frozen"), "{proto:?}: hook output reported: {messages}");
+        assert!(!messages.contains("Resolving"), "{proto:?}: progress meters are not messages: {messages}");
+        let stderr = String::from_utf8_lossy(&cli.stderr);
+        assert!(stderr.contains("rejected"), "{stderr}");
+        // Everything else landed.
+        let (s, t) = (mirrored_refs(&case.source), mirrored_refs(&case.target));
+        for (name, id) in &s {
+            if name != "refs/heads/feature" {
+                assert_eq!(t.get(name), Some(id), "{proto:?}: {name} mirrored");
+            }
+        }
+        assert!(!t.contains_key("refs/heads/feature"));
+        assert_fsck_clean(&case.target);
+    }
+}
+
+#[test]
+fn atomic_push_applies_nothing_when_one_ref_is_declined() {
+    for proto in Proto::ALL {
+        let case = Case::new(proto);
+        install_hook(&case.target, "update", "#!/bin/sh\n[ \"$1\" = refs/heads/feature ] && exit 1\nexit 0\n");
+        let mut opts = options();
+        opts.atomic = true;
+        let s = git::mirror(&case.source_remote(), &case.target_remote(), case.cache.path(), &opts).unwrap();
+        assert!(!s.push.rejected.is_empty());
+        assert_eq!(s.push.rejected.len(), s.push.results.len(), "{proto:?}: all-or-nothing: {:?}", s.push.results);
+        assert!(mirrored_refs(&case.target).is_empty(), "{proto:?}: nothing applied");
+    }
+}
+
+#[test]
+fn http_basic_auth_right_and_wrong_credentials() {
+    let auth = BasicAuth {
+        user: "mirror-bot".into(),
+        password: "correct-horse-battery".into(),
+    };
+    let case = Case::with_servers(Proto::Http, Servers::start_with_auth(Some(auth.clone())));
+    let good = |name: &str| case.servers.http.url_with_userinfo(name, &auth.user, &auth.password);
+    let s = git::mirror(
+        &Remote::parse(&good("src.git")).unwrap(),
+        &Remote::parse(&good("dst.git")).unwrap(),
+        case.cache.path(),
+        &options(),
+    )
+    .expect("right credentials work");
+    assert!(s.push.refs.created > 0);
+    assert_refs_equal(&case.source, &case.target);
+    assert!(
+        !serde_json::to_string(&s).unwrap().contains(&auth.password),
+        "the summary never shows the password"
+    );
+
+    // Wrong password: a permanent auth error that does not print the password.
+    let bad = case.servers.http.url_with_userinfo("src.git", &auth.user, "wrong-password-123");
+    let err = git::mirror(
+        &Remote::parse(&bad).unwrap(),
+        &Remote::parse(&good("dst.git")).unwrap(),
+        case.cache.path(),
+        &options(),
+    )
+    .unwrap_err();
+    assert!(matches!(err, git::Error::Auth { .. }), "auth error, got {err:?}");
+    assert!(!err.is_transient());
+    let shown = format!("{err} {err:?}");
+    assert!(!shown.contains("wrong-password-123"), "{shown}");
+
+    // Same through the CLI, credentials from the environment this time.
+    let cli = std::process::Command::new(harness::gitferry_bin())
+        .args(["mirror", &case.servers.http.url("src.git"), &case.servers.http.url("dst.git"), "--cache-dir"])
+        .arg(case.cache.path())
+        .env("GITFERRY_SOURCE_USER", &auth.user)
+        .env("GITFERRY_SOURCE_TOKEN", "another-wrong-secret")
+        .env("GITFERRY_TARGET_USER", &auth.user)
+        .env("GITFERRY_TARGET_TOKEN", &auth.password)
+        .output()
+        .unwrap();
+    assert_eq!(cli.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&cli.stderr);
+    assert!(stderr.contains("authentication failed"), "{stderr}");
+    assert!(!stderr.contains("another-wrong-secret") && !stderr.contains("panicked"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one clear line: {stderr}");
+
+    // No credentials at all against a server that wants them: also an auth error.
+    let err = git::mirror(
+        &Remote::parse(&case.servers.http.url("src.git")).unwrap(),
+        &Remote::parse(&good("dst.git")).unwrap(),
+        case.cache.path(),
+        &options(),
+    )
+    .unwrap_err();
+    assert!(matches!(err, git::Error::Auth { .. }), "{err:?}");
+    // The push side too: a target refusing our credentials is an auth error.
+    let err = git::mirror(
+        &Remote::parse(&good("src.git")).unwrap(),
+        &Remote::parse(&case.servers.http.url_with_userinfo("dst.git", &auth.user, "nope-nope")).unwrap(),
+        case.cache.path(),
+        &options(),
+    )
+    .unwrap_err();
+    assert!(matches!(err, git::Error::Auth { .. }), "{err:?}");
+    assert!(!format!("{err}").contains("nope-nope"));
+}
+
+#[test]
+fn unreachable_source_is_transient_and_leaves_the_cache_untouched() {
+    for proto in Proto::ALL {
+        let case = Case::new(proto);
+        case.mirror();
+        let before = refs(&case.cache_repo());
+        // A port nobody listens on.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let url = match proto {
+            Proto::GitDaemon => format!("git://127.0.0.1:{port}/src.git"),
+            Proto::Http => format!("http://127.0.0.1:{port}/src.git"),
+        };
+        // Same cache key as the real source would be different; point the cache dir at the same
+        // repository by mirroring the unreachable URL into a copy of the cache.
+        let unreachable = Remote::parse(&url).unwrap();
+        let cache = git::mirror::cache_path(case.cache.path(), &unreachable);
+        copy_dir(&case.cache_repo(), &cache);
+        let err = git::mirror(&unreachable, &case.target_remote(), case.cache.path(), &options()).unwrap_err();
+        assert!(err.is_transient(), "{proto:?}: {err:?}");
+        assert!(matches!(err, git::Error::Network { .. }), "{proto:?}: {err:?}");
+        assert_eq!(refs(&cache), before, "{proto:?}: cache untouched");
+        assert_fsck_clean(&cache);
+        assert_refs_equal(&case.source, &case.target);
+    }
+}
+
+#[test]
+fn missing_repository_is_a_permanent_not_found() {
+    for proto in Proto::ALL {
+        let case = Case::new(proto);
+        let missing = Remote::parse(&case.servers.url(proto, "nope.git")).unwrap();
+        let err = git::mirror(&missing, &case.target_remote(), case.cache.path(), &options()).unwrap_err();
+        assert!(!err.is_transient(), "{proto:?}: {err:?}");
+        assert!(matches!(err, git::Error::NotFound { .. }), "{proto:?}: {err:?}");
+    }
+}
+
+#[test]
+fn empty_source_mirrors_to_an_empty_target() {
+    for proto in Proto::ALL {
+        let servers = Servers::start();
+        servers.create_bare("empty.git");
+        servers.create_bare("dst.git");
+        let cache = tempfile::tempdir().unwrap();
+        let s = git::mirror(
+            &Remote::parse(&servers.url(proto, "empty.git")).unwrap(),
+            &Remote::parse(&servers.url(proto, "dst.git")).unwrap(),
+            cache.path(),
+            &options(),
+        )
+        .unwrap();
+        assert!(s.push.results.is_empty(), "{proto:?}");
+        assert!(mirrored_refs(&servers.path("dst.git")).is_empty());
+    }
+}
+
+#[test]
+fn local_paths_are_mirrored_natively() {
+    let servers = Servers::start();
+    let source = servers.create_bare("src.git");
+    let target = servers.create_bare("dst.git");
+    let mut wt = Worktree::new(&source);
+    wt.build_history();
+    let cache = tempfile::tempdir().unwrap();
+    let run = || {
+        git::mirror(
+            &Remote::parse(source.to_str().unwrap()).unwrap(),
+            &Remote::parse(target.to_str().unwrap()).unwrap(),
+            cache.path(),
+            &options(),
+        )
+        .unwrap()
+    };
+    let s = run();
+    assert_refs_equal(&source, &target);
+    assert_fsck_clean(&target);
+    assert!(s.push.objects > 20);
+    // Incremental with a force-push and a deletion, then a no-op.
+    wt.git(["reset", "--quiet", "--hard", "HEAD~1"]);
+    wt.commit_file("local.txt", b"local\n", "local change");
+    wt.push_all();
+    git(&source, ["tag", "-d", "light-1"]);
+    let s = run();
+    assert_refs_equal(&source, &target);
+    assert_fsck_clean(&target);
+    assert_eq!((s.push.refs.forced, s.push.refs.deleted), (1, 1), "{:?}", s.push.results);
+    let s = run();
+    assert!(s.fetch.up_to_date && s.push.results.is_empty() && s.push.bytes == 0);
+    // A missing local source is a clear not-found.
+    let err = git::mirror(
+        &Remote::parse("/nonexistent/gitferry/src.git").unwrap(),
+        &Remote::parse(target.to_str().unwrap()).unwrap(),
+        cache.path(),
+        &options(),
+    )
+    .unwrap_err();
+    assert!(matches!(err, git::Error::NotFound { .. }), "{err:?}");
+}
+
+#[test]
+fn cli_json_summary_and_usage_errors() {
+    let case = Case::new(Proto::GitDaemon);
+    let run = |extra: &[&str]| {
+        std::process::Command::new(harness::gitferry_bin())
+            .args(["mirror", &case.servers.url(Proto::GitDaemon, "src.git"), &case.servers.url(Proto::GitDaemon, "dst.git"), "--cache-dir"])
+            .arg(case.cache.path())
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["push"]["refs"]["created"].as_u64().unwrap() > 0);
+    assert!(v["fetch"]["bytes"].as_u64().unwrap() > 0);
+    assert!(v["duration_ms"].is_u64());
+    assert_refs_equal(&case.source, &case.target);
+
+    let out = run(&["--progress"]);
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("up to date"), "{text}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("listing refs"), "progress on stderr");
+
+    let usage = std::process::Command::new(harness::gitferry_bin()).args(["mirror", "only-one-arg"]).output().unwrap();
+    assert_eq!(usage.status.code(), Some(2));
+    let bad = std::process::Command::new(harness::gitferry_bin())
+        .args(["mirror", "ftp://user:pw-secret@h/x", "/tmp/x", "--cache-dir", "/tmp/y"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(stderr.starts_with("error: invalid remote") && !stderr.contains("pw-secret"), "{stderr}");
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let dest = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &dest);
+        } else {
+            std::fs::copy(entry.path(), dest).unwrap();
+        }
+    }
+}
+
+#[test]
+fn target_without_ofs_delta_gets_ref_deltas() {
+    for proto in Proto::ALL {
+        let mut case = Case::new(proto);
+        // receive-pack stops advertising ofs-delta with this setting.
+        git(&case.target, ["config", "repack.useDeltaBaseOffset", "false"]);
+        // History with similar file versions so the source's packs hold deltas to reuse.
+        let base: Vec<u8> = (0..4000).map(|i| format!("line {i}\n")).collect::<String>().into_bytes();
+        for round in 0..4 {
+            let mut content = base.clone();
+            content.extend_from_slice(format!("round {round}\n").as_bytes());
+            case.wt.commit_file("big.txt", &content, &format!("round {round}"));
+        }
+        case.wt.push_all();
+        git(&case.source, ["repack", "-adq"]);
+        case.mirror();
+        case.assert_mirrored();
+    }
+}
