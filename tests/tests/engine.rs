@@ -89,8 +89,14 @@ fn initial_mirror_into_empty_target() {
         let case = Case::new(proto);
         let n = mirrored_refs(&case.source).len();
         assert!(n >= 6, "fixture has branches and tags: {n}");
+        git(&case.source, ["symbolic-ref", "HEAD", "refs/heads/release/1.x"]);
         let s = case.mirror();
         case.assert_mirrored();
+        assert_eq!(
+            git(&case.cache_repo(), ["symbolic-ref", "HEAD"]),
+            "refs/heads/release/1.x",
+            "{proto:?}: the cache follows the source's default branch"
+        );
         assert_eq!(s.fetch.refs.created, n, "{proto:?}: every ref created in the cache");
         assert_eq!(s.push.refs.created, n, "{proto:?}: every ref created on the target");
         assert!(s.push.rejected.is_empty());
@@ -105,7 +111,9 @@ fn second_run_with_nothing_changed_transfers_no_pack() {
     for proto in Proto::ALL {
         let case = Case::new(proto);
         case.mirror();
+        let before = tree_snapshot(case.cache.path());
         let s = case.mirror();
+        assert_eq!(tree_snapshot(case.cache.path()), before, "{proto:?}: a no-op writes nothing in the cache");
         case.assert_mirrored();
         assert!(s.fetch.up_to_date, "{proto:?}: no fetch when the cache matches the source");
         assert_eq!((s.fetch.objects, s.fetch.bytes), (0, 0), "{proto:?}");
@@ -119,6 +127,7 @@ fn incremental_commits_branch_and_annotated_tag() {
     for proto in Proto::ALL {
         let mut case = Case::new(proto);
         let first = case.mirror();
+        let old_target = mirrored_refs(&case.target);
         case.wt.commit_file("src/new.rs", b"pub fn new() {}\n", "more work");
         case.wt.commit_file("src/new2.rs", b"pub fn new2() {}\n", "even more work");
         case.wt.git(["tag", "-a", "v2.0", "-m", "release 2.0"]);
@@ -130,7 +139,7 @@ fn incremental_commits_branch_and_annotated_tag() {
         assert_eq!(count(&s.fetch.deltas, DeltaKind::Updated), 1, "{proto:?}: main fast-forwarded");
         assert_eq!((s.push.refs.created, s.push.refs.updated), (2, 1), "{proto:?}");
         // Only the delta travels: 2 commits, their trees and blobs, the tag — not the history.
-        assert!(s.push.objects <= 10, "{proto:?}: pushed {} objects", s.push.objects);
+        assert_eq!(s.push.objects, missing_objects(&case.source, &old_target), "{proto:?}: exactly what git would send");
         assert!(s.push.bytes < first.push.bytes / 20, "{proto:?}: {} vs {}", s.push.bytes, first.push.bytes);
         assert!(s.fetch.bytes < first.fetch.bytes / 20, "{proto:?}");
     }
@@ -141,6 +150,7 @@ fn source_force_push_is_reproduced() {
     for proto in Proto::ALL {
         let mut case = Case::new(proto);
         case.mirror();
+        let old_target = mirrored_refs(&case.target);
         let old_main = git(&case.source, ["rev-parse", "refs/heads/main"]);
         case.wt.git(["reset", "--quiet", "--hard", "HEAD~2"]);
         case.wt.commit_file("rewritten.txt", b"history was rewritten\n", "rewrite");
@@ -152,7 +162,16 @@ fn source_force_push_is_reproduced() {
         assert_eq!(forced[0].name, "refs/heads/main");
         assert_eq!(forced[0].old.unwrap().to_string(), old_main);
         assert_eq!(s.push.refs.forced, 1, "{proto:?}");
+        assert_eq!(s.push.objects, missing_objects(&case.source, &old_target), "{proto:?}");
     }
+}
+
+/// How many objects `git rev-list --objects` says the source has beyond what `old` refs reach:
+/// the exact content of a minimal pack.
+fn missing_objects(source: &std::path::Path, old: &std::collections::BTreeMap<String, String>) -> u64 {
+    let mut args = vec!["rev-list".to_owned(), "--objects".into(), "--branches".into(), "--tags".into(), "--not".into()];
+    args.extend(old.values().cloned());
+    git(source, args).lines().count() as u64
 }
 
 #[test]
@@ -455,7 +474,7 @@ fn cli_json_summary_and_usage_errors() {
     assert_eq!(out.status.code(), Some(0));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("up to date"), "{text}");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("listing refs"), "progress on stderr");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("fetching"), "progress on stderr");
 
     let usage = std::process::Command::new(harness::gitferry_bin()).args(["mirror", "only-one-arg"]).output().unwrap();
     assert_eq!(usage.status.code(), Some(2));
@@ -466,6 +485,26 @@ fn cli_json_summary_and_usage_errors() {
     assert_eq!(bad.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&bad.stderr);
     assert!(stderr.starts_with("error: invalid remote") && !stderr.contains("pw-secret"), "{stderr}");
+}
+
+/// Every path under `dir` with its modification time (directories too: creating and removing a
+/// lock file changes its directory's mtime).
+fn tree_snapshot(dir: &std::path::Path) -> Vec<(PathBuf, std::time::SystemTime)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        out.push((d.clone(), std::fs::metadata(&d).unwrap().modified().unwrap()));
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_dir() {
+                stack.push(entry.path());
+            } else {
+                out.push((entry.path(), entry.metadata().unwrap().modified().unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
 }
 
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {

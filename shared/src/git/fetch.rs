@@ -1,8 +1,10 @@
 //! Mirror fetch into the bare cache: every selected ref forced to the source's value, refs the
 //! source no longer has pruned, `HEAD` following the source's default branch.
 //!
-//! gix's fetch writes creates and updates (refspecs `+P:P` for each include pattern, `^P` for
-//! each exclude, no implicit tag following) but never prunes; pruning is a second ref
+//! One conversation with the source: its refs are listed (only the prefixes we mirror, plus
+//! `HEAD`), and when the cache already has them all, gix negotiates nothing and no pack is
+//! sent. gix's fetch writes creates and updates (refspecs `+P:P` for each include pattern, `^P`
+//! for each exclude, no implicit tag following) but never prunes; pruning is a second ref
 //! transaction, run only after a successful fetch and only against the refs the source
 //! advertised in that same conversation. What changed is computed by comparing the cache's refs
 //! before and after ([`super::refs::diff`]), which stays true whichever way the refs moved.
@@ -56,7 +58,7 @@ pub fn mirror_fetch(
     let before = repo::read_refs(cache, &options.refs)?;
     let (source, objects, bytes) = match remote.location() {
         Location::Local(path) => fetch_local(cache, remote, path, &before, &options.refs, interrupt)?,
-        Location::Network(url) => fetch_network(cache, remote, url, &options.refs, interrupt)?,
+        Location::Network(url) => fetch_network(cache, remote, url, &before, &options.refs, interrupt)?,
     };
 
     // Prune (and point HEAD like the source) in one transaction, compare-and-swap on each ref.
@@ -93,6 +95,7 @@ fn fetch_network(
     cache: &gix::Repository,
     remote: &Remote,
     url: &gix::Url,
+    before: &RefState,
     patterns: &RefPatterns,
     interrupt: &AtomicBool,
 ) -> Result<(RefState, u64, u64), Error> {
@@ -117,19 +120,25 @@ fn fetch_network(
     // Ask the server only for our prefixes, unless a pattern has no usable literal prefix
     // (e.g. `refs/*`): a literal `ref-prefix refs/*` would match nothing.
     let prefix_filter = patterns.prefixes().iter().all(|p| p.len() > "refs/".len());
+    // `HEAD` (no destination) only so the listing includes the source's default branch.
+    let head = gix::refspec::parse("HEAD".into(), gix::refspec::parse::Operation::Fetch)
+        .map_err(gix_err)?
+        .to_owned();
     let prepare = connection
         .prepare_fetch(
             gix::progress::Discard,
             gix::remote::ref_map::Options {
                 prefix_from_spec_as_filter_on_remote: prefix_filter,
+                extra_refspecs: vec![head],
                 ..Default::default()
             },
         )
         .map_err(gix_err)?;
-    // With the prefix filter HEAD is not listed: `head` stays None and the cache's HEAD is kept.
     let source = lsremote::ref_state_from_advertisement(&prepare.ref_map().remote_refs, patterns)?;
-    if prepare.ref_map().mappings.is_empty() {
-        // Nothing on the source matches (e.g. an empty repository): nothing to receive.
+    let up_to_date = source.refs.iter().all(|(name, t)| before.refs.get(name).map(|b| b.id) == Some(t.id));
+    if up_to_date || prepare.ref_map().mappings.iter().all(|m| m.local.is_none()) {
+        // The cache has every ref already (or the source has none): no negotiation, no pack,
+        // and no ref transaction — a no-op touches nothing on disk.
         return Ok((source, 0, 0));
     }
     let outcome = prepare.receive(gix::progress::Discard, interrupt).map_err(gix_err)?;
@@ -159,7 +168,12 @@ fn fetch_local(
     let source = repo::read_refs(&src, patterns)?;
     let tips: Vec<_> = source.refs.values().map(|t| t.id).collect();
     let haves: Vec<_> = before.refs.values().map(|t| t.id).collect();
-    let stats = local::copy_objects(&src, cache, &tips, &haves, interrupt).map_err(|e| Error::Local {
+    let old: Vec<_> = source
+        .refs
+        .iter()
+        .filter_map(|(name, t)| before.refs.get(name).map(|b| b.id).filter(|b| *b != t.id))
+        .collect();
+    let stats = local::copy_objects(&src, cache, &tips, &haves, &old, interrupt).map_err(|e| Error::Local {
         path: remote.to_string(),
         message: e.to_string(),
     })?;

@@ -20,13 +20,15 @@ pub enum CopyError {
     Index { path: String, message: String },
 }
 
-/// Copy the objects reachable from `tips` but not from `haves` from `src` into `dst`.
-/// Returns what was transferred; copies nothing when `dst` already has every tip.
+/// Copy the objects reachable from `tips` but not from `haves` from `src` into `dst`
+/// (`also_has`: see [`pack::write_pack`]). Returns what was transferred; copies nothing when
+/// `dst` already has every tip.
 pub fn copy_objects(
     src: &gix::Repository,
     dst: &gix::Repository,
     tips: &[ObjectId],
     haves: &[ObjectId],
+    also_has: &[ObjectId],
     interrupt: &AtomicBool,
 ) -> Result<PackStats, CopyError> {
     let wanted: Vec<ObjectId> = tips.iter().copied().filter(|t| !dst.has_object(t)).collect();
@@ -58,7 +60,7 @@ pub fn copy_objects(
                 },
             )
         });
-        let written = pack::write_pack(src, &wanted, haves, true, &mut writer, interrupt);
+        let written = pack::write_pack(src, &wanted, haves, also_has, true, &mut writer, interrupt);
         drop(writer); // EOF for the indexer, whether or not the pack is complete
         let indexed = indexer.join().expect("indexer thread does not panic");
         let stats = written?;

@@ -1,9 +1,9 @@
 //! The porcelain: one-shot mirror of a source to a target through a bare cache.
 //!
-//! `ls-remote` the source first: when the cache already has exactly the source's refs, no fetch
-//! happens at all (no pack is negotiated); then the target is brought to the cache's refs, and
-//! when it already matches, nothing is sent either. Running a mirror twice with nothing changed
-//! therefore transfers no pack in either direction.
+//! The fetch lists the source's refs and, when the cache already has them all, negotiates
+//! nothing (no pack); then the target is brought to the cache's refs, and when it already
+//! matches, nothing is sent either. Running a mirror twice with nothing changed therefore
+//! transfers no pack in either direction: one listing of each remote, nothing more.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,7 +16,7 @@ use super::fetch::{FetchOptions, mirror_fetch};
 use super::push::{PushOptions, RefResult, push};
 use super::refs::{DeltaCounts, RefDelta, RefPatterns};
 use super::remote::Remote;
-use super::{Error, ls_remote, repo};
+use super::{Error, repo};
 
 /// Receives one line of progress text (for humans).
 pub type ProgressFn = Arc<dyn Fn(&str) + Send + Sync>;
@@ -37,7 +37,7 @@ pub struct FetchSummary {
     pub deltas: Vec<RefDelta>,
     pub objects: u64,
     pub bytes: u64,
-    /// True when the cache already matched the source and no fetch was made.
+    /// True when the cache already matched the source: no pack, no ref change.
     pub up_to_date: bool,
 }
 
@@ -89,38 +89,32 @@ pub fn mirror(source: &Remote, target: &Remote, cache_dir: &Path, options: &Mirr
     let cache_path = cache_path(cache_dir, source);
     let cache = repo::open_or_init_bare(&cache_path)?;
 
-    say(format!("listing refs of {source}"));
-    let advertised = ls_remote(source, &options.refs)?;
-    let cached = repo::read_refs(&cache, &options.refs)?;
-    let mut fetch = FetchSummary::default();
-    if advertised.ids() == cached.ids() || (!options.prune && advertised.refs.iter().all(|(n, t)| cached.refs.get(n) == Some(t))) {
-        fetch.up_to_date = true;
-        say(format!("cache is up to date with {source} ({} refs)", advertised.len()));
+    say(format!("fetching {source}"));
+    let outcome = mirror_fetch(
+        &cache,
+        source,
+        &FetchOptions {
+            refs: options.refs.clone(),
+            prune: options.prune,
+        },
+        &interrupt,
+    )?;
+    let fetch = FetchSummary {
+        refs: DeltaCounts::of(outcome.deltas.iter().map(|d| &d.kind)),
+        up_to_date: outcome.deltas.is_empty() && outcome.objects == 0,
+        deltas: outcome.deltas,
+        objects: outcome.objects,
+        bytes: outcome.bytes,
+    };
+    if fetch.up_to_date {
+        say(format!("cache is up to date with {source} ({} refs)", outcome.source.len()));
     } else {
-        say(format!("fetching {source}"));
-        let outcome = mirror_fetch(
-            &cache,
-            source,
-            &FetchOptions {
-                refs: options.refs.clone(),
-                prune: options.prune,
-            },
-            &interrupt,
-        )?;
-        fetch.refs = DeltaCounts::of(outcome.deltas.iter().map(|d| &d.kind));
-        fetch.deltas = outcome.deltas;
-        fetch.objects = outcome.objects;
-        fetch.bytes = outcome.bytes;
         say(format!(
             "fetched {} objects ({}), {} ref change(s)",
             fetch.objects,
             human_bytes(fetch.bytes),
             fetch.refs.total()
         ));
-    }
-    // Follow the source's default branch (informational for a bare cache; cheap when unchanged).
-    if advertised.head.is_some() {
-        repo::apply_ref_updates(&cache, &[], advertised.head.as_deref(), "gitferry: HEAD")?;
     }
 
     let desired = repo::read_refs(&cache, &options.refs)?;

@@ -7,8 +7,12 @@
 //! 2. count objects: for each such commit, its tree's additions compared to its parents
 //!    (`TreeAdditionsComparedToAncestor`) — everything else the receiver has through the
 //!    parents; annotated tag objects as they are; trees/blobs pointed to directly in full;
-//! 3. drop the boundary commits (and their root trees) that counting adds as diff bases: the
-//!    receiver has them by construction;
+//! 3. drop what the receiver already has although counting added it: the boundary commits
+//!    (counting adds them as diff bases) and every object in the trees of the boundary commits
+//!    and of the refs' old tips (`also_has`) — e.g. an amended commit re-adds files its parent
+//!    lacks but the old tip has. The receiver has all of these by construction, so the pack
+//!    holds exactly the missing objects in the usual cases, like `git pack-objects` with edge
+//!    marking;
 //! 4. copy entries out of our packs (existing deltas are reused when their base is sent too;
 //!    otherwise the object is sent whole — never a thin pack), and stream them through
 //!    `FromEntriesIter` into the writer. The header's object count is the number of counted
@@ -67,11 +71,14 @@ impl<W: Write> Write for CountingWriter<W> {
 }
 
 /// What to send: `tips` are the object ids the receiver's refs will point to; `haves` are ids
-/// the receiver already has (its advertised refs). Unknown haves are ignored.
+/// the receiver already has (its advertised refs). `also_has` are haves whose whole trees are
+/// worth excluding (the old values of the refs being updated); keep it short, each costs a tree
+/// walk. Unknown haves are ignored.
 pub fn write_pack(
     repo: &gix::Repository,
     tips: &[ObjectId],
     haves: &[ObjectId],
+    also_has: &[ObjectId],
     use_ofs_delta: bool,
     out: &mut dyn Write,
     interrupt: &AtomicBool,
@@ -80,7 +87,7 @@ pub fn write_pack(
     let mut db: gix::odb::HandleArc = repo.objects.clone().into_inner().into_arc().map_err(|e| PackError::Local(e.to_string()))?;
     db.prevent_pack_unload();
     db.ignore_replacements = true;
-    let counts = count_objects(repo, &db, tips, haves, interrupt)?;
+    let counts = count_objects(repo, &db, tips, haves, also_has, interrupt)?;
     let mut out = CountingWriter { inner: out, count: 0 };
     if counts.is_empty() {
         write_empty_pack(repo.object_hash(), &mut out)?;
@@ -181,12 +188,35 @@ pub fn write_empty_pack(hash: gix::hash::Kind, out: &mut dyn Write) -> Result<u6
     Ok(total)
 }
 
+/// Add the ids of the root trees of `commits` and of every tree and blob below them to `into`.
+/// Subtrees already in `into` are not walked again.
+fn tree_objects(repo: &gix::Repository, commits: impl Iterator<Item = ObjectId>, into: &mut HashSet<ObjectId>) {
+    let mut stack: Vec<ObjectId> = commits
+        .filter_map(|c| repo.find_commit(c).ok()?.tree_id().ok().map(|t| t.detach()))
+        .collect();
+    while let Some(tree_id) = stack.pop() {
+        if !into.insert(tree_id) {
+            continue;
+        }
+        let Ok(tree) = repo.find_tree(tree_id) else { continue };
+        for entry in tree.iter().flatten() {
+            let mode = entry.mode();
+            if mode.is_tree() {
+                stack.push(entry.oid().to_owned());
+            } else if !mode.is_commit() {
+                into.insert(entry.oid().to_owned());
+            }
+        }
+    }
+}
+
 /// The objects to send, deduplicated. See the module docs for the method.
 fn count_objects(
     repo: &gix::Repository,
     db: &gix::odb::HandleArc,
     tips: &[ObjectId],
     haves: &[ObjectId],
+    also_has: &[ObjectId],
     interrupt: &AtomicBool,
 ) -> Result<Vec<output::Count>, PackError> {
     use gix::object::Kind;
@@ -246,14 +276,14 @@ fn count_objects(
         }
         boundary.extend(parents.into_iter().filter(|p| !walked.contains(p)));
     }
-    // Root trees of boundary commits: counted as diff bases, but the receiver has them.
+    // Everything in the trees of the boundary commits and the old tips: the receiver has it.
     let mut skip: HashSet<ObjectId> = boundary.clone();
-    for b in &boundary {
-        if let Ok(commit) = repo.find_commit(*b) {
-            if let Ok(tree) = commit.tree_id() {
-                skip.insert(tree.detach());
-            }
-        }
+    if !walked.is_empty() {
+        let old_commits = also_has
+            .iter()
+            .filter_map(|h| repo::peel(repo, *h))
+            .filter(|id| repo::object_kind(repo, *id) == Some(Kind::Commit));
+        tree_objects(repo, boundary.iter().copied().chain(old_commits), &mut skip);
     }
 
     let mut counts = Vec::new();

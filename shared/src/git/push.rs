@@ -158,7 +158,8 @@ fn push_local(
     }
     let tips: Vec<ObjectId> = commands.iter().filter_map(|c| c.new).collect();
     let haves: Vec<ObjectId> = target_all.refs.values().map(|t| t.id).collect();
-    let stats = local::copy_objects(repo, &target, &tips, &haves, interrupt).map_err(|e| Error::Local {
+    let old: Vec<ObjectId> = commands.iter().filter_map(|c| c.old).collect();
+    let stats = local::copy_objects(repo, &target, &tips, &haves, &old, interrupt).map_err(|e| Error::Local {
         path: remote.to_string(),
         message: e.to_string(),
     })?;
@@ -320,7 +321,9 @@ fn push_network(
             let tips: Vec<ObjectId> = commands.iter().filter_map(|c| c.new).collect();
             let haves: Vec<ObjectId> = target_all.refs.values().map(|t| t.id).collect();
             let mut w = BufWriter::with_capacity(1 << 16, &mut raw);
-            let s = pack::write_pack(repo, &tips, &haves, use_ofs_delta, &mut w, interrupt).map_err(SendError::Pack)?;
+            let old: Vec<ObjectId> = commands.iter().filter_map(|c| c.old).collect();
+            let s = pack::write_pack(repo, &tips, &haves, &old, use_ofs_delta, &mut w, interrupt)
+                .map_err(SendError::Pack)?;
             w.flush().map_err(SendError::Io)?;
             stats = (s.objects, s.bytes);
         }
