@@ -16,7 +16,7 @@ use gix::remote::fetch::Tags;
 
 use super::refs::{self, RefDelta, RefPatterns, RefState};
 use super::remote::{Location, Remote};
-use super::repo::{self, LocalUpdate};
+use super::repo::{self, LocalUpdate, Peel};
 use super::{Error, local, lsremote, transport};
 
 /// How to fetch.
@@ -55,14 +55,14 @@ pub fn mirror_fetch(
     options: &FetchOptions,
     interrupt: &AtomicBool,
 ) -> Result<FetchOutcome, Error> {
-    let before = repo::read_refs(cache, &options.refs)?;
+    let before = repo::read_refs(cache, &options.refs, Peel::No)?;
     let (source, objects, bytes) = match remote.location() {
         Location::Local(path) => fetch_local(cache, remote, path, &before, &options.refs, interrupt)?,
         Location::Network(url) => fetch_network(cache, remote, url, &before, &options.refs, interrupt)?,
     };
 
     // Prune (and point HEAD like the source) in one transaction, compare-and-swap on each ref.
-    let current = repo::read_refs(cache, &options.refs)?;
+    let current = repo::read_refs(cache, &options.refs, Peel::No)?;
     let prunes: Vec<LocalUpdate> = if options.prune {
         current
             .refs
@@ -79,7 +79,7 @@ pub fn mirror_fetch(
     };
     repo::apply_ref_updates(cache, &prunes, source.head.as_deref(), "gitferry: prune")?;
 
-    let after = if prunes.is_empty() { current } else { repo::read_refs(cache, &options.refs)? };
+    let after = if prunes.is_empty() { current } else { repo::read_refs(cache, &options.refs, Peel::No)? };
     let deltas = refs::diff(&before.ids(), &after.ids(), |old, new| {
         repo::is_ancestor(cache, old, new)
     });
@@ -165,7 +165,7 @@ fn fetch_local(
     interrupt: &AtomicBool,
 ) -> Result<(RefState, u64, u64), Error> {
     let src = repo::open(path).map_err(|e| lsremote::not_found_if_missing(remote, path, e))?;
-    let source = repo::read_refs(&src, patterns)?;
+    let source = repo::read_refs(&src, patterns, Peel::No)?;
     let tips: Vec<_> = source.refs.values().map(|t| t.id).collect();
     let haves: Vec<_> = before.refs.values().map(|t| t.id).collect();
     let old: Vec<_> = source

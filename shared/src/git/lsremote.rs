@@ -16,7 +16,7 @@ pub fn ls_remote(remote: &Remote, patterns: &RefPatterns) -> Result<RefState, Er
     match remote.location() {
         Location::Local(path) => {
             let r = repo::open(path).map_err(|e| not_found_if_missing(remote, path, e))?;
-            repo::read_refs(&r, patterns)
+            repo::read_refs(&r, patterns, repo::Peel::Yes)
         }
         Location::Network(_) => {
             let mut t = transport::open(remote, Protocol::V2)?;

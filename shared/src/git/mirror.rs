@@ -16,7 +16,8 @@ use super::fetch::{FetchOptions, mirror_fetch};
 use super::push::{PushOptions, RefResult, push};
 use super::refs::{DeltaCounts, RefDelta, RefPatterns};
 use super::remote::Remote;
-use super::{Error, repo};
+use super::repo::{self, Peel};
+use super::Error;
 
 /// Receives one line of progress text (for humans).
 pub type ProgressFn = Arc<dyn Fn(&str) + Send + Sync>;
@@ -117,7 +118,7 @@ pub fn mirror(source: &Remote, target: &Remote, cache_dir: &Path, options: &Mirr
         ));
     }
 
-    let desired = repo::read_refs(&cache, &options.refs)?;
+    let desired = repo::read_refs(&cache, &options.refs, Peel::No)?;
     say(format!("pushing {} refs to {target}", desired.len()));
     let outcome = push(
         &cache,

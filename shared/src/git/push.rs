@@ -33,7 +33,7 @@ use serde::Serialize;
 use super::pack::{self, PackError};
 use super::refs::{self, DeltaKind, RefPatterns, RefState};
 use super::remote::{Location, Remote, scrub};
-use super::repo::{self, LocalUpdate};
+use super::repo::{self, LocalUpdate, Peel};
 use super::{Error, local, lsremote, transport};
 
 /// How to push.
@@ -146,7 +146,7 @@ fn push_local(
 ) -> Result<PushOutcome, Error> {
     let target = repo::open(path).map_err(|e| lsremote::not_found_if_missing(remote, path, e))?;
     let all = RefPatterns::new(vec!["refs/*".into()], Vec::new()).expect("valid pattern");
-    let target_all = repo::read_refs(&target, &all)?;
+    let target_all = repo::read_refs(&target, &all, Peel::No)?;
     let current = target_all.filtered(&options.refs).ids();
     let commands = plan(desired, &current, options.prune, |old, new| repo::is_ancestor(repo, old, new));
     let mut outcome = PushOutcome {

@@ -45,9 +45,18 @@ pub fn open_or_init_bare(path: &Path) -> Result<gix::Repository, Error> {
     .map_err(|e| Error::local(path, super::error::chain(&e)))
 }
 
-/// The refs of a local repository that match `patterns`, with annotated tags peeled, and the
-/// `HEAD` symref target.
-pub fn read_refs(repo: &gix::Repository, patterns: &RefPatterns) -> Result<RefState, Error> {
+/// Whether [`read_refs`] resolves annotated tags to the objects they point to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Peel {
+    /// Fill [`RefTarget::peeled`] (reads every annotated tag object).
+    Yes,
+    /// Names and ids only: all that sync decisions need, and it reads no object at all — a
+    /// no-op mirror then never touches the object database.
+    No,
+}
+
+/// The refs of a local repository that match `patterns` and the `HEAD` symref target.
+pub fn read_refs(repo: &gix::Repository, patterns: &RefPatterns, peel: Peel) -> Result<RefState, Error> {
     let path = repo.path().to_owned();
     let err = |e: gix::Error| Error::local(&path, super::error::chain(&e));
     let mut state = RefState::default();
@@ -67,14 +76,11 @@ pub fn read_refs(repo: &gix::Repository, patterns: &RefPatterns) -> Result<RefSt
             let Some(id) = reference.try_id().map(|id| id.detach()) else {
                 continue; // symbolic refs are not mirrored as such
             };
-            let peeled = reference.peel_to_id().map_err(err)?.detach();
-            state.refs.insert(
-                name,
-                RefTarget {
-                    id,
-                    peeled: (peeled != id).then_some(peeled),
-                },
-            );
+            let peeled = match peel {
+                Peel::Yes => Some(reference.peel_to_id().map_err(err)?.detach()).filter(|p| *p != id),
+                Peel::No => None,
+            };
+            state.refs.insert(name, RefTarget { id, peeled });
         }
     }
     state.head = repo
