@@ -539,3 +539,39 @@ fn target_without_ofs_delta_gets_ref_deltas() {
         case.assert_mirrored();
     }
 }
+
+#[test]
+fn ls_remote_lists_refs_peeled_tags_and_head() {
+    for proto in Proto::ALL {
+        let case = Case::new(proto);
+        let main = git(&case.source, ["rev-parse", "refs/heads/main"]);
+        git(&case.source, ["update-ref", "refs/pull/3/head", &main]);
+        let state = git::ls_remote(&case.source_remote(), &RefPatterns::default()).unwrap();
+        let ids: std::collections::BTreeMap<String, String> =
+            state.refs.iter().map(|(n, t)| (n.clone(), t.id.to_string())).collect();
+        assert_eq!(ids, mirrored_refs(&case.source), "{proto:?}: exactly the branches and tags");
+        let v1 = &state.refs["refs/tags/v1.0"];
+        assert_eq!(v1.peeled.unwrap().to_string(), git(&case.source, ["rev-parse", "v1.0^{commit}"]), "{proto:?}");
+        assert!(state.refs["refs/tags/light-1"].peeled.is_none(), "lightweight tags have nothing to peel");
+        assert_eq!(state.head.as_deref(), Some("refs/heads/main"), "{proto:?}");
+        // The same through a local path.
+        let local = git::ls_remote(&Remote::parse(case.source.to_str().unwrap()).unwrap(), &RefPatterns::default()).unwrap();
+        assert_eq!(local, state, "{proto:?}: local and network listings agree");
+    }
+}
+
+#[test]
+fn refs_created_at_objects_the_target_has_send_an_empty_pack() {
+    for proto in Proto::ALL {
+        let case = Case::new(proto);
+        case.mirror();
+        let old = git(&case.source, ["rev-parse", "refs/heads/main~2"]);
+        git(&case.source, ["update-ref", "refs/heads/old-point", &old]);
+        git(&case.source, ["update-ref", "refs/tags/light-2", &old]);
+        let s = case.mirror();
+        case.assert_mirrored();
+        assert_eq!(s.push.refs.created, 2, "{proto:?}");
+        assert_eq!(s.push.objects, 0, "{proto:?}: no object is missing");
+        assert_eq!(s.push.bytes, 32, "{proto:?}: an empty pack (header + checksum) is still sent");
+    }
+}
