@@ -9,6 +9,10 @@
 //! * git:// connections are built here rather than by gix's `connect`, which sets no read or
 //!   write timeout (a silent server would hang a sync forever) and tries only the first resolved
 //!   address. A stall longer than [`IO_TIMEOUT`] fails the transfer as a transient error.
+//! * git:// reads acknowledge at once (`TCP_QUICKACK`, re-armed before every read): `git
+//!   daemon` writes a response in several small writes, so with Nagle on its side and delayed
+//!   ACKs on ours every request/response exchange stalled ~40 ms. Measured on loopback: a
+//!   small incremental fetch went from 0.12 s to 0.02 s.
 //!
 //! Overall time limits belong to the caller (the sync deadline).
 
@@ -78,7 +82,7 @@ fn open_git(remote: &Remote, url: &gix::Url, version: Protocol) -> Result<Box<dy
                 stream.set_read_timeout(Some(IO_TIMEOUT)).map_err(io_err)?;
                 stream.set_write_timeout(Some(IO_TIMEOUT)).map_err(io_err)?;
                 let _ = stream.set_nodelay(true);
-                let read = stream.try_clone().map_err(io_err)?;
+                let read = QuickAck(stream.try_clone().map_err(io_err)?);
                 let conn = Connection::new(
                     read,
                     stream,
@@ -95,6 +99,17 @@ fn open_git(remote: &Remote, url: &gix::Url, version: Protocol) -> Result<Box<dy
         }
     }
     Err(io_err(last))
+}
+
+/// The read half of a git:// connection, acknowledging received data immediately.
+struct QuickAck(TcpStream);
+
+impl std::io::Read for QuickAck {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        #[cfg(target_os = "linux")]
+        let _ = socket2::SockRef::from(&self.0).set_tcp_quickack(true);
+        self.0.read(buf)
+    }
 }
 
 /// HTTP options for every request we make.
