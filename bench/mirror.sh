@@ -49,10 +49,12 @@ URL=git://127.0.0.1:$PORT
 if [ ! -x /usr/bin/time ]; then
   SUDO=$( [ "$(id -u)" = 0 ] || echo sudo ); $SUDO apt-get install -y -qq time >/dev/null
 fi
-measure() {
-  /usr/bin/time -f "%e %M" -o "$WORK/measure" "$@" >/dev/null 2>"$WORK/stderr" \
+measure() {  # prints "<wall seconds> <peak RSS KiB>"; wall from bash's microsecond clock
+  local t0=$EPOCHREALTIME
+  /usr/bin/time -f "%M" -o "$WORK/measure" "$@" >/dev/null 2>"$WORK/stderr" \
     || { echo "failed: $*" >&2; cat "$WORK/stderr" >&2; exit 1; }
-  cat "$WORK/measure"
+  local t1=$EPOCHREALTIME
+  echo "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.4f", b - a }') $(cat "$WORK/measure")"
 }
 refs_of() { git -C "$1" for-each-ref --format='%(objectname) %(refname)' refs/heads refs/tags; }
 check_equal() {
@@ -108,7 +110,7 @@ median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print a[i
     gt=$(echo "${GF_T[$s]}" | median); ct=$(echo "${GIT_T[$s]}" | median)
     gm=$(echo "${GF_M[$s]}" | median); cm=$(echo "${GIT_M[$s]}" | median)
     awk -v s="$s" -v gt="$gt" -v ct="$ct" -v gm="$gm" -v cm="$cm" 'BEGIN {
-      printf "| %s | %.3f | %.3f | %.2f | %.1f | %.1f | %.2f |\n", s, gt, ct, gt/ct, gm/1024, cm/1024, gm/cm }'
+      printf "| %s | %.4f | %.4f | %.2f | %.1f | %.1f | %.2f |\n", s, gt, ct, gt/ct, gm/1024, cm/1024, gm/cm }'
   done
   echo
   echo "All targets ended with refs equal to the source; gitferry's target passed \`git fsck --full --strict\`."
