@@ -31,9 +31,21 @@ use gix_pack::data::output;
 
 use super::repo;
 
-/// Memory for decoded delta bases and decoded objects while counting and copying.
-const PACK_CACHE_BYTES: usize = 32 << 20;
-const OBJECT_CACHE_BYTES: usize = 16 << 20;
+/// Memory for decoded delta bases and decoded objects while counting and copying: half and a
+/// quarter of the repository's pack size, within [4, 32] and [2, 16] MiB.
+fn cache_sizes(repo: &gix::Repository) -> (usize, usize) {
+    let packs: u64 = std::fs::read_dir(repo.objects.store_ref().path().join("pack"))
+        .map(|dir| {
+            dir.flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "pack"))
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0);
+    let packs = usize::try_from(packs).unwrap_or(usize::MAX);
+    ((packs / 2).clamp(4 << 20, 32 << 20), (packs / 4).clamp(2 << 20, 16 << 20))
+}
 
 /// What was written.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -91,9 +103,11 @@ pub fn write_pack(
     db.prevent_pack_unload();
     db.ignore_replacements = true;
     // A fresh handle has no caches: without a delta-base cache every tree lookup during counting
-    // re-resolves its whole delta chain (3x slower on a 10k-commit repository).
-    db.set_pack_cache(|| Box::new(gix_pack::cache::lru::MemoryCappedHashmap::new(PACK_CACHE_BYTES)));
-    db.set_object_cache(|| Box::new(gix_pack::cache::object::MemoryCappedHashmap::new(OBJECT_CACHE_BYTES)));
+    // re-resolves its whole delta chain (2.5x slower on a 10k-commit repository). Sized by the
+    // repository so small ones stay small.
+    let (pack_cache, object_cache) = cache_sizes(repo);
+    db.set_pack_cache(move || Box::new(gix_pack::cache::lru::MemoryCappedHashmap::new(pack_cache)));
+    db.set_object_cache(move || Box::new(gix_pack::cache::object::MemoryCappedHashmap::new(object_cache)));
     let started = std::time::Instant::now();
     let counts = count_objects(repo, &db, tips, haves, also_has, interrupt)?;
     tracing::debug!(objects = counts.len(), elapsed_ms = started.elapsed().as_millis() as u64, "counted objects to pack");
