@@ -221,13 +221,10 @@ impl RepoConfig {
     /// Does this repo follow triggers of `kind`?
     pub fn follows(&self, kind: crate::request::TriggerKind) -> bool {
         use crate::request::TriggerKind as K;
-        match (self.sync_policy, kind) {
-            (_, K::Manual) => true,
-            (SyncPolicy::Both, _) => true,
-            (SyncPolicy::WebhookOnly, K::Webhook) => true,
-            (SyncPolicy::PollOnly, K::Poll) => true,
-            _ => false,
-        }
+        matches!(
+            (self.sync_policy, kind),
+            (_, K::Manual) | (SyncPolicy::Both, _) | (SyncPolicy::WebhookOnly, K::Webhook) | (SyncPolicy::PollOnly, K::Poll)
+        )
     }
 }
 

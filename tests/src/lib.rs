@@ -307,19 +307,18 @@ fn base64_decode(s: &str) -> Option<Vec<u8>> {
 
 fn serve_cgi(mut request: tiny_http::Request, root: &Path, auth: Option<&BasicAuth>, log: &RequestLog) {
     log.total.fetch_add(1, Ordering::Relaxed);
-    if let Some(auth) = auth {
-        if !basic_auth_ok(&request, auth) {
-            log.unauthorized.fetch_add(1, Ordering::Relaxed);
-            let header =
-                tiny_http::Header::from_bytes("WWW-Authenticate", "Basic realm=\"gitferry-test\"")
-                    .unwrap();
-            let _ = request.respond(
-                tiny_http::Response::from_string("authentication required")
-                    .with_status_code(401)
-                    .with_header(header),
-            );
-            return;
-        }
+    if let Some(auth) = auth
+        && !basic_auth_ok(&request, auth)
+    {
+        log.unauthorized.fetch_add(1, Ordering::Relaxed);
+        let header =
+            tiny_http::Header::from_bytes("WWW-Authenticate", "Basic realm=\"gitferry-test\"").unwrap();
+        let _ = request.respond(
+            tiny_http::Response::from_string("authentication required")
+                .with_status_code(401)
+                .with_header(header),
+        );
+        return;
     }
     let url = request.url().to_owned();
     let (path, query) = url.split_once('?').unwrap_or((&url, ""));

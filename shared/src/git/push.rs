@@ -256,14 +256,14 @@ fn push_network(
         (advertised, caps)
     };
     let offers = |name: &str| caps.iter().any(|(n, _)| n == name);
-    if let Some((_, Some(format))) = caps.iter().find(|(n, _)| n == "object-format") {
-        if format != "sha1" {
-            return Err(Error::Remote {
-                remote: remote.to_string(),
-                message: format!("target uses object format {format}; only sha1 is supported"),
-                transient: false,
-            });
-        }
+    if let Some((_, Some(format))) = caps.iter().find(|(n, _)| n == "object-format")
+        && format != "sha1"
+    {
+        return Err(Error::Remote {
+            remote: remote.to_string(),
+            message: format!("target uses object format {format}; only sha1 is supported"),
+            transient: false,
+        });
     }
 
     let all = RefPatterns::new(vec!["refs/*".into()], Vec::new()).expect("valid pattern");
@@ -280,6 +280,13 @@ fn push_network(
         return Ok(outcome);
     }
 
+    if !offers("report-status") {
+        return Err(Error::Remote {
+            remote: remote.to_string(),
+            message: "the target's receive-pack does not offer report-status; refusing to push blind".into(),
+            transient: false,
+        });
+    }
     let mut want_caps = vec!["report-status".to_owned()];
     let sideband = offers("side-band-64k");
     for (cap, wanted) in [
