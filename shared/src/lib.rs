@@ -7,8 +7,10 @@
 //!   receive-pack client), and the one-shot [`git::mirror`];
 //! * [`config`] — `mirrors.toml`, validated with errors naming file, line and field;
 //! * [`request`] — `SyncRequest`, the one message every trigger becomes;
-//! * [`store`] — object storage (S3, local directory, fault injection) behind one trait.
+//! * [`store`] — object storage (S3, local directory, fault injection) behind one trait;
+//! * [`cache`] — bare repositories cached in a store: manifest, packs, leases.
 
+pub mod cache;
 pub mod config;
 pub mod git;
 pub mod request;

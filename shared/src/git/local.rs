@@ -36,7 +36,52 @@ pub fn copy_objects(
         return Ok(PackStats::default());
     }
     let pack_dir = dst.objects.store_ref().path().join("pack");
-    let hash = dst.object_hash();
+    write_pack_into(src, &pack_dir, &wanted, haves, also_has, interrupt).map(|(stats, _)| stats)
+}
+
+/// Rewrite every object reachable from the refs of `repo` into one new pack and delete the
+/// other packs (objects reachable from no ref are dropped). Returns the new pack's name
+/// (its checksum), or `None` for a repository without objects.
+pub fn repack_all(repo: &gix::Repository, interrupt: &AtomicBool) -> Result<Option<String>, CopyError> {
+    let refs = super::repo::read_refs(
+        repo,
+        &super::refs::RefPatterns::new(vec!["refs/*".into()], Vec::new()).expect("valid"),
+        super::repo::Peel::No,
+    )
+    .map_err(|e| CopyError::Index {
+        path: repo.path().display().to_string(),
+        message: e.to_string(),
+    })?;
+    let tips: Vec<ObjectId> = refs.refs.values().map(|t| t.id).collect();
+    if tips.is_empty() {
+        return Ok(None);
+    }
+    let pack_dir = repo.objects.store_ref().path().join("pack");
+    let before: Vec<std::path::PathBuf> = std::fs::read_dir(&pack_dir)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    let (_, name) = write_pack_into(repo, &pack_dir, &tips, &[], &[], interrupt)?;
+    let keep = format!("pack-{name}.");
+    for old in before {
+        let file = old.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if file.starts_with("pack-") && !file.starts_with(&keep) {
+            let _ = std::fs::remove_file(&old);
+        }
+    }
+    Ok(Some(name))
+}
+
+/// Generate a pack from `src` and index it into `pack_dir` through a pipe. Returns the stats and
+/// the pack's name (checksum hex).
+fn write_pack_into(
+    src: &gix::Repository,
+    pack_dir: &std::path::Path,
+    tips: &[ObjectId],
+    haves: &[ObjectId],
+    also_has: &[ObjectId],
+    interrupt: &AtomicBool,
+) -> Result<(PackStats, String), CopyError> {
+    let hash = src.object_hash();
     let (reader, mut writer) = std::io::pipe().map_err(|e| CopyError::Index {
         path: pack_dir.display().to_string(),
         message: e.to_string(),
@@ -46,7 +91,7 @@ pub fn copy_objects(
             let mut input = BufReader::with_capacity(1 << 16, reader);
             gix_pack::Bundle::write_to_directory(
                 &mut input,
-                Some(&pack_dir),
+                Some(pack_dir),
                 &mut gix::progress::Discard,
                 interrupt,
                 None::<gix::objs::find::Never>,
@@ -60,7 +105,7 @@ pub fn copy_objects(
                 },
             )
         });
-        let written = pack::write_pack(src, &wanted, haves, also_has, true, &mut writer, interrupt);
+        let written = pack::write_pack(src, tips, haves, also_has, true, &mut writer, interrupt);
         drop(writer); // EOF for the indexer, whether or not the pack is complete
         let indexed = indexer.join().expect("indexer thread does not panic");
         let stats = written?;
@@ -73,6 +118,6 @@ pub fn copy_objects(
         if let Some(keep) = outcome.keep_path.take() {
             let _ = std::fs::remove_file(keep);
         }
-        Ok(stats)
+        Ok((stats, outcome.index.data_hash.to_string()))
     })
 }

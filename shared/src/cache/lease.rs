@@ -1,0 +1,228 @@
+//! Leases: one worker at a time changes a repository's cache and targets.
+//!
+//! The SQS FIFO group already serialises a repo's messages; the lease is the second guard, for
+//! what the queue cannot see (a Lambda that timed out while its push was still running, a local
+//! server and a Lambda sharing a bucket). Modelled on ghreplica's lease recovery:
+//!
+//! * `lease.json` holds owner, acquired_at, heartbeat_at, expires_at; it is taken with a
+//!   conditional create (`If-None-Match: *`) or, when the previous holder's heartbeat is older
+//!   than its TTL, reclaimed with `If-Match` on the ETag read — the reclaim is recorded with the
+//!   previous owner, so a crashed worker is visible in status rather than silently papered over;
+//! * a heartbeat task renews it (conditional on the ETag it last wrote) every TTL/3 while a sync
+//!   runs; if a renewal finds someone else's lease, the lease is *lost* and the sync stops before
+//!   pushing;
+//! * release writes a `released` record (conditional again), so the next holder takes it without
+//!   counting a reclaim.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+
+use super::{CacheError, keys};
+use crate::request::now_ms;
+use crate::store::{Condition, ObjectStore, StoreError};
+
+/// What `lease.json` holds. Times are Unix milliseconds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRecord {
+    pub owner: String,
+    pub acquired_at: u64,
+    pub heartbeat_at: u64,
+    pub expires_at: u64,
+    #[serde(default)]
+    pub released: bool,
+    /// Set when this lease was taken over from a holder whose heartbeat had stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reclaimed_from: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reclaimed_at: Option<u64>,
+}
+
+impl LeaseRecord {
+    pub fn is_live(&self, now: u64) -> bool {
+        !self.released && self.expires_at > now
+    }
+}
+
+/// A held lease. Dropping it without [`Lease::release`] leaves it to expire.
+pub struct Lease {
+    store: Arc<dyn ObjectStore>,
+    key: String,
+    ttl: Duration,
+    state: Mutex<(LeaseRecord, String)>,
+    lost: Arc<AtomicBool>,
+    heartbeat: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease").field("key", &self.key).field("lost", &self.is_lost()).finish()
+    }
+}
+
+impl Lease {
+    /// Take the lease of `repo` for `owner`, reclaiming it if its holder stopped heartbeating.
+    /// `LeaseHeld` (transient) if someone else holds a live lease.
+    pub async fn acquire(
+        store: Arc<dyn ObjectStore>,
+        repo: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Arc<Lease>, CacheError> {
+        let key = keys::lease(repo);
+        let now = now_ms();
+        let current = store.get(&key).await?;
+        let mut record = LeaseRecord {
+            owner: owner.to_owned(),
+            acquired_at: now,
+            heartbeat_at: now,
+            expires_at: now + ttl.as_millis() as u64,
+            released: false,
+            reclaimed_from: None,
+            reclaimed_at: None,
+        };
+        let condition = match &current {
+            None => Condition::IfAbsent,
+            Some(obj) => {
+                let previous: Option<LeaseRecord> = serde_json::from_slice(&obj.body).ok();
+                match previous {
+                    Some(p) if p.is_live(now) && p.owner != owner => {
+                        return Err(CacheError::LeaseHeld {
+                            owner: p.owner,
+                            expires_at: p.expires_at,
+                        });
+                    }
+                    Some(p) if !p.released && p.owner != owner => {
+                        tracing::warn!(repo, previous_owner = %p.owner, "reclaiming a stale lease (its heartbeat stopped)");
+                        record.reclaimed_from = Some(p.owner);
+                        record.reclaimed_at = Some(now);
+                    }
+                    _ => {}
+                }
+                Condition::IfMatch(obj.etag.clone())
+            }
+        };
+        let body = serde_json::to_vec(&record).expect("lease serialises");
+        let etag = match store.put(&key, body, condition).await {
+            Ok(etag) => etag,
+            Err(StoreError::PreconditionFailed { .. }) => {
+                // Someone else took it between our read and write.
+                let holder = store
+                    .get(&key)
+                    .await?
+                    .and_then(|o| serde_json::from_slice::<LeaseRecord>(&o.body).ok());
+                return Err(CacheError::LeaseHeld {
+                    owner: holder.as_ref().map_or_else(|| "unknown".into(), |h| h.owner.clone()),
+                    expires_at: holder.map_or(0, |h| h.expires_at),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        Ok(Arc::new(Lease {
+            store,
+            key,
+            ttl,
+            state: Mutex::new((record, etag)),
+            lost: Arc::new(AtomicBool::new(false)),
+            heartbeat: std::sync::Mutex::new(None),
+        }))
+    }
+
+    /// The record as last written by us.
+    pub async fn record(&self) -> LeaseRecord {
+        self.state.lock().await.0.clone()
+    }
+
+    /// True once a renewal found that someone else holds the lease: stop before pushing.
+    pub fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::SeqCst)
+    }
+
+    /// Fail with `LeaseLost` if the lease was lost.
+    pub fn check(&self) -> Result<(), CacheError> {
+        if self.is_lost() { Err(CacheError::LeaseLost) } else { Ok(()) }
+    }
+
+    /// Renew once: push `expires_at` one TTL ahead, conditional on our last write.
+    pub async fn renew(&self) -> Result<(), CacheError> {
+        let mut state = self.state.lock().await;
+        let now = now_ms();
+        let mut record = state.0.clone();
+        record.heartbeat_at = now;
+        record.expires_at = now + self.ttl.as_millis() as u64;
+        let body = serde_json::to_vec(&record).expect("lease serialises");
+        match self.store.put(&self.key, body, Condition::IfMatch(state.1.clone())).await {
+            Ok(etag) => {
+                *state = (record, etag);
+                Ok(())
+            }
+            Err(StoreError::PreconditionFailed { .. }) => {
+                self.lost.store(true, Ordering::SeqCst);
+                Err(CacheError::LeaseLost)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Renew every TTL/3 in the background until released (or lost).
+    pub fn start_heartbeat(self: &Arc<Self>) {
+        let lease = Arc::downgrade(self);
+        let period = self.ttl / 3;
+        let handle = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(period).await;
+                let Some(lease) = lease.upgrade() else { return };
+                match lease.renew().await {
+                    Ok(()) => {}
+                    Err(CacheError::LeaseLost) => {
+                        tracing::error!(key = %lease.key, "lease lost: another worker took over");
+                        return;
+                    }
+                    // A failed renewal is retried next period; the TTL leaves room for two.
+                    Err(e) => tracing::warn!(key = %lease.key, error = %e, "lease renewal failed"),
+                }
+            }
+        });
+        *self.heartbeat.lock().expect("not poisoned") = Some(handle);
+    }
+
+    /// Stop heartbeating and mark the lease released (if it is still ours).
+    pub async fn release(&self) -> Result<(), CacheError> {
+        if let Some(h) = self.heartbeat.lock().expect("not poisoned").take() {
+            h.abort();
+        }
+        if self.is_lost() {
+            return Ok(());
+        }
+        let state = self.state.lock().await;
+        let mut record = state.0.clone();
+        record.released = true;
+        record.expires_at = now_ms();
+        let body = serde_json::to_vec(&record).expect("lease serialises");
+        match self.store.put(&self.key, body, Condition::IfMatch(state.1.clone())).await {
+            Ok(_) | Err(StoreError::PreconditionFailed { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Ok(mut h) = self.heartbeat.lock()
+            && let Some(h) = h.take()
+        {
+            h.abort();
+        }
+    }
+}
+
+/// The lease of `repo` as stored (for status), if any.
+pub async fn read(store: &dyn ObjectStore, repo: &str) -> Result<Option<LeaseRecord>, CacheError> {
+    Ok(store
+        .get(&keys::lease(repo))
+        .await?
+        .and_then(|o| serde_json::from_slice(&o.body).ok()))
+}

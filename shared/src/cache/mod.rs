@@ -1,0 +1,553 @@
+//! Bare repositories cached in an object store (S3 on AWS, a directory locally).
+//!
+//! A sync Lambda starts with an empty `/tmp`; it gets the repository back from the store, adds
+//! only what it fetched, and can never roll back or corrupt another worker's state. Per repo,
+//! under `repos/{repo}/`:
+//!
+//! * `manifest.json` — the generation, the packs that make up the repository, the source's refs,
+//!   the overwritten-ref backups, and per target the refs last pushed. Written only with a
+//!   conditional put on the ETag that was read (`If-None-Match: *` when creating), so a stale
+//!   worker gets [`CacheError::Conflict`] instead of overwriting newer state;
+//! * `packs/{checksum}.pack` + `.idx` — immutable and content-addressed: a sync uploads only the
+//!   pack it fetched, and retrying an upload is harmless;
+//! * `lease.json` — see [`lease`]; `status.json` — see `crate::status`.
+//!
+//! The local copy (`{work_dir}/{repo}.git`) carries a marker with the generation and ETag it
+//! was restored to or committed as; when it matches the manifest (a warm container), nothing is
+//! downloaded. The marker is removed before anything changes the local repository and written
+//! back only after a successful commit, so a failed sync never leaves a copy that claims to be
+//! current. Downloaded packs are verified (pack and index checksums, and the name) before they
+//! are used; a corrupt or missing pack is reported as [`CacheError::Corrupt`], on which the
+//! caller rebuilds from the source rather than crash-looping.
+//!
+//! Packs accumulate one per changing sync; past [`MAX_PACKS`] they are compacted into one, the
+//! manifest switches to it, and only then are the old pack objects deleted.
+
+pub mod lease;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use serde::{Deserialize, Serialize};
+
+use crate::git::refs::RefState;
+use crate::git::repo::{self, LocalUpdate, Peel};
+use crate::git::{self, RefPatterns};
+use crate::request::now_ms;
+use crate::store::{Condition, ObjectStore, StoreError};
+
+/// Compact when a repository has more packs than this.
+pub const MAX_PACKS: usize = 16;
+const MARKER: &str = "gitferry-state";
+
+/// Store keys of a repository.
+pub mod keys {
+    pub fn manifest(repo: &str) -> String {
+        format!("repos/{repo}/manifest.json")
+    }
+    pub fn lease(repo: &str) -> String {
+        format!("repos/{repo}/lease.json")
+    }
+    pub fn status(repo: &str) -> String {
+        format!("repos/{repo}/status.json")
+    }
+    pub fn pack(repo: &str, name: &str) -> String {
+        format!("repos/{repo}/packs/{name}.pack")
+    }
+    pub fn index(repo: &str, name: &str) -> String {
+        format!("repos/{repo}/packs/{name}.idx")
+    }
+}
+
+/// Why a cache operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Another worker committed a newer generation first: reload and retry.
+    #[error("cache of {repo} was updated concurrently by another worker")]
+    Conflict { repo: String },
+    #[error("repository is being synced by {owner} (lease until {expires_at})")]
+    LeaseHeld { owner: String, expires_at: u64 },
+    #[error("lease lost to another worker; stopped before pushing")]
+    LeaseLost,
+    #[error("cache is corrupt: {what}")]
+    Corrupt { what: String },
+    #[error("local cache: {0}")]
+    Local(String),
+}
+
+impl CacheError {
+    pub fn is_transient(&self) -> bool {
+        match self {
+            CacheError::Store(e) => e.is_transient(),
+            CacheError::Conflict { .. } | CacheError::LeaseHeld { .. } | CacheError::LeaseLost => true,
+            // A rebuild from the source fixes it; the caller does that, then it is worth a retry.
+            CacheError::Corrupt { .. } => true,
+            CacheError::Local(_) => false,
+        }
+    }
+}
+
+/// One pack of the repository.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackRef {
+    /// The pack's checksum (hex): its name locally and in the store.
+    pub name: String,
+    pub bytes: u64,
+    pub objects: u64,
+}
+
+/// `manifest.json`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub generation: u64,
+    pub packs: Vec<PackRef>,
+    /// The source's refs (selected by the repo's patterns) as of the last sync.
+    pub source: RefState,
+    /// `refs/gitferry/overwritten/...` backups of tips the source force-pushed or deleted.
+    #[serde(default)]
+    pub backups: BTreeMap<String, String>,
+    /// Per target: the refs we last know it has (what we pushed and it accepted).
+    #[serde(default)]
+    pub targets: BTreeMap<String, BTreeMap<String, String>>,
+    pub updated_at: u64,
+}
+
+impl Manifest {
+    /// Same content, ignoring generation and time.
+    fn same_state(&self, other: &Manifest) -> bool {
+        let packs = |m: &Manifest| m.packs.iter().map(|p| p.name.clone()).collect::<BTreeSet<_>>();
+        packs(self) == packs(other)
+            && self.source == other.source
+            && self.backups == other.backups
+            && self.targets == other.targets
+    }
+}
+
+/// A manifest and the ETag it was read with (`None`: no manifest yet).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub manifest: Manifest,
+    pub etag: Option<String>,
+}
+
+/// What a restore did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RestoreStats {
+    /// The local copy was already at the manifest's generation: nothing downloaded.
+    pub warm: bool,
+    pub packs_downloaded: usize,
+    pub bytes_downloaded: u64,
+}
+
+/// The state to record after a sync.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NextState {
+    pub source: RefState,
+    pub backups: BTreeMap<String, String>,
+    pub targets: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+/// What a commit did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CommitOutcome {
+    /// False when nothing changed: no store write at all.
+    pub written: bool,
+    pub packs_uploaded: usize,
+    pub bytes_uploaded: u64,
+    pub packs_deleted: usize,
+    pub snapshot: Snapshot,
+}
+
+/// One repository's cache: the store side and the local bare copy.
+#[derive(Clone, Debug)]
+pub struct RepoCache {
+    store: Arc<dyn ObjectStore>,
+    repo: String,
+    path: PathBuf,
+}
+
+impl RepoCache {
+    pub fn new(store: Arc<dyn ObjectStore>, work_dir: &Path, repo: &str) -> RepoCache {
+        RepoCache {
+            store,
+            repo: repo.to_owned(),
+            path: work_dir.join(format!("{repo}.git")),
+        }
+    }
+
+    /// The local bare repository.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// Read the manifest (an empty one at generation 0 if there is none).
+    pub async fn load(&self) -> Result<Snapshot, CacheError> {
+        let key = keys::manifest(&self.repo);
+        match self.store.get(&key).await? {
+            None => Ok(Snapshot::default()),
+            Some(obj) => {
+                let manifest = serde_json::from_slice(&obj.body).map_err(|e| CacheError::Corrupt {
+                    what: format!("{key}: {e}"),
+                })?;
+                Ok(Snapshot {
+                    manifest,
+                    etag: Some(obj.etag),
+                })
+            }
+        }
+    }
+
+    fn marker_for(snap: &Snapshot) -> String {
+        format!("{} {}", snap.manifest.generation, snap.etag.as_deref().unwrap_or("-"))
+    }
+
+    /// Is the local copy exactly `snap` (restored or committed as it)?
+    pub fn is_warm(&self, snap: &Snapshot) -> bool {
+        self.path.join("HEAD").is_file()
+            && std::fs::read_to_string(self.path.join(MARKER)).is_ok_and(|m| m.trim() == Self::marker_for(snap))
+    }
+
+    /// Forget that the local copy matches any manifest (call before changing it).
+    pub fn invalidate_local(&self) -> Result<(), CacheError> {
+        match std::fs::remove_file(self.path.join(MARKER)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(CacheError::Local(format!("{}: {e}", self.path.display()))),
+        }
+    }
+
+    /// Remove the local copy entirely (before a rebuild from the source).
+    pub fn wipe_local(&self) -> Result<(), CacheError> {
+        match std::fs::remove_dir_all(&self.path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(CacheError::Local(format!("{}: {e}", self.path.display()))),
+        }
+    }
+
+    fn write_marker(&self, snap: &Snapshot) -> Result<(), CacheError> {
+        std::fs::write(self.path.join(MARKER), Self::marker_for(snap))
+            .map_err(|e| CacheError::Local(format!("{}: {e}", self.path.display())))?;
+        // Touch for LRU eviction.
+        Ok(())
+    }
+
+    /// Bring the local copy to exactly `snap`: download the packs it lacks (streamed, verified),
+    /// drop packs the manifest does not name, set the refs. Nothing is downloaded when warm.
+    pub async fn restore(&self, snap: &Snapshot) -> Result<RestoreStats, CacheError> {
+        if self.is_warm(snap) {
+            return Ok(RestoreStats {
+                warm: true,
+                ..Default::default()
+            });
+        }
+        self.invalidate_local()?;
+        let path = self.path.clone();
+        blocking(move || repo::open_or_init_bare(&path).map(|_| ()).map_err(|e| CacheError::Local(e.to_string())))
+            .await?;
+        let pack_dir = self.path.join("objects").join("pack");
+        let local = local_packs(&pack_dir)?;
+        let wanted: BTreeSet<&str> = snap.manifest.packs.iter().map(|p| p.name.as_str()).collect();
+        let mut stats = RestoreStats::default();
+        for pack in &snap.manifest.packs {
+            if local.contains_key(&pack.name) {
+                continue;
+            }
+            stats.bytes_downloaded += self.download_pack(&pack_dir, &pack.name).await?;
+            stats.packs_downloaded += 1;
+        }
+        for name in local.keys().filter(|n| !wanted.contains(n.as_str())) {
+            remove_pack_files(&pack_dir, name);
+        }
+        let path = self.path.clone();
+        let manifest = snap.manifest.clone();
+        blocking(move || set_local_refs(&path, &manifest)).await?;
+        self.write_marker(snap)?;
+        Ok(stats)
+    }
+
+    async fn download_pack(&self, pack_dir: &Path, name: &str) -> Result<u64, CacheError> {
+        let tmp_pack = pack_dir.join(format!(".incoming-{name}.pack"));
+        let tmp_idx = pack_dir.join(format!(".incoming-{name}.idx"));
+        let corrupt = |what: String| CacheError::Corrupt { what };
+        let mut bytes = 0;
+        for (key, tmp) in [(keys::pack(&self.repo, name), &tmp_pack), (keys::index(&self.repo, name), &tmp_idx)] {
+            match self.store.download(&key, tmp).await {
+                Ok(info) => bytes += info.size,
+                Err(StoreError::NotFound { .. }) => {
+                    let _ = std::fs::remove_file(&tmp_pack);
+                    return Err(corrupt(format!("{key} is named by the manifest but missing")));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let (p, i, expected) = (tmp_pack.clone(), tmp_idx.clone(), name.to_owned());
+        let verified = blocking(move || verify_pack(&p, &i, &expected)).await;
+        if let Err(e) = verified {
+            let _ = std::fs::remove_file(&tmp_pack);
+            let _ = std::fs::remove_file(&tmp_idx);
+            return Err(e);
+        }
+        // The pack first, then its index: gix discovers packs through their index.
+        let local_err = |e: std::io::Error| CacheError::Local(format!("{}: {e}", pack_dir.display()));
+        std::fs::rename(&tmp_pack, pack_dir.join(format!("pack-{name}.pack"))).map_err(local_err)?;
+        std::fs::rename(&tmp_idx, pack_dir.join(format!("pack-{name}.idx"))).map_err(local_err)?;
+        Ok(bytes)
+    }
+
+    /// Record the local copy as the next generation: upload packs the manifest lacks, write the
+    /// manifest conditionally, then delete packs it no longer names. Writes nothing at all when
+    /// the state is unchanged.
+    pub async fn commit(&self, snap: &Snapshot, next: NextState) -> Result<CommitOutcome, CacheError> {
+        let pack_dir = self.path.join("objects").join("pack");
+        let local = local_packs(&pack_dir)?;
+        let packs: Vec<PackRef> = local.values().cloned().collect();
+        let manifest = Manifest {
+            generation: snap.manifest.generation + 1,
+            packs,
+            source: next.source,
+            backups: next.backups,
+            targets: next.targets,
+            updated_at: now_ms(),
+        };
+        if snap.etag.is_some() && manifest.same_state(&snap.manifest) {
+            self.write_marker(snap)?;
+            return Ok(CommitOutcome {
+                written: false,
+                snapshot: snap.clone(),
+                ..Default::default()
+            });
+        }
+        let mut outcome = CommitOutcome {
+            written: true,
+            ..Default::default()
+        };
+        let known: BTreeSet<&str> = snap.manifest.packs.iter().map(|p| p.name.as_str()).collect();
+        for pack in manifest.packs.iter().filter(|p| !known.contains(p.name.as_str())) {
+            for (key, file) in [
+                (keys::pack(&self.repo, &pack.name), pack_dir.join(format!("pack-{}.pack", pack.name))),
+                (keys::index(&self.repo, &pack.name), pack_dir.join(format!("pack-{}.idx", pack.name))),
+            ] {
+                // Content-addressed: if it is already there (a retried upload), it is the same.
+                match self.store.upload(&key, &file, Condition::IfAbsent).await {
+                    Ok(_) | Err(StoreError::PreconditionFailed { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                outcome.bytes_uploaded += std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+            }
+            outcome.packs_uploaded += 1;
+        }
+        let key = keys::manifest(&self.repo);
+        let condition = match &snap.etag {
+            Some(etag) => Condition::IfMatch(etag.clone()),
+            None => Condition::IfAbsent,
+        };
+        let body = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
+        let etag = match self.store.put(&key, body, condition).await {
+            Ok(etag) => etag,
+            Err(StoreError::PreconditionFailed { .. }) => {
+                return Err(CacheError::Conflict { repo: self.repo.clone() });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        // Only now that the manifest no longer names them may old packs go.
+        let current: BTreeSet<&str> = manifest.packs.iter().map(|p| p.name.as_str()).collect();
+        for old in snap.manifest.packs.iter().filter(|p| !current.contains(p.name.as_str())) {
+            for key in [keys::pack(&self.repo, &old.name), keys::index(&self.repo, &old.name)] {
+                if let Err(e) = self.store.delete(&key).await {
+                    // Harmless garbage; the next compaction of this repo retries nothing, so say so.
+                    tracing::warn!(key, error = %e, "could not delete an unreferenced pack");
+                }
+            }
+            outcome.packs_deleted += 1;
+        }
+        outcome.snapshot = Snapshot {
+            manifest,
+            etag: Some(etag),
+        };
+        self.write_marker(&outcome.snapshot)?;
+        Ok(outcome)
+    }
+
+    /// Repack the local copy into a single pack if it has more than `max_packs`. Returns whether
+    /// it did; the next [`RepoCache::commit`] then switches the manifest and deletes old packs.
+    pub async fn compact_if_needed(&self, max_packs: usize) -> Result<bool, CacheError> {
+        let pack_dir = self.path.join("objects").join("pack");
+        if local_packs(&pack_dir)?.len() <= max_packs {
+            return Ok(false);
+        }
+        self.invalidate_local()?;
+        let path = self.path.clone();
+        blocking(move || {
+            let r = repo::open(&path).map_err(|e| CacheError::Local(e.to_string()))?;
+            git::local::repack_all(&r, &AtomicBool::new(false)).map_err(|e| CacheError::Local(e.to_string()))?;
+            Ok(())
+        })
+        .await?;
+        Ok(true)
+    }
+}
+
+/// Run blocking local-repository work off the async executor.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, CacheError> + Send + 'static,
+) -> Result<T, CacheError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| CacheError::Local(format!("worker thread failed: {e}")))?
+}
+
+/// The packs in a local pack directory, by name.
+fn local_packs(pack_dir: &Path) -> Result<BTreeMap<String, PackRef>, CacheError> {
+    let mut out = BTreeMap::new();
+    let entries = match std::fs::read_dir(pack_dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(CacheError::Local(format!("{}: {e}", pack_dir.display()))),
+    };
+    for entry in entries.flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        let Some(name) = file.strip_prefix("pack-").and_then(|f| f.strip_suffix(".idx")) else { continue };
+        let pack = pack_dir.join(format!("pack-{name}.pack"));
+        let Ok(meta) = std::fs::metadata(&pack) else { continue };
+        let objects = gix_pack::index::File::at(entry.path(), gix::hash::Kind::Sha1)
+            .map(|i| u64::from(i.num_objects()))
+            .unwrap_or(0);
+        out.insert(
+            name.to_owned(),
+            PackRef {
+                name: name.to_owned(),
+                bytes: meta.len(),
+                objects,
+            },
+        );
+    }
+    Ok(out)
+}
+
+fn remove_pack_files(pack_dir: &Path, name: &str) {
+    for ext in ["idx", "pack", "keep", "rev", "bitmap"] {
+        let _ = std::fs::remove_file(pack_dir.join(format!("pack-{name}.{ext}")));
+    }
+}
+
+/// Check a downloaded pack and index against each other and against the name they were
+/// stored under.
+fn verify_pack(pack: &Path, idx: &Path, expected: &str) -> Result<(), CacheError> {
+    let corrupt = |what: String| CacheError::Corrupt { what };
+    let interrupt = AtomicBool::new(false);
+    let data = gix_pack::data::File::at(pack, gix::hash::Kind::Sha1).map_err(|e| corrupt(format!("pack {expected}: {e}")))?;
+    let actual = data
+        .verify_checksum(&mut gix::progress::Discard, &interrupt)
+        .map_err(|e| corrupt(format!("pack {expected}: {e}")))?;
+    if actual.to_string() != expected {
+        return Err(corrupt(format!("pack {expected} has checksum {actual}")));
+    }
+    let index = gix_pack::index::File::at(idx, gix::hash::Kind::Sha1).map_err(|e| corrupt(format!("index {expected}: {e}")))?;
+    index
+        .verify_checksum(&mut gix::progress::Discard, &interrupt)
+        .map_err(|e| corrupt(format!("index {expected}: {e}")))?;
+    if index.pack_checksum().to_string() != expected {
+        return Err(corrupt(format!("index {expected} belongs to pack {}", index.pack_checksum())));
+    }
+    Ok(())
+}
+
+/// Make the local refs exactly the manifest's source refs plus backups, in one transaction.
+fn set_local_refs(path: &Path, manifest: &Manifest) -> Result<(), CacheError> {
+    let local_err = |e: git::Error| CacheError::Local(e.to_string());
+    let r = repo::open(path).map_err(local_err)?;
+    let all = RefPatterns::new(vec!["refs/*".into()], Vec::new()).expect("valid");
+    let current = repo::read_refs(&r, &all, Peel::No).map_err(local_err)?.ids();
+    let mut desired: BTreeMap<String, gix::ObjectId> = manifest.source.ids();
+    for (name, id) in &manifest.backups {
+        let id = gix::ObjectId::from_hex(id.as_bytes()).map_err(|e| CacheError::Corrupt {
+            what: format!("manifest backup {name}: {e}"),
+        })?;
+        desired.insert(name.clone(), id);
+    }
+    if let Some(missing) = desired.values().find(|id| !r.has_object(**id)) {
+        return Err(CacheError::Corrupt {
+            what: format!("object {missing} is named by the manifest's refs but in none of its packs"),
+        });
+    }
+    let mut updates = Vec::new();
+    for (name, id) in &desired {
+        if current.get(name) != Some(id) {
+            updates.push(LocalUpdate {
+                name: name.clone(),
+                old: current.get(name).copied(),
+                new: Some(*id),
+            });
+        }
+    }
+    for (name, id) in &current {
+        if !desired.contains_key(name) {
+            updates.push(LocalUpdate {
+                name: name.clone(),
+                old: Some(*id),
+                new: None,
+            });
+        }
+    }
+    repo::apply_ref_updates(&r, &updates, manifest.source.head.as_deref(), "gitferry: restore").map_err(local_err)
+}
+
+/// Keep the local work directory under `max_bytes` by removing the least recently used
+/// repositories (by their marker's modification time), never those in `keep`.
+pub fn evict_lru(work_dir: &Path, max_bytes: u64, keep: &[&Path]) -> Vec<PathBuf> {
+    let mut repos: Vec<(std::time::SystemTime, u64, PathBuf)> = std::fs::read_dir(work_dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "git") && p.is_dir())
+                .map(|p| {
+                    let used = std::fs::metadata(p.join(MARKER))
+                        .or_else(|_| std::fs::metadata(&p))
+                        .and_then(|m| m.modified())
+                        .unwrap_or(std::time::UNIX_EPOCH);
+                    (used, dir_size(&p), p)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut total: u64 = repos.iter().map(|r| r.1).sum();
+    repos.sort();
+    let mut removed = Vec::new();
+    for (_, size, path) in repos {
+        if total <= max_bytes {
+            break;
+        }
+        if keep.iter().any(|k| *k == path) {
+            continue;
+        }
+        if std::fs::remove_dir_all(&path).is_ok() {
+            total = total.saturating_sub(size);
+            removed.push(path);
+        }
+    }
+    removed
+}
+
+fn dir_size(path: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![path.to_owned()];
+    while let Some(p) = stack.pop() {
+        for entry in std::fs::read_dir(&p).into_iter().flatten().flatten() {
+            match entry.metadata() {
+                Ok(m) if m.is_dir() => stack.push(entry.path()),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
