@@ -8,10 +8,16 @@
 //! * [`config`] — `mirrors.toml`, validated with errors naming file, line and field;
 //! * [`request`] — `SyncRequest`, the one message every trigger becomes;
 //! * [`store`] — object storage (S3, local directory, fault injection) behind one trait;
-//! * [`cache`] — bare repositories cached in a store: manifest, packs, leases.
+//! * [`cache`] — bare repositories cached in a store: manifest, packs, leases;
+//! * [`status`] — the single chokepoint for status writes; [`notify`], [`metrics`];
+//! * [`queue`] — the queue trait and its in-process FIFO implementation.
 
 pub mod cache;
 pub mod config;
 pub mod git;
+pub mod metrics;
+pub mod notify;
+pub mod queue;
 pub mod request;
+pub mod status;
 pub mod store;

@@ -1,0 +1,290 @@
+//! Repository status: the single chokepoint for every status write.
+//!
+//! Following the hub/agent refactor's lesson (one `updateApplicationStatus` instead of four
+//! divergent writers), nothing but [`StatusBook`] writes `status.json`, and it only knows two
+//! transitions: [`StatusBook::begin`] (→ `Syncing`) and [`StatusBook::finish`] (→ `Success` or
+//! `Failed`, per repository and per target). Streaks, last success, and what to notify are
+//! derived here from the previous record, so the sync code cannot get them subtly wrong.
+//!
+//! A no-op sync does not come here at all: it writes nothing to the store.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cache::keys;
+use crate::cache::lease::LeaseRecord;
+use crate::git::{ErrorClass, RefDelta};
+use crate::request::{TriggerKind, now_ms};
+use crate::store::{Condition, ObjectStore, StoreError};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    /// Configured but never synced.
+    #[default]
+    New,
+    Syncing,
+    Success,
+    Failed,
+}
+
+/// A ref the target refused, or left alone because it diverged.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefIssue {
+    pub name: String,
+    pub reason: String,
+}
+
+/// One target's side of the last sync.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetStatus {
+    pub state: State,
+    #[serde(default)]
+    pub last_attempt_at: Option<u64>,
+    #[serde(default)]
+    pub last_success_at: Option<u64>,
+    #[serde(default)]
+    pub last_error: Option<String>,
+    #[serde(default)]
+    pub error_class: Option<ErrorClass>,
+    #[serde(default)]
+    pub consecutive_failures: u32,
+    /// Refs changed on the target by the last sync.
+    #[serde(default)]
+    pub refs_changed: usize,
+    #[serde(default)]
+    pub rejected: Vec<RefIssue>,
+    /// Refs left as they are because someone else moved them (`divergence = "keep"`).
+    #[serde(default)]
+    pub diverged: Vec<RefIssue>,
+}
+
+/// A tip the source force-pushed or deleted, kept in the cache.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Backup {
+    pub git_ref: String,
+    pub backup_ref: String,
+    pub id: String,
+    pub at: u64,
+}
+
+/// `status.json`: everything an operator asks about a repository.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepoStatus {
+    pub repo: String,
+    pub state: State,
+    #[serde(default)]
+    pub started_at: Option<u64>,
+    #[serde(default)]
+    pub finished_at: Option<u64>,
+    #[serde(default)]
+    pub last_success_at: Option<u64>,
+    /// When the source last changed (a sync that moved refs).
+    #[serde(default)]
+    pub last_change_at: Option<u64>,
+    #[serde(default)]
+    pub last_error: Option<String>,
+    #[serde(default)]
+    pub error_class: Option<ErrorClass>,
+    #[serde(default)]
+    pub consecutive_failures: u32,
+    #[serde(default)]
+    pub last_trigger: Option<TriggerKind>,
+    #[serde(default)]
+    pub last_delivery_id: Option<String>,
+    /// Refs the source has (within the repo's patterns).
+    #[serde(default)]
+    pub source_refs: usize,
+    /// The changes of the last sync that changed something (at most 50).
+    #[serde(default)]
+    pub last_changes: Vec<RefDelta>,
+    #[serde(default)]
+    pub targets: BTreeMap<String, TargetStatus>,
+    #[serde(default)]
+    pub overwritten: Vec<Backup>,
+    /// Set while the mass-deletion guard holds back a prune.
+    #[serde(default)]
+    pub guard: Option<String>,
+    #[serde(default)]
+    pub lease: Option<LeaseRecord>,
+    #[serde(default)]
+    pub duration_ms: Option<u64>,
+    #[serde(default)]
+    pub updated_at: u64,
+}
+
+/// What a finished sync reports to the chokepoint.
+#[derive(Clone, Debug, Default)]
+pub struct Finish {
+    /// `None` = the repo-level part succeeded (targets may still have failed).
+    pub error: Option<(String, ErrorClass)>,
+    pub changes: Vec<RefDelta>,
+    pub source_refs: Option<usize>,
+    pub targets: BTreeMap<String, TargetFinish>,
+    /// The complete list of backups kept in the cache now (`None`: unchanged).
+    pub overwritten: Option<Vec<Backup>>,
+    pub guard: Option<String>,
+    pub lease: Option<LeaseRecord>,
+}
+
+/// One target's result.
+#[derive(Clone, Debug, Default)]
+pub struct TargetFinish {
+    pub error: Option<(String, ErrorClass)>,
+    pub refs_changed: usize,
+    pub rejected: Vec<RefIssue>,
+    pub diverged: Vec<RefIssue>,
+}
+
+/// What changed between the previous and the new status, for notifications.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Transition {
+    /// Success after success (or first success).
+    Ok,
+    /// The first failure of a streak: notify once.
+    StartedFailing,
+    /// Still failing: do not notify again.
+    StillFailing,
+    /// Success after a failure streak.
+    Recovered { after_failures: u32 },
+}
+
+/// Reads and writes `status.json` — the only writer.
+#[derive(Clone, Debug)]
+pub struct StatusBook {
+    store: Arc<dyn ObjectStore>,
+}
+
+impl StatusBook {
+    pub fn new(store: Arc<dyn ObjectStore>) -> StatusBook {
+        StatusBook { store }
+    }
+
+    pub async fn get(&self, repo: &str) -> Result<Option<RepoStatus>, StoreError> {
+        Ok(self
+            .store
+            .get(&keys::status(repo))
+            .await?
+            .and_then(|o| serde_json::from_slice(&o.body).ok()))
+    }
+
+    /// Status of each named repo; repos never synced show as `New`.
+    pub async fn all<'a>(&self, repos: impl IntoIterator<Item = &'a str>) -> Result<Vec<RepoStatus>, StoreError> {
+        let mut out = Vec::new();
+        for repo in repos {
+            out.push(self.get(repo).await?.unwrap_or_else(|| RepoStatus {
+                repo: repo.to_owned(),
+                ..Default::default()
+            }));
+        }
+        Ok(out)
+    }
+
+    async fn write(&self, status: &RepoStatus) -> Result<(), StoreError> {
+        let body = serde_json::to_vec_pretty(status).expect("status serialises");
+        self.store.put(&keys::status(&status.repo), body, Condition::Always).await.map(|_| ())
+    }
+
+    /// → `Syncing`. Returns the previous status (for [`StatusBook::finish`]).
+    pub async fn begin(
+        &self,
+        repo: &str,
+        trigger: TriggerKind,
+        delivery_id: Option<&str>,
+        lease: Option<LeaseRecord>,
+    ) -> Result<RepoStatus, StoreError> {
+        let previous = self.get(repo).await?.unwrap_or_else(|| RepoStatus {
+            repo: repo.to_owned(),
+            ..Default::default()
+        });
+        let mut next = previous.clone();
+        next.state = State::Syncing;
+        next.started_at = Some(now_ms());
+        next.last_trigger = Some(trigger);
+        if let Some(d) = delivery_id {
+            next.last_delivery_id = Some(d.to_owned());
+        }
+        next.lease = lease;
+        next.updated_at = now_ms();
+        self.write(&next).await?;
+        Ok(previous)
+    }
+
+    /// → `Success` / `Failed`, per repo and per target, from the previous status. Always writes.
+    /// A repo is `Success` only if the repo-level part and every target succeeded.
+    pub async fn finish(&self, previous: &RepoStatus, finish: Finish) -> Result<(RepoStatus, Transition), StoreError> {
+        let now = now_ms();
+        let mut next = previous.clone();
+        next.finished_at = Some(now);
+        next.duration_ms = next.started_at.map(|s| now.saturating_sub(s));
+        next.lease = finish.lease;
+        if let Some(n) = finish.source_refs {
+            next.source_refs = n;
+        }
+        if !finish.changes.is_empty() {
+            next.last_change_at = Some(now);
+            next.last_changes = finish.changes.into_iter().take(50).collect();
+        }
+        next.guard = finish.guard;
+        if let Some(backups) = finish.overwritten {
+            next.overwritten = backups;
+        }
+        let mut target_error = None;
+        for (name, t) in finish.targets {
+            let entry = next.targets.entry(name.clone()).or_default();
+            entry.last_attempt_at = Some(now);
+            entry.refs_changed = t.refs_changed;
+            entry.rejected = t.rejected;
+            entry.diverged = t.diverged;
+            match t.error {
+                None if entry.rejected.is_empty() => {
+                    entry.state = State::Success;
+                    entry.last_success_at = Some(now);
+                    entry.last_error = None;
+                    entry.error_class = None;
+                    entry.consecutive_failures = 0;
+                }
+                error => {
+                    let (message, class) = error.unwrap_or_else(|| {
+                        (
+                            format!("{} ref(s) rejected by the target", entry.rejected.len()),
+                            ErrorClass::Permanent,
+                        )
+                    });
+                    entry.state = State::Failed;
+                    entry.last_error = Some(message.clone());
+                    entry.error_class = Some(class);
+                    entry.consecutive_failures += 1;
+                    target_error.get_or_insert((format!("target {name}: {message}"), class));
+                }
+            }
+        }
+        let error = finish.error.or(target_error);
+        match error {
+            None => {
+                next.state = State::Success;
+                next.last_success_at = Some(now);
+                next.last_error = None;
+                next.error_class = None;
+                next.consecutive_failures = 0;
+            }
+            Some((message, class)) => {
+                next.state = State::Failed;
+                next.last_error = Some(message);
+                next.error_class = Some(class);
+                next.consecutive_failures = previous.consecutive_failures + 1;
+            }
+        }
+        next.updated_at = now;
+        self.write(&next).await?;
+        let transition = match (previous.consecutive_failures, next.consecutive_failures) {
+            (0, 0) => Transition::Ok,
+            (0, _) => Transition::StartedFailing,
+            (n, 0) => Transition::Recovered { after_failures: n },
+            _ => Transition::StillFailing,
+        };
+        Ok((next, transition))
+    }
+}
