@@ -465,7 +465,7 @@ fn verify_pack(pack: &Path, idx: &Path, expected: &str) -> Result<(), CacheError
 fn set_local_refs(path: &Path, manifest: &Manifest) -> Result<(), CacheError> {
     let local_err = |e: git::Error| CacheError::Local(e.to_string());
     let r = repo::open(path).map_err(local_err)?;
-    let all = RefPatterns::new(vec!["refs/*".into()], Vec::new()).expect("valid");
+    let all = RefPatterns::everything();
     let current = repo::read_refs(&r, &all, Peel::No).map_err(local_err)?.ids();
     let mut desired: BTreeMap<String, gix::ObjectId> = manifest.source.ids();
     for (name, id) in &manifest.backups {

@@ -45,7 +45,7 @@ pub fn copy_objects(
 pub fn repack_all(repo: &gix::Repository, interrupt: &AtomicBool) -> Result<Option<String>, CopyError> {
     let refs = super::repo::read_refs(
         repo,
-        &super::refs::RefPatterns::new(vec!["refs/*".into()], Vec::new()).expect("valid"),
+        &super::refs::RefPatterns::everything(),
         super::repo::Peel::No,
     )
     .map_err(|e| CopyError::Index {

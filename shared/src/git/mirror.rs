@@ -128,6 +128,7 @@ pub fn mirror(source: &Remote, target: &Remote, cache_dir: &Path, options: &Mirr
             refs: options.refs.clone(),
             prune: options.prune,
             atomic: options.atomic,
+            keep_divergent: None,
         },
         &interrupt,
     )?;

@@ -44,6 +44,10 @@ pub struct PushOptions {
     pub prune: bool,
     /// Ask for all-or-nothing (`atomic`) when the target offers it.
     pub atomic: bool,
+    /// Keep refs someone else moved: with the refs we last knew the target to have, a command
+    /// that would overwrite (non-fast-forward) or delete a ref that is no longer where we left
+    /// it is withheld and reported in [`PushOutcome::diverged`]. `None` = a mirror overwrites.
+    pub keep_divergent: Option<BTreeMap<String, ObjectId>>,
 }
 
 impl Default for PushOptions {
@@ -52,8 +56,21 @@ impl Default for PushOptions {
             refs: RefPatterns::default(),
             prune: true,
             atomic: false,
+            keep_divergent: None,
         }
     }
+}
+
+/// A target ref left alone because someone else moved it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Diverged {
+    pub name: String,
+    /// Where the target has it.
+    #[serde(with = "refs::hex_oid")]
+    pub target: ObjectId,
+    /// Where the source has it (`None`: the source deleted it).
+    #[serde(with = "refs::hex_oid_opt")]
+    pub wanted: Option<ObjectId>,
 }
 
 /// One ref command: `old → new` on the target (`None` = absent).
@@ -88,6 +105,11 @@ pub struct PushOutcome {
     pub remote_messages: Vec<String>,
     /// Whether the update was requested as atomic and the target supports it.
     pub atomic: bool,
+    /// Refs withheld by `keep_divergent`.
+    pub diverged: Vec<Diverged>,
+    /// The target's refs (within the patterns) before the push.
+    #[serde(skip)]
+    pub target_before: BTreeMap<String, ObjectId>,
 }
 
 impl PushOutcome {
@@ -98,6 +120,44 @@ impl PushOutcome {
     pub fn applied(&self) -> impl Iterator<Item = &RefResult> {
         self.results.iter().filter(|r| r.rejected.is_none())
     }
+
+    /// The target's refs after the push: what it had, with the applied commands.
+    pub fn target_after(&self) -> BTreeMap<String, ObjectId> {
+        let mut refs = self.target_before.clone();
+        for r in self.applied() {
+            match r.command.new {
+                Some(id) => refs.insert(r.command.name.clone(), id),
+                None => refs.remove(&r.command.name),
+            };
+        }
+        refs
+    }
+}
+
+/// Split off commands that would overwrite or delete a ref someone else moved since we last
+/// knew it (`last_known`).
+fn withhold_diverged(
+    commands: Vec<Command>,
+    current: &BTreeMap<String, ObjectId>,
+    last_known: Option<&BTreeMap<String, ObjectId>>,
+) -> (Vec<Command>, Vec<Diverged>) {
+    let Some(last_known) = last_known else {
+        return (commands, Vec::new());
+    };
+    let mut keep = Vec::new();
+    let mut diverged = Vec::new();
+    for c in commands {
+        let overwrites = matches!(c.kind, DeltaKind::Forced | DeltaKind::Deleted);
+        match current.get(&c.name) {
+            Some(now) if overwrites && last_known.get(&c.name) != Some(now) => diverged.push(Diverged {
+                name: c.name.clone(),
+                target: *now,
+                wanted: c.new,
+            }),
+            _ => keep.push(c),
+        }
+    }
+    (keep, diverged)
 }
 
 /// Commands that turn `target` into `desired` (both already filtered by the ref patterns).
@@ -145,12 +205,15 @@ fn push_local(
     interrupt: &AtomicBool,
 ) -> Result<PushOutcome, Error> {
     let target = repo::open(path).map_err(|e| lsremote::not_found_if_missing(remote, path, e))?;
-    let all = RefPatterns::new(vec!["refs/*".into()], Vec::new()).expect("valid pattern");
+    let all = RefPatterns::all();
     let target_all = repo::read_refs(&target, &all, Peel::No)?;
     let current = target_all.filtered(&options.refs).ids();
     let commands = plan(desired, &current, options.prune, |old, new| repo::is_ancestor(repo, old, new));
+    let (commands, diverged) = withhold_diverged(commands, &current, options.keep_divergent.as_ref());
     let mut outcome = PushOutcome {
         atomic: options.atomic,
+        diverged,
+        target_before: current,
         ..Default::default()
     };
     if commands.is_empty() {
@@ -266,13 +329,16 @@ fn push_network(
         });
     }
 
-    let all = RefPatterns::new(vec!["refs/*".into()], Vec::new()).expect("valid pattern");
+    let all = RefPatterns::all();
     let target_all = lsremote::ref_state_from_advertisement(&advertised, &all)?;
     let current = target_all.filtered(&options.refs).ids();
     let commands = plan(desired, &current, options.prune, |old, new| repo::is_ancestor(repo, old, new));
+    let (commands, diverged) = withhold_diverged(commands, &current, options.keep_divergent.as_ref());
     let atomic = options.atomic && offers("atomic");
     let mut outcome = PushOutcome {
         atomic,
+        diverged,
+        target_before: current,
         ..Default::default()
     };
     if commands.is_empty() {
@@ -573,6 +639,23 @@ mod tests {
         );
         assert_eq!(plan(&desired, &target, false, |_, _| true).len(), 2);
         assert!(plan(&desired, &desired, true, |_, _| true).is_empty());
+    }
+
+    #[test]
+    fn keep_divergent_withholds_only_refs_someone_else_moved() {
+        let map = |v: &[(&str, u8)]| -> BTreeMap<String, ObjectId> { v.iter().map(|(n, i)| (n.to_string(), oid(*i))).collect() };
+        let current = map(&[("refs/heads/ours", 1), ("refs/heads/theirs", 9), ("refs/heads/gone", 5), ("refs/heads/ff", 7)]);
+        let last = map(&[("refs/heads/ours", 1), ("refs/heads/theirs", 2), ("refs/heads/gone", 4), ("refs/heads/ff", 6)]);
+        let desired = map(&[("refs/heads/ours", 3), ("refs/heads/theirs", 3), ("refs/heads/ff", 8), ("refs/heads/new", 1)]);
+        // ff: 7 -> 8 is a fast-forward even though someone else moved it.
+        let commands = plan(&desired, &current, true, |old, _| old == oid(7));
+        let (keep, diverged) = withhold_diverged(commands, &current, Some(&last));
+        let kept: Vec<_> = keep.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(kept, vec!["refs/heads/ff", "refs/heads/new", "refs/heads/ours"]);
+        let names: Vec<_> = diverged.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(names, vec!["refs/heads/gone", "refs/heads/theirs"]);
+        let (all, none) = withhold_diverged(plan(&desired, &current, true, |_, _| false), &current, None);
+        assert_eq!((all.len(), none.len()), (5, 0));
     }
 
     #[test]

@@ -71,6 +71,9 @@ impl RefState {
     }
 }
 
+/// The namespace of refs gitferry keeps for itself in its cache.
+pub const OWN_REFS: &str = "refs/gitferry/";
+
 /// Which refs a mirror carries: any `include` pattern matches and no `exclude` pattern does.
 ///
 /// Patterns are full ref names in which `*` matches any run of characters (including `/`), e.g.
@@ -80,6 +83,9 @@ pub struct RefPatterns {
     pub include: Vec<String>,
     #[serde(default)]
     pub exclude: Vec<String>,
+    /// Match gitferry's own refs too (only for whole-repository work: restore, repack).
+    #[serde(skip)]
+    own: bool,
 }
 
 impl Default for RefPatterns {
@@ -87,6 +93,7 @@ impl Default for RefPatterns {
         RefPatterns {
             include: vec!["refs/heads/*".into(), "refs/tags/*".into()],
             exclude: Vec::new(),
+            own: false,
         }
     }
 }
@@ -108,11 +115,35 @@ impl RefPatterns {
                 reason: "at least one include pattern is needed".into(),
             });
         }
-        Ok(RefPatterns { include, exclude })
+        Ok(RefPatterns {
+            include,
+            exclude,
+            own: false,
+        })
     }
 
+    /// Every ref of a repository (what a target advertises, or a local copy as a whole).
+    pub fn all() -> RefPatterns {
+        RefPatterns {
+            include: vec!["refs/*".into()],
+            exclude: Vec::new(),
+            own: false,
+        }
+    }
+
+    /// Every ref including gitferry's own (`refs/gitferry/`).
+    pub fn everything() -> RefPatterns {
+        RefPatterns {
+            own: true,
+            ..RefPatterns::all()
+        }
+    }
+
+    /// gitferry's own refs (`refs/gitferry/`, e.g. backups of overwritten tips) never match:
+    /// they are not mirrored, whatever the patterns say.
     pub fn matches(&self, name: &str) -> bool {
-        self.include.iter().any(|p| glob_match(p.as_bytes(), name.as_bytes()))
+        (self.own || !name.starts_with(OWN_REFS))
+            && self.include.iter().any(|p| glob_match(p.as_bytes(), name.as_bytes()))
             && !self.exclude.iter().any(|p| glob_match(p.as_bytes(), name.as_bytes()))
     }
 
@@ -312,6 +343,8 @@ mod tests {
         assert!(!p.matches("refs/pull/1/head"));
         assert!(!p.matches("refs/merge-requests/1/head"));
         assert!(!p.matches("HEAD"));
+        let all = RefPatterns::new(vec!["refs/*".into()], vec![]).unwrap();
+        assert!(all.matches("refs/pull/1/head") && !all.matches("refs/gitferry/overwritten/heads/main/1"));
         assert_eq!(p.prefixes(), vec!["refs/heads/", "refs/tags/"]);
     }
 
