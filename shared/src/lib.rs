@@ -10,7 +10,8 @@
 //! * [`store`] — object storage (S3, local directory, fault injection) behind one trait;
 //! * [`cache`] — bare repositories cached in a store: manifest, packs, leases;
 //! * [`status`] — the single chokepoint for status writes; [`notify`], [`metrics`];
-//! * [`queue`] — the queue trait and its in-process FIFO implementation.
+//! * [`queue`] — the queue trait and its in-process FIFO implementation;
+//! * [`sync`] — `SyncManager`, the one sync algorithm.
 
 pub mod cache;
 pub mod config;
@@ -21,3 +22,4 @@ pub mod queue;
 pub mod request;
 pub mod status;
 pub mod store;
+pub mod sync;
