@@ -12,6 +12,11 @@ export CARGO_TERM_COLOR ?= never
 
 ## Tools the tests need that a fresh machine may lack. The git CLI is the tests' independent
 ## reference (git daemon, git http-backend, git fsck); the product itself never runs git.
+## moto is the S3 emulator of the store tests (tests/src/moto.rs runs .venv/bin/moto_server),
+## pinned because 5.2 answers S3 `If-None-Match: *` / `If-Match` with 412 like AWS; the venv
+## step is skipped when it already has this version, so `make test` stays fast.
+MOTO_VERSION := 5.2.5
+VENV := .venv
 deps:
 	@if [ ! -x "$$(git --exec-path 2>/dev/null)/git-http-backend" ] || [ ! -x "$$(git --exec-path)/git-daemon" ]; then \
 	  echo "installing git (with daemon and http-backend) from Debian"; \
@@ -19,6 +24,17 @@ deps:
 	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq git; \
 	fi
 	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs)"; exit 1; }
+	@if [ -x $(VENV)/bin/moto_server ] && \
+	    [ "$$($(VENV)/bin/python -c 'import moto; print(moto.__version__)' 2>/dev/null)" = "$(MOTO_VERSION)" ]; then \
+	  exit 0; \
+	fi; \
+	command -v python3 >/dev/null || { echo "python3 not found: install it (apt-get install python3 python3-venv)"; exit 1; }; \
+	if [ ! -x $(VENV)/bin/python ]; then \
+	  echo "creating $(VENV)"; \
+	  python3 -m venv $(VENV) || { rm -rf $(VENV); echo "python3 -m venv failed: install python3-venv"; exit 1; }; \
+	fi; \
+	echo "installing moto[server]==$(MOTO_VERSION) into $(VENV)"; \
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check "moto[server]==$(MOTO_VERSION)"
 
 build:
 	$(CARGO) build --workspace --bins
