@@ -187,7 +187,8 @@ impl StatusBook {
         self.store.put(&keys::status(&status.repo), body, Condition::Always).await.map(|_| ())
     }
 
-    /// → `Syncing`. Returns the previous status (for [`StatusBook::finish`]).
+    /// → `Syncing`. Returns the record written, which [`StatusBook::finish`] continues from
+    /// (streak counters and guard are still the previous sync's).
     pub async fn begin(
         &self,
         repo: &str,
@@ -209,7 +210,7 @@ impl StatusBook {
         next.lease = lease;
         next.updated_at = now_ms();
         self.write(&next).await?;
-        Ok(previous)
+        Ok(next)
     }
 
     /// → `Success` / `Failed`, per repo and per target, from the previous status. Always writes.

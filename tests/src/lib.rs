@@ -24,6 +24,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+pub mod moto;
+pub mod receiver;
+
 pub use tempfile::TempDir;
 
 /// Build a `git` command with an isolated, reproducible environment.
@@ -288,21 +291,9 @@ fn basic_auth_ok(request: &tiny_http::Request, auth: &BasicAuth) -> bool {
         == Some(format!("{}:{}", auth.user, auth.password).as_bytes())
 }
 
-/// Minimal standard base64 decoding, enough to read a Basic auth header.
 fn base64_decode(s: &str) -> Option<Vec<u8>> {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = Vec::new();
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for c in s.bytes().filter(|&c| c != b'=') {
-        let v = ALPHABET.iter().position(|&a| a == c)? as u32;
-        acc = (acc << 6) | v;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
-    }
-    Some(out)
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.decode(s).ok()
 }
 
 fn serve_cgi(mut request: tiny_http::Request, root: &Path, auth: Option<&BasicAuth>, log: &RequestLog) {

@@ -1,0 +1,354 @@
+//! SyncManager end to end: real git servers (git daemon + http-backend), the local-directory
+//! store, a loopback notification receiver. Every scenario asserts real outcomes: target refs,
+//! `git fsck`, status values, store writes, notifications received.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gitferry_core::config::Config;
+use gitferry_core::metrics::{Metrics, Recorder};
+use gitferry_core::notify::Notifier;
+use gitferry_core::request::SyncRequest;
+use gitferry_core::status::State;
+use gitferry_core::store::fault::FaultStore;
+use gitferry_core::store::fs::FsStore;
+use gitferry_core::store::ObjectStore;
+use gitferry_core::sync::{RepoOutcome, SyncManager, SyncOptions, Verdict};
+use harness::receiver::Receiver;
+use harness::{Proto, Servers, TempDir, Worktree, assert_fsck_clean, assert_refs_equal, git, mirrored_refs, refs};
+
+struct World {
+    servers: Servers,
+    source: PathBuf,
+    wt: Worktree,
+    store: Arc<FaultStore>,
+    _store_dir: TempDir,
+    work: TempDir,
+    receiver: Receiver,
+    recorder: Arc<Recorder>,
+}
+
+impl World {
+    fn new() -> World {
+        let servers = Servers::start();
+        let source = servers.create_bare("src.git");
+        let mut wt = Worktree::new(&source);
+        wt.build_history();
+        let store_dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(FaultStore::new(Arc::new(FsStore::new(store_dir.path().to_owned()))));
+        World {
+            servers,
+            source,
+            wt,
+            store,
+            _store_dir: store_dir,
+            work: tempfile::tempdir().unwrap(),
+            receiver: Receiver::start(),
+            recorder: Arc::new(Recorder::default()),
+        }
+    }
+
+    /// A manager for `toml` (secrets: NOTIFY_URL → the receiver, HOOK_SECRET).
+    fn manager(&self, toml: &str) -> SyncManager {
+        let receiver = self.receiver.url();
+        let env = move |name: &str| match name {
+            "NOTIFY_URL" => Some(receiver.clone()),
+            "HOOK_SECRET" => Some("s3cret".to_owned()),
+            _ => None,
+        };
+        let config = Config::parse(toml, std::path::Path::new("test.toml"), &env).unwrap_or_else(|e| panic!("{e}"));
+        let notifier = Notifier::new(&config.notify);
+        SyncManager::new(
+            Arc::new(config),
+            self.store.clone(),
+            notifier,
+            Metrics::new(self.recorder.clone()),
+            SyncOptions {
+                work_dir: self.work.path().to_owned(),
+                owner: "test-worker".into(),
+                lease_ttl: Duration::from_secs(30),
+                deadline_margin: Duration::from_secs(2),
+                max_local_bytes: 1 << 30,
+            },
+        )
+    }
+
+    fn url(&self, proto: Proto, name: &str) -> String {
+        self.servers.url(proto, name)
+    }
+
+    /// One repo `app` from src.git to the given targets (already created on the server).
+    fn toml(&self, proto: Proto, targets: &[(&str, &str)], extra: &str) -> String {
+        let mut t = format!(
+            "[notify]\ngeneric_webhook_url_env = \"NOTIFY_URL\"\n\n[repos.app]\nurl = \"{}\"\n{extra}\n",
+            self.url(proto, "src.git")
+        );
+        for (name, opts) in targets {
+            t.push_str(&format!("[[repos.app.targets]]\nurl = \"{}\"\n{opts}\n", self.url(proto, name)));
+        }
+        t
+    }
+
+    fn target(&self, name: &str) -> PathBuf {
+        self.servers.create_bare(name)
+    }
+
+    async fn run(&self, m: &SyncManager, requests: &[SyncRequest]) -> gitferry_core::sync::BatchOutcome {
+        m.handle_batch(requests, Instant::now() + Duration::from_secs(120)).await
+    }
+}
+
+fn poll(slot: u64) -> SyncRequest {
+    SyncRequest::poll("app", slot)
+}
+
+fn webhook(id: &str) -> SyncRequest {
+    SyncRequest::webhook("app", gitferry_core::config::Provider::Github, id, None, None)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_sync_mirrors_then_a_noop_writes_nothing() {
+    for proto in Proto::ALL {
+        let w = World::new();
+        let dst = w.target("dst.git");
+        let m = w.manager(&w.toml(proto, &[("dst.git", "")], ""));
+        let out = w.run(&m, &[webhook("d-1")]).await;
+        assert_eq!(out.verdicts, vec![Verdict::Done]);
+        let RepoOutcome::Synced(status) = &out.repos[0].outcome else { panic!("{:?}", out.repos) };
+        assert_eq!(status.state, State::Success, "{status:?}");
+        assert_eq!(status.last_delivery_id.as_deref(), Some("d-1"));
+        assert_eq!(status.targets["127.0.0.1"].state, State::Success);
+        assert_refs_equal(&w.source, &dst);
+        assert_fsck_clean(&dst);
+        let stored = m.status_book().get("app").await.unwrap().unwrap();
+        assert_eq!(stored.state, State::Success, "status is persisted");
+        assert!(stored.lease.as_ref().is_some_and(|l| l.owner == "test-worker"));
+
+        // Nothing changed: no fetch, no push, no store write.
+        w.store.reset_counts();
+        let out = w.run(&m, &[poll(1)]).await;
+        assert_eq!(out.repos[0].outcome, RepoOutcome::NoOp, "{proto:?}");
+        assert_eq!(w.store.calls().writes(), 0, "{proto:?}: a no-op writes nothing: {:?}", w.store.calls());
+        assert_eq!(w.recorder.total("Syncs", &[("Outcome", "noop")]), 1.0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_requests_for_one_repo_make_one_sync() {
+    let w = World::new();
+    let dst = w.target("dst.git");
+    let m = w.manager(&w.toml(Proto::GitDaemon, &[("dst.git", "")], ""));
+    let requests: Vec<_> = (0..10).map(|i| if i % 2 == 0 { poll(i) } else { webhook(&format!("d{i}")) }).collect();
+    let out = w.run(&m, &requests).await;
+    assert_eq!(out.repos.len(), 1);
+    assert_eq!(out.repos[0].triggers.len(), 10);
+    assert!(out.verdicts.iter().all(|v| *v == Verdict::Done));
+    assert_refs_equal(&w.source, &dst);
+    let manifest = w.store.get("repos/app/manifest.json").await.unwrap().unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(&manifest.body).unwrap();
+    assert_eq!(manifest["generation"], 1, "one sync, one commit");
+    assert_eq!(w.recorder.total("Syncs", &[("Outcome", "success")]), 10.0, "every trigger is counted");
+    assert_eq!(w.receiver.wait_for(1, Duration::from_secs(5)).len(), 1, "one change notification");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_filters_triggers() {
+    let w = World::new();
+    w.target("dst.git");
+    let m = w.manager(&w.toml(Proto::GitDaemon, &[("dst.git", "")], "sync_policy = \"webhook_only\""));
+    let out = w.run(&m, &[poll(1)]).await;
+    assert!(matches!(out.repos[0].outcome, RepoOutcome::Skipped(_)), "{:?}", out.repos);
+    assert_eq!(out.verdicts, vec![Verdict::Done], "skipped requests are acknowledged");
+    assert_eq!(w.store.calls().writes(), 0);
+    assert_eq!(w.recorder.total("Syncs", &[("Outcome", "skipped"), ("Trigger", "poll")]), 1.0);
+    // Manual triggers always pass; unknown repos are dropped.
+    let out = w.run(&m, &[SyncRequest::manual("app", "op"), SyncRequest::poll("nope", 1)]).await;
+    assert!(matches!(out.repos[0].outcome, RepoOutcome::Synced(_)));
+    assert!(matches!(out.repos[1].outcome, RepoOutcome::Skipped(_)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_failing_target_does_not_stop_the_other() {
+    for proto in Proto::ALL {
+        let w = World::new();
+        let good = w.target("good.git");
+        // "missing.git" is never created: the push fails with not-found (permanent).
+        let m = w.manager(&w.toml(proto, &[("good.git", "name = \"good\""), ("missing.git", "name = \"broken\"")], ""));
+        let out = w.run(&m, &[poll(1)]).await;
+        let RepoOutcome::Synced(status) = &out.repos[0].outcome else { panic!("{:?}", out.repos) };
+        assert_refs_equal(&w.source, &good);
+        assert_eq!(status.targets["good"].state, State::Success, "{proto:?}");
+        assert_eq!(status.targets["broken"].state, State::Failed, "{proto:?}");
+        assert!(status.targets["broken"].last_error.as_deref().unwrap().contains("not found"), "{status:?}");
+        assert_eq!(status.state, State::Failed, "the repo shows the failure");
+        assert_eq!(out.verdicts, vec![Verdict::Done], "{proto:?}: permanent: recorded, not retried");
+        let failed = w.receiver.wait_for(2, Duration::from_secs(5));
+        assert_eq!(w.receiver.events("failed").len(), 1, "{failed:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn source_force_push_keeps_the_overwritten_tip() {
+    let mut w = World::new();
+    let dst = w.target("dst.git");
+    let m = w.manager(&w.toml(Proto::Http, &[("dst.git", "")], ""));
+    w.run(&m, &[poll(1)]).await;
+    let old_main = git(&w.source, ["rev-parse", "refs/heads/main"]);
+    w.wt.git(["reset", "--quiet", "--hard", "HEAD~1"]);
+    w.wt.commit_file("rewrite.txt", b"rewritten\n", "rewrite history");
+    w.wt.push_all();
+    w.receiver.clear();
+    let out = w.run(&m, &[webhook("force-1")]).await;
+    let RepoOutcome::Synced(status) = &out.repos[0].outcome else { panic!("{:?}", out.repos) };
+    assert_refs_equal(&w.source, &dst);
+    assert_eq!(status.overwritten.len(), 1, "{status:?}");
+    let backup = &status.overwritten[0];
+    assert_eq!(backup.git_ref, "refs/heads/main");
+    assert_eq!(backup.id, old_main);
+    // The old tip is still in the cache, under our own namespace, and was not pushed.
+    let cache = w.work.path().join("app.git");
+    assert_eq!(refs(&cache).get(&backup.backup_ref), Some(&old_main));
+    assert!(!refs(&dst).keys().any(|r| r.starts_with("refs/gitferry/")));
+    let changed = w.receiver.wait_for(1, Duration::from_secs(5));
+    let text = changed[0]["text"].as_str().unwrap();
+    assert!(text.contains("force-pushed") && text.contains("overwritten tip of refs/heads/main"), "{text}");
+    // It survives a cold restore (it is in the manifest).
+    std::fs::remove_dir_all(&cache).unwrap();
+    w.wt.commit_file("more.txt", b"more\n", "more");
+    w.wt.push_all();
+    w.run(&m, &[poll(2)]).await;
+    assert_eq!(refs(&cache).get(&backup.backup_ref), Some(&old_main), "backup restored from the store");
+    assert_fsck_clean(&cache);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn divergence_keep_and_force() {
+    let w = World::new();
+    let keep = w.target("keep.git");
+    let force = w.target("force.git");
+    let m = w.manager(&w.toml(
+        Proto::GitDaemon,
+        &[("keep.git", "name = \"keep\"\ndivergence = \"keep\""), ("force.git", "name = \"force\"")],
+        "",
+    ));
+    w.run(&m, &[poll(1)]).await;
+    // Someone commits directly on both targets' feature branch.
+    for target in [&keep, &force] {
+        let tree = git(target, ["rev-parse", "refs/heads/feature^{tree}"]);
+        let parent = git(target, ["rev-parse", "refs/heads/feature"]);
+        let out = harness::git_cmd(target)
+            .args(["commit-tree", &tree, "-p", &parent, "-m", "direct change on the mirror"])
+            .output()
+            .unwrap();
+        let commit = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        git(target, ["update-ref", "refs/heads/feature", &commit]);
+    }
+    let direct = git(&keep, ["rev-parse", "refs/heads/feature"]);
+    // And the source moves feature in a non-fast-forward way plus main forward.
+    let src_feature_parent = git(&w.source, ["rev-parse", "refs/heads/feature~1"]);
+    git(&w.source, ["update-ref", "refs/heads/feature", &src_feature_parent]);
+    let out = w.run(&m, &[poll(2)]).await;
+    let RepoOutcome::Synced(status) = &out.repos[0].outcome else { panic!("{:?}", out.repos) };
+    // keep: feature left as someone else set it, reported; force: overwritten.
+    assert_eq!(git(&keep, ["rev-parse", "refs/heads/feature"]), direct);
+    assert_eq!(status.targets["keep"].diverged.len(), 1, "{status:?}");
+    assert_eq!(status.targets["keep"].diverged[0].name, "refs/heads/feature");
+    assert_refs_equal(&w.source, &force);
+    // Everything else on keep is mirrored.
+    let (s, k) = (mirrored_refs(&w.source), mirrored_refs(&keep));
+    for (name, id) in &s {
+        if name != "refs/heads/feature" {
+            assert_eq!(k.get(name), Some(id), "{name}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mass_deletion_guard_trips_and_alerts() {
+    let w = World::new();
+    let dst = w.target("dst.git");
+    let m = w.manager(&w.toml(Proto::GitDaemon, &[("dst.git", "")], "max_delete_fraction = 0.3"));
+    w.run(&m, &[poll(1)]).await;
+    let before = mirrored_refs(&dst);
+    // Someone deletes most refs at the source (keeps main).
+    for (name, _) in mirrored_refs(&w.source) {
+        if name != "refs/heads/main" {
+            git(&w.source, ["update-ref", "-d", &name]);
+        }
+    }
+    w.receiver.clear();
+    let out = w.run(&m, &[poll(2)]).await;
+    let RepoOutcome::Synced(status) = &out.repos[0].outcome else { panic!("{:?}", out.repos) };
+    assert!(status.guard.as_deref().unwrap().contains("max_delete_fraction"), "{status:?}");
+    assert_eq!(mirrored_refs(&dst), before, "nothing deleted on the target");
+    let events = w.receiver.wait_for(1, Duration::from_secs(5));
+    assert_eq!(w.receiver.events("guard_tripped").len(), 1, "{events:?}");
+    // Not alerting again while it stays the same.
+    w.receiver.clear();
+    w.run(&m, &[poll(3)]).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(w.receiver.events("guard_tripped").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_streak_notifies_once_and_recovery_once() {
+    let w = World::new();
+    let dst = w.target("dst.git");
+    let m = w.manager(&w.toml(Proto::Http, &[("dst.git", "")], ""));
+    w.run(&m, &[poll(1)]).await;
+    // The source disappears (e.g. renamed on the host).
+    let hidden = w.servers.path("src-hidden.git");
+    std::fs::rename(&w.source, &hidden).unwrap();
+    w.receiver.clear();
+    for slot in 2..5 {
+        let out = w.run(&m, &[poll(slot)]).await;
+        assert!(matches!(out.repos[0].outcome, RepoOutcome::Failed { transient: false, .. }), "{:?}", out.repos);
+    }
+    let status = m.status_book().get("app").await.unwrap().unwrap();
+    assert_eq!((status.state, status.consecutive_failures), (State::Failed, 3));
+    assert!(status.last_error.as_deref().unwrap().contains("not found"), "{status:?}");
+    assert_eq!(w.receiver.wait_for(1, Duration::from_secs(5)).len(), 1);
+    assert_eq!(w.receiver.events("failed").len(), 1, "notified once per streak");
+    // Back, with a new commit: recovery is notified once.
+    std::fs::rename(&hidden, &w.source).unwrap();
+    git(&w.source, ["tag", "after-outage", "refs/heads/main"]);
+    w.receiver.clear();
+    w.run(&m, &[poll(5)]).await;
+    w.receiver.wait_for(2, Duration::from_secs(5));
+    assert_eq!(w.receiver.events("recovered").len(), 1, "{:?}", w.receiver.bodies());
+    assert_eq!(w.receiver.events("changed").len(), 1);
+    assert_refs_equal(&w.source, &dst);
+    let status = m.status_book().get("app").await.unwrap().unwrap();
+    assert_eq!((status.state, status.consecutive_failures), (State::Success, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadline_reached_records_a_terminal_status_and_retries() {
+    let w = World::new();
+    w.target("dst.git");
+    let m = w.manager(&w.toml(Proto::GitDaemon, &[("dst.git", "")], ""));
+    // Less time than the margin: nothing may start.
+    let out = m.handle_batch(&[poll(1)], Instant::now() + Duration::from_millis(500)).await;
+    assert!(matches!(&out.verdicts[0], Verdict::Retry(r) if r.contains("deadline")), "{:?}", out.verdicts);
+    assert!(m.status_book().get("app").await.unwrap().is_none(), "nothing started, nothing written");
+    // Just enough to start (1 ms over the 2 s margin), so the margin is hit once the source
+    // has been asked: Syncing → terminal Failed with the reason, and the request is retried.
+    let out = m.handle_batch(&[poll(2)], Instant::now() + Duration::from_millis(2_001)).await;
+    let status = m.status_book().get("app").await.unwrap().expect("status recorded");
+    assert_eq!(status.state, State::Failed, "never left in Syncing: {status:?}");
+    assert!(status.last_error.as_deref().unwrap().contains("deadline reached"), "{status:?}");
+    assert!(matches!(&out.verdicts[0], Verdict::Retry(_)), "{:?}", out.verdicts);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifier_failures_never_fail_a_sync() {
+    let w = World::new();
+    let dst = w.target("dst.git");
+    w.receiver.respond_with(500);
+    let m = w.manager(&w.toml(Proto::GitDaemon, &[("dst.git", "")], ""));
+    let out = w.run(&m, &[poll(1)]).await;
+    assert!(matches!(&out.repos[0].outcome, RepoOutcome::Synced(s) if s.state == State::Success));
+    assert_refs_equal(&w.source, &dst);
+    assert_eq!(w.recorder.total("NotificationsFailed", &[]), 1.0);
+}
