@@ -13,13 +13,17 @@
 //! * [`queue`] — the queue trait and its in-process FIFO implementation;
 //! * [`sync`] — `SyncManager`, the one sync algorithm.
 
+pub mod api;
 pub mod cache;
 pub mod config;
 pub mod git;
 pub mod metrics;
 pub mod notify;
+pub mod page;
+pub mod poll;
 pub mod queue;
 pub mod request;
 pub mod status;
 pub mod store;
 pub mod sync;
+pub mod webhook;

@@ -141,7 +141,9 @@ impl Queue for MemoryQueue {
         state.dedup.retain(|_, until| *until > now);
         let mut sent = Sent::default();
         for r in requests {
-            let id = r.dedup_id();
+            // Scope: the message group, as the FIFO queue is configured (one delivery may
+            // concern several repositories).
+            let id = format!("{}\0{}", r.group_id(), r.dedup_id());
             if state.dedup.contains_key(&id) {
                 sent.duplicates += 1;
                 continue;

@@ -1,0 +1,455 @@
+//! What gitferry's three Lambda functions share: reading the environment, building the AWS
+//! adapters (S3 store, SQS queue, EMF metrics), loading the configuration, and converting
+//! Lambda events to and from `gitferry_core`'s types. The handlers here are thin on purpose:
+//! policy lives in `gitferry_core` (`api`, `poll`, `sync`), which the local server calls too.
+//!
+//! Configuration: `mirrors.toml` is an object in the cache bucket (`GITFERRY_CONFIG_KEY`,
+//! default `config/mirrors.toml`), so changing mirrors needs no redeploy. It is cached across
+//! warm invocations and re-read when its ETag changes (checked at most every
+//! [`CONFIG_RECHECK`]). Secret references in it (`token_env`, `secret_env`, …) resolve from the
+//! process environment and, when `GITFERRY_SECRETS_ARN` is set, from that Secrets Manager
+//! secret (a JSON object of name → value), read once per container.
+//!
+//! | variable | used by | meaning |
+//! |---|---|---|
+//! | `GITFERRY_BUCKET` | all | cache / status / config bucket |
+//! | `GITFERRY_PREFIX` | all | optional key prefix in the bucket |
+//! | `GITFERRY_CONFIG_KEY` | all | key of `mirrors.toml` (default `config/mirrors.toml`) |
+//! | `GITFERRY_QUEUE_URL` | all | the SQS FIFO queue |
+//! | `GITFERRY_SECRETS_ARN` | all | optional Secrets Manager secret with the referenced secrets |
+//! | `GITFERRY_STATUS_TOKEN` | webhook | bearer token of the status and manual-sync routes |
+//! | `GITFERRY_MAX_BODY` | webhook | webhook body limit in bytes (default 1 MiB) |
+//! | `GITFERRY_VISIBILITY_SECS` | sync | the queue's visibility timeout (heartbeat extends it) |
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
+use aws_lambda_events::encodings::Body;
+use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse};
+use gitferry_core::api::{self, Api};
+use gitferry_core::config::{Config, Secret};
+use gitferry_core::metrics::{Emf, Metrics};
+use gitferry_core::notify::Notifier;
+use gitferry_core::queue::Queue;
+use gitferry_core::queue::sqs::SqsQueue;
+use gitferry_core::request::SyncRequest;
+use gitferry_core::status::StatusBook;
+use gitferry_core::store::ObjectStore;
+use gitferry_core::store::s3::S3Store;
+use gitferry_core::sync::{SyncManager, SyncOptions, Verdict};
+
+pub use aws_lambda_events::apigw::ApiGatewayV2httpRequest as ApiRequest;
+pub use aws_lambda_events::eventbridge::EventBridgeEvent as ScheduledEvent;
+pub use aws_lambda_events::sqs::SqsEvent;
+pub use gitferry_core::poll::Tick;
+pub use serde_json::Value;
+
+/// Seconds since the epoch.
+pub fn now_secs() -> u64 {
+    gitferry_core::request::now_ms() / 1000
+}
+
+/// The poll function's result, as logged by the runtime.
+pub fn tick_json(t: &Tick) -> Value {
+    serde_json::json!({ "polled": t.polled, "reconciled": t.reconciled })
+}
+
+/// The SQS adapter for the queue in the environment (the sync function extends visibility
+/// with it).
+pub async fn sqs_queue(rt: &Runtime) -> SqsQueue {
+    SqsQueue::from_env(rt.env.queue_url.clone()).await
+}
+
+/// Every environment variable any of the functions reads (the template test checks them all).
+pub const ENV_VARS: &[&str] = &[
+    "GITFERRY_BUCKET",
+    "GITFERRY_PREFIX",
+    "GITFERRY_CONFIG_KEY",
+    "GITFERRY_QUEUE_URL",
+    "GITFERRY_SECRETS_ARN",
+    "GITFERRY_STATUS_TOKEN",
+    "GITFERRY_MAX_BODY",
+    "GITFERRY_VISIBILITY_SECS",
+];
+
+/// How often a warm container checks whether the configuration changed.
+pub const CONFIG_RECHECK: Duration = Duration::from_secs(30);
+
+/// Why a function could not start or load its configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("environment variable {0} is not set")]
+    MissingEnv(&'static str),
+    #[error("{0}")]
+    Config(String),
+    #[error("{0}")]
+    Aws(String),
+}
+
+/// The environment, read once per container.
+#[derive(Clone, Debug)]
+pub struct Env {
+    pub bucket: String,
+    pub prefix: String,
+    pub config_key: String,
+    pub queue_url: String,
+    pub secrets_arn: Option<String>,
+    pub status_token: Option<Secret>,
+    pub max_body: usize,
+    pub visibility: Duration,
+}
+
+impl Env {
+    pub fn from_env() -> Result<Env, SetupError> {
+        Env::from_lookup(&|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+    }
+
+    pub fn from_lookup(get: &dyn Fn(&str) -> Option<String>) -> Result<Env, SetupError> {
+        let need = |k: &'static str| get(k).ok_or(SetupError::MissingEnv(k));
+        Ok(Env {
+            bucket: need("GITFERRY_BUCKET")?,
+            prefix: get("GITFERRY_PREFIX").unwrap_or_default(),
+            config_key: get("GITFERRY_CONFIG_KEY").unwrap_or_else(|| "config/mirrors.toml".into()),
+            queue_url: need("GITFERRY_QUEUE_URL")?,
+            secrets_arn: get("GITFERRY_SECRETS_ARN"),
+            status_token: get("GITFERRY_STATUS_TOKEN").map(|v| Secret::new("GITFERRY_STATUS_TOKEN", v)),
+            max_body: get("GITFERRY_MAX_BODY")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(gitferry_core::webhook::DEFAULT_MAX_BODY),
+            visibility: Duration::from_secs(
+                get("GITFERRY_VISIBILITY_SECS").and_then(|v| v.parse().ok()).unwrap_or(5400),
+            ),
+        })
+    }
+}
+
+struct Loaded {
+    config: Arc<Config>,
+    digest: String,
+    etag: String,
+    checked: Instant,
+}
+
+/// What a function keeps across warm invocations.
+pub struct Runtime {
+    pub env: Env,
+    pub store: Arc<dyn ObjectStore>,
+    pub queue: Arc<dyn Queue>,
+    pub metrics: Metrics,
+    secrets: HashMap<String, String>,
+    loaded: tokio::sync::Mutex<Option<Loaded>>,
+}
+
+impl Runtime {
+    /// Build the AWS adapters from the environment (cold start).
+    pub async fn init() -> Result<Runtime, SetupError> {
+        let env = Env::from_env()?;
+        let store = S3Store::from_env(env.bucket.clone(), &env.prefix)
+            .await
+            .map_err(|e| SetupError::Aws(e.to_string()))?;
+        let queue = SqsQueue::from_env(env.queue_url.clone()).await;
+        let secrets = match &env.secrets_arn {
+            Some(arn) => load_secrets(arn).await?,
+            None => HashMap::new(),
+        };
+        Ok(Runtime::with_parts(env, Arc::new(store), Arc::new(queue), secrets, Metrics::new(Arc::new(Emf::stdout()))))
+    }
+
+    /// Build from given parts (tests, or other front ends).
+    pub fn with_parts(
+        env: Env,
+        store: Arc<dyn ObjectStore>,
+        queue: Arc<dyn Queue>,
+        secrets: HashMap<String, String>,
+        metrics: Metrics,
+    ) -> Runtime {
+        Runtime {
+            env,
+            store,
+            queue,
+            metrics,
+            secrets,
+            loaded: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The configuration, re-read when the object changed.
+    pub async fn config(&self) -> Result<(Arc<Config>, String), SetupError> {
+        let mut loaded = self.loaded.lock().await;
+        if let Some(l) = loaded.as_ref()
+            && l.checked.elapsed() < CONFIG_RECHECK
+        {
+            return Ok((l.config.clone(), l.digest.clone()));
+        }
+        let object = self
+            .store
+            .get(&self.env.config_key)
+            .await
+            .map_err(|e| SetupError::Config(format!("reading the configuration: {e}")))?
+            .ok_or_else(|| SetupError::Config(format!("no configuration at {}", self.env.config_key)))?;
+        if let Some(l) = loaded.as_mut()
+            && l.etag == object.etag
+        {
+            l.checked = Instant::now();
+            return Ok((l.config.clone(), l.digest.clone()));
+        }
+        let text = String::from_utf8(object.body).map_err(|_| SetupError::Config("configuration is not UTF-8".into()))?;
+        let lookup = |name: &str| std::env::var(name).ok().or_else(|| self.secrets.get(name).cloned());
+        let config = Config::parse(&text, std::path::Path::new(&self.env.config_key), &lookup)
+            .map_err(|e| SetupError::Config(e.to_string()))?;
+        let digest = Config::digest(&text);
+        tracing::info!(key = %self.env.config_key, %digest, repos = config.repos.len(), "configuration loaded");
+        let config = Arc::new(config);
+        *loaded = Some(Loaded {
+            config: config.clone(),
+            digest: digest.clone(),
+            etag: object.etag,
+            checked: Instant::now(),
+        });
+        Ok((config, digest))
+    }
+}
+
+async fn load_secrets(arn: &str) -> Result<HashMap<String, String>, SetupError> {
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
+    let client = aws_sdk_secretsmanager::Client::new(&sdk);
+    let out = client
+        .get_secret_value()
+        .secret_id(arn)
+        .send()
+        .await
+        .map_err(|e| SetupError::Aws(format!("reading secrets: {}", aws_sdk_secretsmanager::error::DisplayErrorContext(e))))?;
+    let text = out.secret_string().unwrap_or("{}");
+    let map: HashMap<String, serde_json::Value> =
+        serde_json::from_str(text).map_err(|_| SetupError::Config("the secrets secret must be a JSON object".into()))?;
+    Ok(map
+        .into_iter()
+        .filter_map(|(k, v)| v.as_str().map(|s| (k, s.to_owned())))
+        .collect())
+}
+
+// ---- webhook -------------------------------------------------------------------------------
+
+/// API Gateway HTTP API (payload v2) → the shared HTTP handler → response.
+pub async fn webhook(rt: &Runtime, event: ApiGatewayV2httpRequest) -> ApiGatewayV2httpResponse {
+    let config = match rt.config().await {
+        Ok((c, _)) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "configuration unavailable");
+            return response(api::Response::json(503, serde_json::json!({ "error": "configuration unavailable" })));
+        }
+    };
+    let api = Api {
+        config,
+        queue: rt.queue.clone(),
+        status: StatusBook::new(rt.store.clone()),
+        metrics: rt.metrics.clone(),
+        status_token: rt.env.status_token.clone(),
+        max_body: rt.env.max_body,
+        prometheus: None,
+        anonymous_status: false,
+    };
+    let body = match event.body.as_deref() {
+        None => Vec::new(),
+        Some(b) if event.is_base64_encoded => match base64_decode(b) {
+            Some(bytes) => bytes,
+            None => return response(api::Response::json(400, serde_json::json!({ "error": "body is not valid base64" }))),
+        },
+        Some(b) => b.as_bytes().to_vec(),
+    };
+    let headers: Vec<(String, String)> = event
+        .headers
+        .iter()
+        .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str().to_owned(), v.to_owned())))
+        .collect();
+    let path = event
+        .raw_path
+        .clone()
+        .or_else(|| event.request_context.http.path.clone())
+        .unwrap_or_else(|| "/".into());
+    let method = event.request_context.http.method.as_str().to_owned();
+    let reply = api
+        .handle(api::Request {
+            method: &method,
+            path: &path,
+            headers,
+            body: &body,
+        })
+        .await;
+    response(reply)
+}
+
+fn response(r: api::Response) -> ApiGatewayV2httpResponse {
+    let mut out = ApiGatewayV2httpResponse::default();
+    out.status_code = i64::from(r.status);
+    out.headers.insert("content-type", r.content_type.parse().expect("valid header value"));
+    out.body = Some(Body::Text(String::from_utf8_lossy(&r.body).into_owned()));
+    out.is_base64_encoded = false;
+    out
+}
+
+/// Standard base64 (API Gateway encodes binary bodies so).
+fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.decode(s.trim()).ok()
+}
+
+// ---- poll ----------------------------------------------------------------------------------
+
+/// The scheduled tick.
+pub async fn poll(rt: &Runtime, now_secs: u64) -> Result<gitferry_core::poll::Tick, SetupError> {
+    let (config, digest) = rt.config().await?;
+    let tick = gitferry_core::poll::tick(&config, &digest, rt.queue.as_ref(), rt.store.as_ref(), now_secs)
+        .await
+        .map_err(|e| SetupError::Aws(e.to_string()))?;
+    rt.metrics.polls_enqueued(tick.polled + tick.reconciled);
+    tracing::info!(polled = tick.polled, reconciled = tick.reconciled, "poll tick");
+    Ok(tick)
+}
+
+// ---- sync ----------------------------------------------------------------------------------
+
+/// A batch of SQS FIFO records → syncs → partial batch failures.
+///
+/// Records that are not valid `SyncRequest`s are logged and acknowledged (never a poison
+/// loop). A record whose repo failed transiently is returned as a failure, and so is every
+/// later record of the same message group in the batch (FIFO order must hold). While syncs run,
+/// the records' visibility is extended so SQS does not hand them to another worker; the cache
+/// lease is the second guard.
+pub async fn sync(
+    rt: &Runtime,
+    event: SqsEvent,
+    deadline: Instant,
+    owner: &str,
+    extend: Option<Arc<SqsQueue>>,
+) -> SqsBatchResponse {
+    let records: Vec<Record> = event
+        .records
+        .into_iter()
+        .map(|m| Record {
+            id: m.message_id.unwrap_or_default(),
+            group: m.attributes.get("MessageGroupId").cloned().unwrap_or_default(),
+            receipt: m.receipt_handle.unwrap_or_default(),
+            body: m.body.unwrap_or_default(),
+        })
+        .collect();
+    let mut failures = Vec::new();
+    let config = match rt.config().await {
+        Ok((c, _)) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "configuration unavailable: returning the whole batch");
+            failures.extend(records.iter().map(|r| r.id.clone()));
+            return batch_response(failures);
+        }
+    };
+    let mut requests = Vec::new();
+    let mut positions = Vec::new();
+    for (i, r) in records.iter().enumerate() {
+        match SyncRequest::from_json(&r.body) {
+            Ok(req) => {
+                requests.push(req);
+                positions.push(i);
+            }
+            Err(e) => tracing::error!(message_id = %r.id, group = %r.group, error = %e, "dropping an invalid record"),
+        }
+    }
+    let heartbeat = extend.map(|q| {
+        let receipts: Vec<String> = records.iter().map(|r| r.receipt.clone()).collect();
+        let visibility = rt.env.visibility;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(visibility / 3).await;
+                for receipt in &receipts {
+                    if let Err(e) = q.extend(receipt, visibility).await {
+                        tracing::warn!(error = %e, "could not extend message visibility");
+                    }
+                }
+            }
+        })
+    });
+    let manager = SyncManager::new(
+        config.clone(),
+        rt.store.clone(),
+        Notifier::new(&config.notify),
+        rt.metrics.clone(),
+        SyncOptions {
+            work_dir: std::env::temp_dir().join("gitferry"),
+            owner: owner.to_owned(),
+            ..SyncOptions::default()
+        },
+    );
+    let outcome = manager.handle_batch(&requests, deadline).await;
+    if let Some(h) = heartbeat {
+        h.abort();
+    }
+    let mut failed_groups: Vec<String> = Vec::new();
+    let retry: std::collections::HashSet<usize> = outcome
+        .verdicts
+        .iter()
+        .zip(&positions)
+        .filter(|(v, _)| matches!(v, Verdict::Retry(_)))
+        .map(|(_, i)| *i)
+        .collect();
+    for (i, r) in records.iter().enumerate() {
+        if retry.contains(&i) || failed_groups.contains(&r.group) {
+            if !failed_groups.contains(&r.group) {
+                failed_groups.push(r.group.clone());
+            }
+            failures.push(r.id.clone());
+        }
+    }
+    batch_response(failures)
+}
+
+struct Record {
+    id: String,
+    group: String,
+    receipt: String,
+    body: String,
+}
+
+fn batch_response(ids: Vec<String>) -> SqsBatchResponse {
+    let mut response = SqsBatchResponse::default();
+    response.batch_item_failures = ids
+        .into_iter()
+        .map(|id| {
+            let mut f = BatchItemFailure::default();
+            f.item_identifier = id;
+            f
+        })
+        .collect();
+    response
+}
+
+/// The Lambda context's deadline (Unix ms) as an `Instant`.
+pub fn deadline_from(ctx_deadline_ms: u64) -> Instant {
+    let now = gitferry_core::request::now_ms();
+    Instant::now() + Duration::from_millis(ctx_deadline_ms.saturating_sub(now))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_bodies() {
+        assert_eq!(base64_decode("aGVsbG8gd29ybGQ=").unwrap(), b"hello world");
+        assert!(base64_decode("!!").is_none());
+    }
+
+    #[test]
+    fn env_requires_bucket_and_queue() {
+        let e = Env::from_lookup(&|_| None).unwrap_err();
+        assert!(e.to_string().contains("GITFERRY_BUCKET"));
+        let env = Env::from_lookup(&|k| match k {
+            "GITFERRY_BUCKET" => Some("b".into()),
+            "GITFERRY_QUEUE_URL" => Some("q".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(env.config_key, "config/mirrors.toml");
+        assert!(env.status_token.is_none());
+    }
+}
