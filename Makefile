@@ -1,6 +1,6 @@
 # gitferry — the commands a newcomer (and CI) runs. `make test` is what `.ci/run` calls.
 #
-#   make demo     run the main job: mirror a generated repository through a local git daemon
+#   make demo     run the main job: `gitferry demo`, the whole service offline in a temp dir
 #   make test     install what the tests need, then build and run every test of the workspace
 #   make bench    compare `gitferry mirror` with the git CLI on a generated repository
 #   make lint     clippy with warnings as errors
@@ -8,7 +8,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: test deps build demo bench lint fmt
+.PHONY: test deps build demo demo-mirror bench lint fmt
 
 ## Tools the tests need that a fresh machine may lack. The git CLI is the tests' independent
 ## reference (git daemon, git http-backend, git fsck); the product itself never runs git.
@@ -35,6 +35,12 @@ deps:
 	fi; \
 	echo "installing moto[server]==$(MOTO_VERSION) into $(VENV)"; \
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check "moto[server]==$(MOTO_VERSION)"
+	@# Headless Chromium renders the status page in one end-to-end test.
+	@if ! command -v chromium >/dev/null; then \
+	  echo "installing chromium (headless browser for the status page test) from Debian"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	fi
 
 build:
 	$(CARGO) build --workspace --bins
@@ -44,7 +50,11 @@ test: deps
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --no-fail-fast
 
-demo: build
+demo:
+	$(CARGO) run -q -p gitferry -- demo
+
+## The engine alone: `gitferry mirror` between two repositories on a loopback git daemon.
+demo-mirror: build
 	bash infra/local/demo.sh
 
 bench:

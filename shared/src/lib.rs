@@ -23,6 +23,7 @@ pub mod page;
 pub mod poll;
 pub mod queue;
 pub mod request;
+pub mod server;
 pub mod status;
 pub mod store;
 pub mod sync;

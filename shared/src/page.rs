@@ -62,12 +62,14 @@ pub fn render(repos: &[RepoStatus], now: u64) -> String {
             .iter()
             .map(|b| format!("<div class=\"small\">{} → {} ({})</div>", esc(&b.git_ref), esc(&b.backup_ref), esc(&b.id[..b.id.len().min(8)])))
             .collect();
-        let lease = s
-            .lease
-            .as_ref()
-            .filter(|l| !l.released)
-            .map(|l| esc(&l.owner))
-            .unwrap_or_else(|| "—".into());
+        let lease = match (&s.lease, s.state) {
+            (Some(l), State::Syncing) => format!("held by {}", esc(&l.owner)),
+            (Some(l), _) => {
+                let reclaim = l.reclaimed_from.as_deref().map(|p| format!(" (reclaimed from {})", esc(p))).unwrap_or_default();
+                format!("<span class=\"small\">last: {}{reclaim}</span>", esc(&l.owner))
+            }
+            (None, _) => "—".into(),
+        };
         let error = s.last_error.as_deref().map(esc).unwrap_or_default();
         let guard = s.guard.as_deref().map(|g| format!("<div class=\"warn\">{}</div>", esc(g))).unwrap_or_default();
         rows.push_str(&format!(

@@ -123,6 +123,7 @@ pub struct SyncManager {
     notifier: Notifier,
     metrics: Metrics,
     options: SyncOptions,
+    shutdown: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 /// An error on the way, with its class.
@@ -180,7 +181,15 @@ impl SyncManager {
             notifier,
             metrics,
             options,
+            shutdown: None,
         }
+    }
+
+    /// Stop starting new phases once `shutdown` turns true (a terminal status is still
+    /// written, and the request is retried after the restart).
+    pub fn with_shutdown(mut self, shutdown: tokio::sync::watch::Receiver<bool>) -> SyncManager {
+        self.shutdown = Some(shutdown);
+        self
     }
 
     pub fn config(&self) -> &Arc<Config> {
@@ -234,7 +243,8 @@ impl SyncManager {
     }
 
     fn time_left(&self, deadline: Instant) -> bool {
-        deadline.saturating_duration_since(Instant::now()) > self.options.deadline_margin
+        let stopping = self.shutdown.as_ref().is_some_and(|s| *s.borrow());
+        !stopping && deadline.saturating_duration_since(Instant::now()) > self.options.deadline_margin
     }
 
     /// Sync one repository for the given (coalesced) requests.
@@ -491,7 +501,9 @@ impl SyncManager {
             if self.time_left(deadline) {
                 Ok(())
             } else {
-                Err(Failure::transient(format!("deadline reached before {phase}; will retry")))
+                Err(Failure::transient(format!(
+                    "deadline reached (or shutting down) before {phase}; will retry"
+                )))
             }
         };
 

@@ -1,31 +1,116 @@
-//! `gitferry` — the command line. Thin: it parses arguments, calls `gitferry_core`, and turns
-//! results into output and exit codes. No mirroring logic lives here.
+//! `gitferry` — the command line and the local server. Thin: it parses arguments, builds
+//! adapters, calls `gitferry_core`, and turns results into output and exit codes.
 //!
-//! Exit codes: 0 success, 1 the operation failed (a one-line error on stderr, or a summary with
-//! rejected refs), 2 usage error (bad arguments).
+//! Exit codes: 0 success, 1 the operation failed (a clear message on stderr, or a summary with
+//! failed refs or targets), 2 usage error (bad arguments or an invalid configuration file).
 
-use std::path::PathBuf;
+mod adapters;
+mod demo;
+mod serve;
+mod table;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
+use gitferry_core::config::{Config, Secret};
 use gitferry_core::git::{self, MirrorOptions, RefPatterns, Remote};
+use gitferry_core::metrics::Metrics;
+use gitferry_core::notify::Notifier;
+use gitferry_core::request::SyncRequest;
+use gitferry_core::status::{State, StatusBook};
+use gitferry_core::sync::{RepoOutcome, SyncManager, SyncOptions};
 
 #[derive(Parser)]
 #[command(
     name = "gitferry",
     version,
     about = "Keep mirrors of git repositories in sync",
-    after_help = "Exit codes: 0 success, 1 failure (including refs a target rejected), 2 usage error.\n\
-                  Logging: set RUST_LOG (e.g. RUST_LOG=gitferry_core=debug)."
+    after_help = "Exit codes: 0 success, 1 failure, 2 usage or configuration error.\n\
+                  Logging: RUST_LOG=info (or debug, or gitferry_core=debug,...), default warn."
 )]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
+#[derive(clap::Args, Clone)]
+struct Where {
+    /// The configuration file.
+    #[arg(long, short, default_value = "mirrors.toml")]
+    config: PathBuf,
+    /// The store: a local directory, or s3://BUCKET/PREFIX.
+    #[arg(long, default_value = adapters::DEFAULT_STORE)]
+    store: String,
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// Run the whole system on this machine: webhook and status HTTP routes, sync workers and
+    /// the poller. Stops cleanly on SIGINT/SIGTERM; queued work survives restarts.
+    #[command(after_help = "Examples:\n  \
+        gitferry serve --config mirrors.toml\n  \
+        GITFERRY_STATUS_TOKEN=… gitferry serve --listen 0.0.0.0:8080 --workers 4\n  \
+        gitferry serve --store s3://my-bucket/gitferry --queue sqs://https://sqs.eu-west-1.amazonaws.com/123/gitferry.fifo\n\n\
+        Routes: POST /webhook/{github,gitlab,gitea}, GET / (status page), GET /status[/REPO],\n\
+        POST /repos/REPO/sync, GET /metrics, GET /healthz. Status routes need\n\
+        `Authorization: Bearer $GITFERRY_STATUS_TOKEN`, except on a loopback address without a token.")]
+    Serve {
+        #[command(flatten)]
+        at: Where,
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// `memory` (in-process, saved in the store) or sqs://QUEUE_URL.
+        #[arg(long, default_value = "memory")]
+        queue: String,
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// Where local bare repositories live (default: inside a local store, or a temp dir).
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
+    },
+    /// A complete tour, offline, in a temp dir: creates a source repository, serves it, pushes
+    /// to it, delivers a signed webhook, waits for the sync, shows status and notification, and
+    /// verifies the target equals the source.
+    Demo,
+    /// Sync one repository now, in this process, and wait for the result.
+    #[command(after_help = "Examples:\n  gitferry sync app\n  gitferry sync app --config /etc/gitferry/mirrors.toml --json")]
+    Sync {
+        repo: String,
+        #[command(flatten)]
+        at: Where,
+        /// Wait for the result (always: the sync runs in this process).
+        #[arg(long, default_value_t = true)]
+        wait: bool,
+        /// Print the resulting status as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the status of every repository (or one).
+    #[command(after_help = "Examples:\n  gitferry status\n  gitferry status app --json")]
+    Status {
+        repo: Option<String>,
+        #[command(flatten)]
+        at: Where,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a configuration file: prints OK, or every problem with file:line and field.
+    CheckConfig { file: PathBuf },
+    /// Ask a running server to sync every repository now (reconcile).
+    #[command(after_help = "Example:\n  GITFERRY_STATUS_TOKEN=… gitferry enqueue --all --server http://127.0.0.1:8080")]
+    Enqueue {
+        /// Every configured repository.
+        #[arg(long, required = true)]
+        all: bool,
+        #[arg(long, short, default_value = "mirrors.toml")]
+        config: PathBuf,
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        server: String,
+    },
     /// One-shot mirror: fetch SOURCE into a bare cache under --cache-dir (pruning refs the source
     /// no longer has), then push branches and tags to TARGET, deleting refs the source dropped.
     #[command(after_help = "Examples:\n  \
@@ -47,8 +132,7 @@ enum Command {
         /// Report progress on stderr.
         #[arg(long)]
         progress: bool,
-        /// Ref patterns to mirror (repeatable; `*` matches within and across `/`).
-        /// Default: refs/heads/* and refs/tags/*.
+        /// Ref patterns to mirror (repeatable; one `*` each). Default: refs/heads/* and refs/tags/*.
         #[arg(long = "ref", value_name = "PATTERN")]
         refs: Vec<String>,
         /// Ref patterns to leave alone (repeatable).
@@ -66,7 +150,61 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
-    match cli.command {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(run(cli.command))
+}
+
+async fn run(command: Command) -> ExitCode {
+    match command {
+        Command::Serve {
+            at,
+            listen,
+            queue,
+            workers,
+            work_dir,
+        } => {
+            let config = match load_config(&at.config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let status_token = std::env::var("GITFERRY_STATUS_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty())
+                .map(|t| Secret::new("GITFERRY_STATUS_TOKEN", t));
+            let opts = serve::ServeOptions {
+                config: Arc::new(config),
+                listen,
+                store: at.store,
+                queue,
+                workers,
+                work_dir,
+                status_token,
+            };
+            match serve::serve(opts).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&e),
+            }
+        }
+        Command::Demo => match demo::run().await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e),
+        },
+        Command::Sync { repo, at, json, .. } => sync_now(&repo, &at, json).await,
+        Command::Status { repo, at, json } => status(repo.as_deref(), &at, json).await,
+        Command::CheckConfig { file } => match Config::load(&file) {
+            Ok(c) => {
+                println!("OK: {} ({} repositories)", file.display(), c.repos.len());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(1)
+            }
+        },
+        Command::Enqueue { config, server, .. } => enqueue_all(&config, &server).await,
         Command::Mirror {
             source,
             target,
@@ -77,80 +215,229 @@ fn main() -> ExitCode {
             excludes,
             no_prune,
             atomic,
-        } => {
-            let source = match Remote::parse(&source).map(|r| r.with_env_credentials("GITFERRY_SOURCE")) {
-                Ok(r) => r,
-                Err(e) => return fail(&e),
-            };
-            let target = match Remote::parse(&target).map(|r| r.with_env_credentials("GITFERRY_TARGET")) {
-                Ok(r) => r,
-                Err(e) => return fail(&e),
-            };
-            let patterns = if refs.is_empty() && excludes.is_empty() {
-                RefPatterns::default()
-            } else {
-                match RefPatterns::new(
-                    if refs.is_empty() { RefPatterns::default().include } else { refs },
-                    excludes,
-                ) {
-                    Ok(p) => p,
-                    Err(e) => return fail(&e),
-                }
-            };
-            let options = MirrorOptions {
-                refs: patterns,
-                prune: !no_prune,
-                atomic,
-                progress: progress.then(|| stderr_progress()),
-            };
-            let started = Instant::now();
-            match git::mirror(&source, &target, &cache_dir, &options) {
-                Ok(summary) => {
-                    if json {
-                        println!("{}", serde_json::to_string(&summary).expect("summary serialises"));
-                    } else {
-                        print!("{}", summary.human());
-                    }
-                    if summary.push.rejected.is_empty() {
-                        ExitCode::SUCCESS
-                    } else {
-                        eprintln!(
-                            "error: {} ref(s) rejected by {} ({:.1}s)",
-                            summary.push.rejected.len(),
-                            target,
-                            started.elapsed().as_secs_f64()
-                        );
-                        ExitCode::from(1)
-                    }
-                }
-                Err(e) => fail(&e),
-            }
-        }
+        } => mirror(source, target, cache_dir, json, progress, refs, excludes, no_prune, atomic).await,
     }
 }
 
-fn stderr_progress() -> git::ProgressFn {
-    std::sync::Arc::new(|line: &str| eprintln!("{line}"))
+fn load_config(path: &Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::from(2)
+    })
 }
 
-fn fail(e: &dyn std::error::Error) -> ExitCode {
+async fn sync_now(repo: &str, at: &Where, json: bool) -> ExitCode {
+    let config = match load_config(&at.config) {
+        Ok(c) => Arc::new(c),
+        Err(code) => return code,
+    };
+    if config.repo(repo).is_none() {
+        return fail(&format!("repository {repo:?} is not in {}", at.config.display()));
+    }
+    let store = match adapters::store(&at.store).await {
+        Ok(s) => s,
+        Err(e) => return fail(&e),
+    };
+    let manager = SyncManager::new(
+        config.clone(),
+        store,
+        Notifier::new(&config.notify),
+        Metrics::discard(),
+        SyncOptions {
+            work_dir: adapters::default_work_dir(&at.store),
+            ..SyncOptions::default()
+        },
+    );
+    let who = std::env::var("USER").unwrap_or_else(|_| "cli".into());
+    let request = SyncRequest::manual(repo, &who);
+    let outcome = manager
+        .handle_batch(std::slice::from_ref(&request), Instant::now() + Duration::from_secs(6 * 3600))
+        .await;
+    let status = manager.status_book().get(repo).await.ok().flatten();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status).expect("status serialises"));
+    }
+    match &outcome.repos[0].outcome {
+        RepoOutcome::NoOp => {
+            if !json {
+                println!("{repo}: up to date (nothing to do)");
+            }
+            ExitCode::SUCCESS
+        }
+        RepoOutcome::Synced(s) if s.state == State::Success => {
+            if !json {
+                print!("{}", table::render(&[(**s).clone()], gitferry_core::request::now_ms()));
+            }
+            ExitCode::SUCCESS
+        }
+        RepoOutcome::Synced(s) => {
+            if !json {
+                print!("{}", table::render(&[(**s).clone()], gitferry_core::request::now_ms()));
+            }
+            ExitCode::from(1)
+        }
+        RepoOutcome::Failed { error, .. } => fail(error),
+        RepoOutcome::Skipped(reason) => fail(&format!("{repo}: skipped ({reason})")),
+    }
+}
+
+async fn status(repo: Option<&str>, at: &Where, json: bool) -> ExitCode {
+    let config = match load_config(&at.config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let store = match adapters::store(&at.store).await {
+        Ok(s) => s,
+        Err(e) => return fail(&e),
+    };
+    let names: Vec<&str> = match repo {
+        Some(r) if config.repo(r).is_none() => return fail(&format!("repository {r:?} is not configured")),
+        Some(r) => vec![r],
+        None => config.repos.keys().map(String::as_str).collect(),
+    };
+    match StatusBook::new(store).all(names).await {
+        Ok(all) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&all).expect("status serialises"));
+            } else {
+                print!("{}", table::render(&all, gitferry_core::request::now_ms()));
+            }
+            if all.iter().any(|s| s.state == State::Failed) { ExitCode::from(1) } else { ExitCode::SUCCESS }
+        }
+        Err(e) => fail(&format!("reading status: {e}")),
+    }
+}
+
+async fn enqueue_all(config: &Path, server: &str) -> ExitCode {
+    let config = match load_config(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let client = reqwest::Client::new();
+    let token = std::env::var("GITFERRY_STATUS_TOKEN").unwrap_or_default();
+    let mut failed = 0;
+    for repo in config.repos.keys() {
+        let mut req = client
+            .post(format!("{}/repos/{repo}/sync", server.trim_end_matches('/')))
+            .header("x-requested-by", "gitferry enqueue");
+        if !token.is_empty() {
+            req = req.bearer_auth(&token);
+        }
+        match req.send().await {
+            Ok(r) if r.status().as_u16() == 202 => println!("queued {repo}"),
+            Ok(r) => {
+                failed += 1;
+                eprintln!("{repo}: the server answered {}", r.status());
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!("{repo}: {}", if e.is_connect() { format!("cannot reach {server}") } else { e.to_string() });
+            }
+        }
+    }
+    if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn mirror(
+    source: String,
+    target: String,
+    cache_dir: PathBuf,
+    json: bool,
+    progress: bool,
+    refs: Vec<String>,
+    excludes: Vec<String>,
+    no_prune: bool,
+    atomic: bool,
+) -> ExitCode {
+    let source = match Remote::parse(&source).map(|r| r.with_env_credentials("GITFERRY_SOURCE")) {
+        Ok(r) => r,
+        Err(e) => return fail_err(&e),
+    };
+    let target = match Remote::parse(&target).map(|r| r.with_env_credentials("GITFERRY_TARGET")) {
+        Ok(r) => r,
+        Err(e) => return fail_err(&e),
+    };
+    let patterns = if refs.is_empty() && excludes.is_empty() {
+        RefPatterns::default()
+    } else {
+        let include = if refs.is_empty() { RefPatterns::default().include } else { refs };
+        match RefPatterns::new(include, excludes) {
+            Ok(p) => p,
+            Err(e) => return fail_err(&e),
+        }
+    };
+    let bar = progress.then(progress_line);
+    let options = MirrorOptions {
+        refs: patterns,
+        prune: !no_prune,
+        atomic,
+        progress: bar.clone().map(|b| {
+            let f: git::ProgressFn = Arc::new(move |line: &str| b(line));
+            f
+        }),
+    };
+    let started = Instant::now();
+    let target_name = target.to_string();
+    let result = tokio::task::spawn_blocking(move || git::mirror(&source, &target, &cache_dir, &options))
+        .await
+        .expect("mirror thread");
+    match result {
+        Ok(summary) => {
+            if json {
+                println!("{}", serde_json::to_string(&summary).expect("summary serialises"));
+            } else {
+                print!("{}", summary.human());
+            }
+            if summary.push.rejected.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!(
+                    "error: {} ref(s) rejected by {} ({:.1}s)",
+                    summary.push.rejected.len(),
+                    target_name,
+                    started.elapsed().as_secs_f64()
+                );
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => fail_err(&e),
+    }
+}
+
+/// Progress for `--progress`: a spinner line on a terminal, plain lines otherwise.
+fn progress_line() -> Arc<dyn Fn(&str) + Send + Sync> {
+    use std::io::IsTerminal;
+    if std::io::stderr().is_terminal() {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.enable_steady_tick(Duration::from_millis(120));
+        Arc::new(move |line: &str| {
+            bar.println(line);
+            bar.set_message(line.to_owned());
+        })
+    } else {
+        Arc::new(|line: &str| eprintln!("{line}"))
+    }
+}
+
+fn fail(message: &str) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::from(1)
+}
+
+fn fail_err(e: &dyn std::error::Error) -> ExitCode {
     // One clear line: the error and its causes, joined. Errors never carry credentials.
     let mut msg = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
-        let s = s.to_string();
-        if !msg.contains(&s) {
+        let text = s.to_string();
+        if !msg.contains(&text) {
             msg.push_str(": ");
-            msg.push_str(&s);
+            msg.push_str(&text);
         }
-        source = s_source(source);
+        source = s.source();
     }
-    eprintln!("error: {msg}");
-    ExitCode::from(1)
-}
-
-fn s_source<'a>(e: Option<&'a (dyn std::error::Error + 'static)>) -> Option<&'a (dyn std::error::Error + 'static)> {
-    e.and_then(|e| e.source())
+    fail(&msg)
 }
 
 fn init_logging() {

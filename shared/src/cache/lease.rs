@@ -89,7 +89,7 @@ impl Lease {
             Some(obj) => {
                 let previous: Option<LeaseRecord> = serde_json::from_slice(&obj.body).ok();
                 match previous {
-                    Some(p) if p.is_live(now) && p.owner != owner => {
+                    Some(p) if p.is_live(now) && p.owner != owner && !local_holder_is_dead(&p.owner) => {
                         return Err(CacheError::LeaseHeld {
                             owner: p.owner,
                             expires_at: p.expires_at,
@@ -217,6 +217,16 @@ impl Drop for Lease {
             h.abort();
         }
     }
+}
+
+/// A lease held by a process of this machine (`{host}:{pid}`, the local server's owner id)
+/// that no longer runs can be taken at once instead of waiting for its TTL: after a crash and
+/// restart, the repo resumes immediately.
+fn local_holder_is_dead(owner: &str) -> bool {
+    let Some((host, pid)) = owner.rsplit_once(':') else { return false };
+    let Ok(pid) = pid.parse::<u32>() else { return false };
+    let this_host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned());
+    matches!(this_host, Ok(h) if h == host) && pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
 /// The lease of `repo` as stored (for status), if any.

@@ -20,6 +20,8 @@ fn open_options() -> gix::open::Options {
             "core.logAllRefUpdates=false",
             "gitoxide.committer.nameFallback=gitferry",
             "gitoxide.committer.emailFallback=gitferry@localhost",
+            "gitoxide.author.nameFallback=gitferry",
+            "gitoxide.author.emailFallback=gitferry@localhost",
         ])
         .strict_config(false)
 }

@@ -60,10 +60,15 @@ impl MemoryQueue {
         self.state.lock().await.dead.clone()
     }
 
-    /// Every message body still queued (waiting or in flight), in group order — for persisting
-    /// the queue across restarts.
-    pub async fn snapshot(&self) -> Vec<String> {
-        self.state.lock().await.groups.values().flatten().map(|e| e.body.clone()).collect()
+    /// Every message still queued (waiting or in flight) as (group, body), in order — for
+    /// persisting the queue across restarts.
+    pub async fn snapshot_with_groups(&self) -> Vec<(String, String)> {
+        let state = self.state.lock().await;
+        state
+            .groups
+            .iter()
+            .flat_map(|(g, entries)| entries.iter().map(move |e| (g.clone(), e.body.clone())))
+            .collect()
     }
 
     /// Enqueue raw bodies for `group` (restoring a snapshot; no deduplication).

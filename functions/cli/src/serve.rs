@@ -1,0 +1,160 @@
+//! `gitferry serve`: the whole system on one machine. HTTP (axum) in front of the shared
+//! `gitferry_core::api::Api`; the shared worker pool and ticker (`gitferry_core::server`)
+//! behind it. This file only wires adapters and signals.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::extract::State;
+use gitferry_core::api::{self, Api};
+use gitferry_core::config::{Config, Secret};
+use gitferry_core::metrics::{Metrics, Prometheus};
+use gitferry_core::notify::Notifier;
+use gitferry_core::status::StatusBook;
+use gitferry_core::store::ObjectStore;
+use gitferry_core::sync::{SyncManager, SyncOptions};
+use tokio::sync::watch;
+
+use crate::adapters;
+
+/// Everything `serve` needs, already resolved.
+pub struct ServeOptions {
+    pub config: Arc<Config>,
+    pub listen: SocketAddr,
+    pub store: String,
+    pub queue: String,
+    pub workers: usize,
+    pub work_dir: Option<PathBuf>,
+    pub status_token: Option<Secret>,
+}
+
+/// A running server.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub store: Arc<dyn ObjectStore>,
+    shutdown: watch::Sender<bool>,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Stop taking work, let in-flight syncs record a terminal status, save the queue.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.handle.await;
+    }
+}
+
+/// Start the HTTP server, the workers and the ticker; reconcile every repository once.
+pub async fn start(opts: ServeOptions) -> Result<Running, String> {
+    let store = adapters::store(&opts.store).await?;
+    let queue = adapters::queue(&opts.queue, store.clone()).await?;
+    let work_dir = match opts.work_dir {
+        Some(d) => d,
+        None => adapters::default_work_dir(&opts.store),
+    };
+    let prometheus = Arc::new(Prometheus::new());
+    let metrics = Metrics::new(prometheus.clone());
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let manager = SyncManager::new(
+        opts.config.clone(),
+        store.clone(),
+        Notifier::new(&opts.config.notify),
+        metrics.clone(),
+        SyncOptions {
+            work_dir,
+            ..SyncOptions::default()
+        },
+    )
+    .with_shutdown(shutdown_rx.clone());
+    let api = Api {
+        config: opts.config.clone(),
+        queue: queue.clone(),
+        status: StatusBook::new(store.clone()),
+        metrics,
+        anonymous_status: opts.status_token.is_none() && opts.listen.ip().is_loopback(),
+        status_token: opts.status_token,
+        max_body: gitferry_core::webhook::DEFAULT_MAX_BODY,
+        prometheus: Some(prometheus),
+    };
+    let listener = tokio::net::TcpListener::bind(opts.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", opts.listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let reconciled = gitferry_core::server::reconcile(&opts.config, queue.as_ref(), "startup")
+        .await
+        .map_err(|e| format!("cannot enqueue the startup reconciliation: {e}"))?;
+    tracing::info!(%addr, repos = opts.config.repos.len(), reconciled, "gitferry serving");
+
+    let app = axum::Router::new().fallback(handle).with_state(Arc::new(api));
+    let mut http_shutdown = shutdown_rx.clone();
+    let http = tokio::spawn(async move {
+        let graceful = async move {
+            let _ = http_shutdown.wait_for(|stop| *stop).await;
+        };
+        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(graceful).await {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    });
+    let workers = tokio::spawn(gitferry_core::server::run(manager, queue.clone(), opts.workers, shutdown_rx));
+    let handle = tokio::spawn(async move {
+        let _ = workers.await;
+        let _ = http.await;
+    });
+    Ok(Running {
+        addr,
+        store,
+        shutdown: shutdown_tx,
+        handle,
+    })
+}
+
+/// Serve until SIGINT/SIGTERM.
+pub async fn serve(opts: ServeOptions) -> Result<(), String> {
+    let running = start(opts).await?;
+    eprintln!("gitferry listening on http://{}", running.addr);
+    wait_for_signal().await;
+    eprintln!("stopping: finishing in-flight work");
+    running.stop().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+async fn handle(State(api): State<Arc<Api>>, request: axum::extract::Request) -> axum::response::Response {
+    let (parts, body) = request.into_parts();
+    let limit = api.max_body;
+    let body = match axum::body::to_bytes(body, limit + 1).await {
+        Ok(b) if b.len() <= limit => b,
+        _ => return to_axum(api::Response::json(413, serde_json::json!({ "error": format!("body larger than {limit} bytes") }))),
+    };
+    let headers: Vec<(String, String)> = parts
+        .headers
+        .iter()
+        .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str().to_owned(), v.to_owned())))
+        .collect();
+    let reply = api
+        .handle(api::Request {
+            method: parts.method.as_str(),
+            path: parts.uri.path(),
+            headers,
+            body: &body,
+        })
+        .await;
+    to_axum(reply)
+}
+
+fn to_axum(r: api::Response) -> axum::response::Response {
+    axum::response::Response::builder()
+        .status(r.status)
+        .header("content-type", r.content_type)
+        .body(axum::body::Body::from(r.body))
+        .expect("valid response")
+}

@@ -1,0 +1,302 @@
+//! `gitferry serve` and `gitferry demo` as a user runs them: the real binary, real git servers,
+//! signals, a restart after `kill -9`, and the status page in headless Chromium.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use gitferry_core::config::Provider;
+use harness::{Proto, Servers, TempDir, Worktree, assert_fsck_clean, assert_refs_equal, git, install_hook};
+
+const SECRET: &str = "serve-test-secret";
+
+struct Setup {
+    proto: Proto,
+    servers: Servers,
+    source: PathBuf,
+    target: PathBuf,
+    wt: Worktree,
+    dir: TempDir,
+}
+
+impl Setup {
+    /// src.git with history, an empty dst.git, and a config for repo `app` over `proto`.
+    fn new(proto: Proto) -> Setup {
+        let servers = Servers::start();
+        let source = servers.create_bare("src.git");
+        let target = servers.create_bare("dst.git");
+        let mut wt = Worktree::new(&source);
+        wt.build_history();
+        let dir = tempfile::tempdir().unwrap();
+        let config = format!(
+            "[repos.app]\nurl = \"{}\"\nwebhook = {{ provider = \"github\", secret_env = \"APP_SECRET\" }}\n\
+             [[repos.app.targets]]\nurl = \"{}\"\nname = \"mirror\"\n",
+            servers.url(proto, "src.git"),
+            servers.url(proto, "dst.git")
+        );
+        std::fs::write(dir.path().join("mirrors.toml"), config).unwrap();
+        Setup {
+            proto,
+            servers,
+            source,
+            target,
+            wt,
+            dir,
+        }
+    }
+
+    fn store(&self) -> PathBuf {
+        self.dir.path().join("store")
+    }
+
+    /// Start `gitferry serve` on a free port; returns the child and the base URL.
+    fn serve(&self) -> (Child, String) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new(harness::gitferry_bin())
+            .args(["serve", "--config", "mirrors.toml", "--store"])
+            .arg(self.store())
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .current_dir(self.dir.path())
+            .env("APP_SECRET", SECRET)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(self.dir.path().join(format!("serve-{port}.log"))).unwrap()))
+            .spawn()
+            .expect("gitferry serve starts");
+        let base = format!("http://127.0.0.1:{port}");
+        let until = Instant::now() + Duration::from_secs(20);
+        while reqwest::blocking::get(format!("{base}/healthz")).is_err() {
+            assert!(Instant::now() < until, "serve did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        (child, base)
+    }
+
+    fn push_and_deliver(&mut self, base: &str, delivery: &str) -> u16 {
+        self.wt.commit_file("served.txt", delivery.as_bytes(), "a change to mirror");
+        self.wt.push_all();
+        let after = git(&self.source, ["rev-parse", "refs/heads/main"]);
+        let body = serde_json::json!({
+            "ref": "refs/heads/main",
+            "after": after,
+            "repository": { "clone_url": self.servers.url(self.proto, "src.git") },
+        })
+        .to_string();
+        deliver(base, delivery, &body, Some(&gitferry_core::webhook::sign(Provider::Github, SECRET, body.as_bytes())))
+    }
+}
+
+fn deliver(base: &str, delivery: &str, body: &str, signature: Option<&str>) -> u16 {
+    let mut req = reqwest::blocking::Client::new()
+        .post(format!("{base}/webhook/github"))
+        .header("X-GitHub-Event", "push")
+        .header("X-GitHub-Delivery", delivery)
+        .body(body.to_owned());
+    if let Some(s) = signature {
+        req = req.header("X-Hub-Signature-256", s);
+    }
+    req.send().unwrap().status().as_u16()
+}
+
+fn status(base: &str) -> serde_json::Value {
+    reqwest::blocking::get(format!("{base}/status/app")).unwrap().json().unwrap()
+}
+
+/// Wait until `done(status)` or panic after `secs`.
+fn wait_status(base: &str, secs: u64, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let until = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Ok(r) = reqwest::blocking::get(format!("{base}/status/app"))
+            && let Ok(s) = r.json::<serde_json::Value>()
+            && done(&s)
+        {
+            return s;
+        }
+        assert!(Instant::now() < until, "status never got there: {}", status(base));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn stored_status(store: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(store.join("repos/app/status.json")).unwrap()).unwrap()
+}
+
+fn signal(child: &Child, sig: &str) {
+    assert!(Command::new("kill").args([sig, &child.id().to_string()]).status().unwrap().success());
+}
+
+#[test]
+fn signed_webhook_syncs_and_status_and_metrics_show_it() {
+    // Sources over HTTP: the webhook payload names the repo by its clone URL.
+    let mut s = Setup::new(Proto::Http);
+    let (mut child, base) = s.serve();
+    // The startup reconciliation mirrors everything first.
+    wait_status(&base, 30, |st| st["state"] == "success");
+    assert_refs_equal(&s.source, &s.target);
+
+    // Unsigned and wrongly signed deliveries are refused and change nothing.
+    assert_eq!(deliver(&base, "nope-1", "{}", None), 401);
+    let body = r#"{"repository":{"clone_url":"x"}}"#;
+    assert_eq!(deliver(&base, "nope-2", body, Some("sha256=00")), 404, "unknown repository");
+
+    assert_eq!(s.push_and_deliver(&base, "delivery-42"), 202);
+    let st = wait_status(&base, 30, |st| st["last_delivery_id"] == "delivery-42" && st["state"] == "success");
+    assert_eq!(st["targets"]["mirror"]["state"], "success");
+    assert_refs_equal(&s.source, &s.target);
+    assert_fsck_clean(&s.target);
+
+    let metrics = reqwest::blocking::get(format!("{base}/metrics")).unwrap().text().unwrap();
+    assert!(metrics.contains("gitferry_syncs_total{outcome=\"success\",repo=\"app\",trigger=\"webhook\"} 1"), "{metrics}");
+    assert!(metrics.contains("gitferry_webhook_responses_total{code=\"401\",provider=\"github\"} 1"), "{metrics}");
+    assert!(metrics.contains("gitferry_webhook_responses_total{code=\"202\",provider=\"github\"} 1"), "{metrics}");
+
+    signal(&child, "-TERM");
+    let code = child.wait().unwrap();
+    assert_eq!(code.code(), Some(0), "clean exit on SIGTERM");
+}
+
+#[test]
+fn kill_9_during_a_sync_then_restart_converges() {
+    let mut s = Setup::new(Proto::GitDaemon);
+    let (mut child, base) = s.serve();
+    wait_status(&base, 30, |st| st["state"] == "success");
+    // The next push to the target hangs in a hook, so the sync is mid-push when we kill.
+    install_hook(&s.target, "pre-receive", "#!/bin/sh\nsleep 3\nexit 0\n");
+    assert_eq!(s.push_and_deliver(&base, "before-crash"), 202);
+    wait_status(&base, 20, |st| st["state"] == "syncing");
+    std::thread::sleep(Duration::from_millis(500));
+    signal(&child, "-KILL");
+    child.wait().unwrap();
+    assert_eq!(stored_status(&s.store())["state"], "syncing", "killed mid-sync");
+    std::fs::remove_file(s.target.join("hooks/pre-receive")).unwrap();
+
+    // Restart on the same store: the queued request is still there, the lease of the dead
+    // process expires, the repo converges.
+    let (mut child, base) = s.serve();
+    let st = wait_status(&base, 150, |st| st["state"] == "success" && st["source_refs"].as_u64() > Some(0));
+    assert_refs_equal(&s.source, &s.target);
+    assert_fsck_clean(&s.target);
+    assert!(st["targets"]["mirror"]["state"] == "success");
+    signal(&child, "-TERM");
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}
+
+#[test]
+fn sigterm_during_a_sync_writes_a_terminal_status_and_exits_0() {
+    let mut s = Setup::new(Proto::GitDaemon);
+    let (mut child, base) = s.serve();
+    wait_status(&base, 30, |st| st["state"] == "success");
+    install_hook(&s.target, "pre-receive", "#!/bin/sh\nsleep 2\nexit 0\n");
+    assert_eq!(s.push_and_deliver(&base, "during-term"), 202);
+    wait_status(&base, 20, |st| st["state"] == "syncing");
+    signal(&child, "-TERM");
+    let code = child.wait().unwrap();
+    assert_eq!(code.code(), Some(0));
+    let st = stored_status(&s.store());
+    assert!(st["state"] == "success" || st["state"] == "failed", "terminal, not syncing: {st}");
+}
+
+#[test]
+fn status_page_renders_in_headless_chromium() {
+    let s = Setup::new(Proto::GitDaemon);
+    let (mut child, base) = s.serve();
+    wait_status(&base, 30, |st| st["state"] == "success");
+    let chromium = ["chromium", "chromium-browser"]
+        .into_iter()
+        .find(|c| Command::new(c).arg("--version").output().is_ok())
+        .expect("chromium is installed by `make deps`");
+    let profile = tempfile::tempdir().unwrap();
+    let flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1400,500",
+    ];
+    let dom = Command::new(chromium)
+        .args(flags)
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg("--dump-dom")
+        .arg(format!("{base}/"))
+        .output()
+        .unwrap();
+    let html = String::from_utf8_lossy(&dom.stdout);
+    assert!(html.contains("data-repo=\"app\"") && html.contains("data-state=\"ok\""), "{html}");
+    assert!(html.contains("mirror"), "the target is listed: {html}");
+    let shot = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/status-page.png");
+    let out = Command::new(chromium)
+        .args(flags)
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg(format!("{base}/"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(std::fs::metadata(&shot).unwrap().len() > 1000, "a real screenshot");
+    signal(&child, "-TERM");
+    child.wait().unwrap();
+}
+
+#[test]
+fn demo_runs_offline_from_a_clean_home_in_under_a_minute() {
+    let home = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let out = Command::new(harness::gitferry_bin())
+        .arg("demo")
+        .env_clear()
+        .env("HOME", home.path())
+        .env("PATH", "/usr/bin:/bin")
+        .env("TMPDIR", home.path())
+        .current_dir(home.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("OK: the target is an exact mirror of the source"), "{text}");
+    assert!(text.contains("POST /webhook/github → 202"), "{text}");
+    assert!(text.contains("notification sent"), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(60));
+    // It cleaned up after itself.
+    let left: Vec<_> = std::fs::read_dir(home.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn check_config_status_and_sync_commands() {
+    let s = Setup::new(Proto::GitDaemon);
+    let bin = harness::gitferry_bin();
+    let run = |args: &[&str]| {
+        Command::new(&bin)
+            .args(args)
+            .current_dir(s.dir.path())
+            .env("APP_SECRET", SECRET)
+            .output()
+            .unwrap()
+    };
+    let ok = run(&["check-config", "mirrors.toml"]);
+    assert!(ok.status.success() && String::from_utf8_lossy(&ok.stdout).starts_with("OK"));
+    std::fs::write(s.dir.path().join("bad.toml"), "[repos.x]\nurl = \"ftp://h/x\"\npoll_interval_secs = 5\n").unwrap();
+    let bad = run(&["check-config", "bad.toml"]);
+    assert_eq!(bad.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("bad.toml:2: repos.x.url") && err.contains("bad.toml:3: repos.x.poll_interval_secs"), "{err}");
+
+    let store = s.store();
+    let store = store.to_str().unwrap();
+    let synced = run(&["sync", "app", "--store", store, "--json"]);
+    assert!(synced.status.success(), "{}", String::from_utf8_lossy(&synced.stderr));
+    let st: serde_json::Value = serde_json::from_slice(&synced.stdout).unwrap();
+    assert_eq!(st["state"], "success");
+    assert_refs_equal(&s.source, &s.target);
+    let again = run(&["sync", "app", "--store", store]);
+    assert!(String::from_utf8_lossy(&again.stdout).contains("up to date"));
+    let table = run(&["status", "--store", store]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(table.status.success() && text.contains("app") && text.contains("mirror:ok"), "{text}");
+    let unknown = run(&["sync", "nope", "--store", store]);
+    assert_eq!(unknown.status.code(), Some(1));
+}
