@@ -3,8 +3,9 @@
 //! A webhook delivery, a poll tick and an operator's "sync now" all turn into the same JSON
 //! message on the queue, grouped by repository (FIFO `MessageGroupId = repo`, so one repo is
 //! synced by one worker at a time) and deduplicated by an id derived from where it was born:
-//! `wh:{provider}:{delivery}` (a provider's redelivery is dropped), `poll:{repo}:{slot}` (a
-//! retried poll tick enqueues nothing twice), `manual:{uuid}`.
+//! `wh:{provider}:{delivery}:{repo}` (a provider's redelivery is dropped), `poll:{repo}:{slot}` (a
+//! retried poll tick enqueues nothing twice), `manual:{repo}:{id}`. Every id names its repo, so
+//! ids stay distinct even on a queue whose deduplication scope is the whole queue.
 //!
 //! The wire format is versioned (`"v": 1`); a message of an unknown version is refused with a
 //! clear error rather than half-understood.
@@ -140,9 +141,11 @@ impl SyncRequest {
     /// Deduplication id (at most 128 printable ASCII characters, as SQS requires).
     pub fn dedup_id(&self) -> String {
         let id = match &self.trigger {
-            SyncTrigger::Webhook { provider, delivery_id, .. } => format!("wh:{provider}:{delivery_id}"),
+            // The repo too: one delivery can concern several repos, and their messages must not
+            // deduplicate each other even on a queue whose deduplication scope is the queue.
+            SyncTrigger::Webhook { provider, delivery_id, .. } => format!("wh:{provider}:{delivery_id}:{}", self.repo),
             SyncTrigger::Poll { slot } => format!("poll:{}:{slot}", self.repo),
-            SyncTrigger::Manual { id, .. } => format!("manual:{id}"),
+            SyncTrigger::Manual { id, .. } => format!("manual:{}:{id}", self.repo),
         };
         let printable = id.chars().all(|c| c.is_ascii_graphic());
         if printable && id.len() <= MAX_DEDUP_ID {
@@ -211,10 +214,10 @@ mod tests {
 
     #[test]
     fn dedup_and_group_ids_follow_the_design() {
-        assert_eq!(SyncRequest::webhook("app", Provider::Gitlab, "d-1", None, None).dedup_id(), "wh:gitlab:d-1");
+        assert_eq!(SyncRequest::webhook("app", Provider::Gitlab, "d-1", None, None).dedup_id(), "wh:gitlab:d-1:app");
         assert_eq!(SyncRequest::poll("app", 7).dedup_id(), "poll:app:7");
         let m = SyncRequest::manual("app", "bob");
-        assert!(m.dedup_id().starts_with("manual:") && m.dedup_id().len() == 7 + 36);
+        assert!(m.dedup_id().starts_with("manual:app:") && m.dedup_id().len() == 11 + 36);
         assert_ne!(m.dedup_id(), SyncRequest::manual("app", "bob").dedup_id());
         assert_eq!(m.group_id(), "app");
         // Hostile delivery ids still give valid SQS ids.

@@ -149,6 +149,39 @@ impl MotoServer {
         name
     }
 
+    /// An SQS client for this server (same credentials and region).
+    pub fn sqs_client(&self) -> aws_sdk_sqs::Client {
+        let config = aws_sdk_sqs::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(aws_sdk_sqs::config::Region::new(REGION))
+            .credentials_provider(aws_sdk_sqs::config::Credentials::new(ACCESS_KEY, SECRET_KEY, None, None, "moto"))
+            .endpoint_url(self.endpoint())
+            .build();
+        aws_sdk_sqs::Client::from_conf(config)
+    }
+
+    /// Create a FIFO queue configured like the template's (per-group deduplication and
+    /// throughput, explicit deduplication ids) and return its URL.
+    pub async fn create_fifo_queue(&self, client: &aws_sdk_sqs::Client) -> String {
+        use aws_sdk_sqs::types::QueueAttributeName as A;
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let name = format!("gitferry-{}-{}.fifo", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        client
+            .create_queue()
+            .queue_name(&name)
+            .attributes(A::FifoQueue, "true")
+            .attributes(A::ContentBasedDeduplication, "false")
+            .attributes(A::DeduplicationScope, "messageGroup")
+            .attributes(A::FifoThroughputLimit, "perMessageGroupId")
+            .attributes(A::VisibilityTimeout, "60")
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("creating queue {name}: {}", aws_sdk_sqs::error::DisplayErrorContext(&e)))
+            .queue_url()
+            .expect("queue url")
+            .to_owned()
+    }
+
     /// A client and a fresh bucket on this server.
     pub async fn client_with_bucket(&self) -> (aws_sdk_s3::Client, String) {
         let client = self.client();
