@@ -25,6 +25,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 pub mod moto;
+pub mod proxy;
 pub mod receiver;
 
 pub use tempfile::TempDir;
