@@ -8,7 +8,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: test deps build demo demo-mirror bench lint fmt
+.PHONY: test deps build demo demo-mirror bench lint fmt cfn-lint package
 
 ## Tools the tests need that a fresh machine may lack. The git CLI is the tests' independent
 ## reference (git daemon, git http-backend, git fsck); the product itself never runs git.
@@ -46,7 +46,7 @@ build:
 	$(CARGO) build --workspace --bins
 
 ## The CLI binary is built first: end-to-end tests run it as a user would.
-test: deps
+test: deps cfn-lint
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --no-fail-fast
 
@@ -62,6 +62,38 @@ bench:
 
 lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## The SAM template is checked like code (issue 9). cfn-lint validates template.yaml offline
+## (SAM resources against SAM's schemas); the SAM translator then expands it as CloudFormation
+## will, and cfn-lint checks the expanded resources too (Lambda limits, generated roles, API
+## stage), which cfn-lint 1.58 no longer does by itself. Any error or warning fails; a check may
+## only be ignored in template.yaml's Metadata, with the reason next to it. Findings on the
+## expanded file name lines of target/template.transformed.json.
+CFN_LINT_VERSION := 1.58.0
+SAM_TRANSLATOR_VERSION := 1.115.0
+cfn-lint: deps
+	@$(VENV)/bin/python -c 'import sys, cfnlint.version, samtranslator; sys.exit(cfnlint.version.__version__ != "$(CFN_LINT_VERSION)" or samtranslator.__version__ != "$(SAM_TRANSLATOR_VERSION)")' 2>/dev/null || { \
+	  echo "installing cfn-lint==$(CFN_LINT_VERSION) aws-sam-translator==$(SAM_TRANSLATOR_VERSION) into $(VENV)"; \
+	  $(VENV)/bin/python -m pip install --quiet --disable-pip-version-check "cfn-lint==$(CFN_LINT_VERSION)" "aws-sam-translator==$(SAM_TRANSLATOR_VERSION)"; }
+	$(VENV)/bin/cfn-lint template.yaml
+	@mkdir -p target
+	$(VENV)/bin/python infra/ci/sam_translate.py template.yaml target/template.transformed.json
+	$(VENV)/bin/cfn-lint target/template.transformed.json
+
+## The three Lambda bootstraps, built with cargo-lambda (PyPI; it brings zig, which links
+## against the glibc of provided.al2023). ARCH=x86_64 (default: the only Rust std on these
+## machines) or ARCH=arm64 (needs `rustup target add aarch64-unknown-linux-gnu`, see
+## infra/DEPLOY.md). Output: target/lambda/{webhook,poll,sync}/bootstrap.
+CARGO_LAMBDA_VERSION := 1.9.2
+ARCH ?= x86_64
+package: deps
+	@[ "$$($(VENV)/bin/cargo-lambda lambda --version 2>/dev/null | cut -d' ' -f2)" = "$(CARGO_LAMBDA_VERSION)" ] || { \
+	  echo "installing cargo-lambda==$(CARGO_LAMBDA_VERSION) into $(VENV)"; \
+	  $(VENV)/bin/python -m pip install --quiet --disable-pip-version-check "cargo-lambda==$(CARGO_LAMBDA_VERSION)"; }
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(CARGO) lambda build --release $(if $(filter arm64,$(ARCH)),--arm64,--x86-64) --bin webhook --bin poll --bin sync
+	@for f in webhook poll sync; do \
+	  awk -v f=$$f -v b=$$(stat -c %s target/lambda/$$f/bootstrap) 'BEGIN { printf "%-8s %5.1f MiB  target/lambda/%s/bootstrap ($(ARCH))\n", f, b / 1048576, f }'; \
+	done
 
 fmt:
 	$(CARGO) fmt --all

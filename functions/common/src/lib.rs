@@ -74,6 +74,38 @@ pub const ENV_VARS: &[&str] = &[
     "GITFERRY_VISIBILITY_SECS",
 ];
 
+/// The variables the webhook function needs set in `template.yaml` (checked by
+/// `tests/tests/template.rs`). Every function reads the bucket, config and queue at start
+/// (`Runtime::init`) and resolves the config's secret references from the secret.
+pub const WEBHOOK_ENV_VARS: &[&str] = &[
+    "GITFERRY_BUCKET",
+    "GITFERRY_PREFIX",
+    "GITFERRY_CONFIG_KEY",
+    "GITFERRY_QUEUE_URL",
+    "GITFERRY_SECRETS_ARN",
+    "GITFERRY_STATUS_TOKEN",
+    "GITFERRY_MAX_BODY",
+];
+
+/// The variables the poll function needs set in `template.yaml`.
+pub const POLL_ENV_VARS: &[&str] = &[
+    "GITFERRY_BUCKET",
+    "GITFERRY_PREFIX",
+    "GITFERRY_CONFIG_KEY",
+    "GITFERRY_QUEUE_URL",
+    "GITFERRY_SECRETS_ARN",
+];
+
+/// The variables the sync function needs set in `template.yaml`.
+pub const SYNC_ENV_VARS: &[&str] = &[
+    "GITFERRY_BUCKET",
+    "GITFERRY_PREFIX",
+    "GITFERRY_CONFIG_KEY",
+    "GITFERRY_QUEUE_URL",
+    "GITFERRY_SECRETS_ARN",
+    "GITFERRY_VISIBILITY_SECS",
+];
+
 /// How often a warm container checks whether the configuration changed.
 pub const CONFIG_RECHECK: Duration = Duration::from_secs(30);
 
@@ -154,6 +186,13 @@ impl Runtime {
             Some(arn) => load_secrets(arn).await?,
             None => HashMap::new(),
         };
+        let mut env = env;
+        if env.status_token.is_none()
+            && let Some(token) = secrets.get("GITFERRY_STATUS_TOKEN").filter(|t| !t.is_empty())
+        {
+            // Read at run time from the secret, so rotating it needs no redeploy.
+            env.status_token = Some(Secret::new("GITFERRY_STATUS_TOKEN", token.clone()));
+        }
         Ok(Runtime::with_parts(env, Arc::new(store), Arc::new(queue), secrets, Metrics::new(Arc::new(Emf::stdout()))))
     }
 
@@ -331,6 +370,11 @@ pub async fn sync(
         .map(|m| Record {
             id: m.message_id.unwrap_or_default(),
             group: m.attributes.get("MessageGroupId").cloned().unwrap_or_default(),
+            receive_count: m
+                .attributes
+                .get("ApproximateReceiveCount")
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(1),
             receipt: m.receipt_handle.unwrap_or_default(),
             body: m.body.unwrap_or_default(),
         })
@@ -355,7 +399,7 @@ pub async fn sync(
             Err(e) => tracing::error!(message_id = %r.id, group = %r.group, error = %e, "dropping an invalid record"),
         }
     }
-    let heartbeat = extend.map(|q| {
+    let heartbeat = extend.clone().map(|q| {
         let receipts: Vec<String> = records.iter().map(|r| r.receipt.clone()).collect();
         let visibility = rt.env.visibility;
         tokio::spawn(async move {
@@ -398,6 +442,13 @@ pub async fn sync(
                 failed_groups.push(r.group.clone());
             }
             failures.push(r.id.clone());
+            // Without this a returned record waits out the whole visibility timeout (and
+            // blocks its FIFO group that long): retry after 5 s × 2^n instead.
+            if let Some(q) = &extend
+                && let Err(e) = q.retry(&r.receipt, gitferry_core::server::backoff(r.receive_count)).await
+            {
+                tracing::warn!(message_id = %r.id, error = %e, "could not shorten the retry delay");
+            }
         }
     }
     batch_response(failures)
@@ -406,6 +457,7 @@ pub async fn sync(
 struct Record {
     id: String,
     group: String,
+    receive_count: u32,
     receipt: String,
     body: String,
 }
