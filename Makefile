@@ -8,7 +8,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: test deps build demo demo-mirror bench lint fmt cfn-lint package
+.PHONY: test deps build demo demo-mirror bench bench-cache lint fmt cfn-lint package
 
 ## Tools the tests need that a fresh machine may lack. The git CLI is the tests' independent
 ## reference (git daemon, git http-backend, git fsck); the product itself never runs git.
@@ -59,6 +59,10 @@ demo-mirror: build
 
 bench:
 	bash bench/mirror.sh
+
+## Cache restore/commit figures on the fs store and moto (issue 4's benchmark).
+bench-cache: deps
+	bash bench/cache.sh
 
 lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings

@@ -10,12 +10,16 @@
 //!   previous owner, so a crashed worker is visible in status rather than silently papered over;
 //! * a heartbeat task renews it (conditional on the ETag it last wrote) every TTL/3 while a sync
 //!   runs; if a renewal finds someone else's lease, the lease is *lost* and the sync stops before
-//!   pushing;
+//!   pushing. A renewal whose write landed but whose reply was lost is not a loss: when the
+//!   condition fails, the stored record is read back, and if it is still this lease (same owner
+//!   and acquisition time, not released) the write is retried on its ETag;
+//! * [`Lease::check`] also fails once the lease has expired by the holder's own clock — renewals
+//!   that kept failing (store unreachable) for a whole TTL mean another worker may already hold it;
 //! * release writes a `released` record (conditional again), so the next holder takes it without
 //!   counting a reclaim.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -54,6 +58,8 @@ pub struct Lease {
     ttl: Duration,
     state: Mutex<(LeaseRecord, String)>,
     lost: Arc<AtomicBool>,
+    /// `expires_at` of our last successful write (Unix ms), for [`Lease::check`].
+    expires_at: AtomicU64,
     heartbeat: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -125,6 +131,7 @@ impl Lease {
             store,
             key,
             ttl,
+            expires_at: AtomicU64::new(record.expires_at),
             state: Mutex::new((record, etag)),
             lost: Arc::new(AtomicBool::new(false)),
             heartbeat: std::sync::Mutex::new(None),
@@ -141,9 +148,14 @@ impl Lease {
         self.lost.load(Ordering::SeqCst)
     }
 
-    /// Fail with `LeaseLost` if the lease was lost.
+    /// Fail with `LeaseLost` if the lease was lost, or if it has expired by our own clock (the
+    /// renewals failed for a whole TTL, or it was released): another worker may hold it now.
     pub fn check(&self) -> Result<(), CacheError> {
-        if self.is_lost() { Err(CacheError::LeaseLost) } else { Ok(()) }
+        if self.is_lost() || now_ms() >= self.expires_at.load(Ordering::SeqCst) {
+            Err(CacheError::LeaseLost)
+        } else {
+            Ok(())
+        }
     }
 
     /// Renew once: push `expires_at` one TTL ahead, conditional on our last write.
@@ -153,16 +165,42 @@ impl Lease {
         let mut record = state.0.clone();
         record.heartbeat_at = now;
         record.expires_at = now + self.ttl.as_millis() as u64;
-        let body = serde_json::to_vec(&record).expect("lease serialises");
-        match self.store.put(&self.key, body, Condition::IfMatch(state.1.clone())).await {
+        match self.write_own(&state, &record).await {
             Ok(etag) => {
+                self.expires_at.store(record.expires_at, Ordering::SeqCst);
                 *state = (record, etag);
                 Ok(())
             }
-            Err(StoreError::PreconditionFailed { .. }) => {
+            Err(CacheError::LeaseLost) => {
                 self.lost.store(true, Ordering::SeqCst);
                 Err(CacheError::LeaseLost)
             }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Write `record` over our lease, conditional on the ETag of our last write. A failed
+    /// condition may be our own earlier write whose reply was lost: if the stored record is still
+    /// this lease (same owner and acquisition, not released), retry once on its ETag. Otherwise
+    /// someone else holds it: `LeaseLost`.
+    async fn write_own(&self, state: &(LeaseRecord, String), record: &LeaseRecord) -> Result<String, CacheError> {
+        let body = serde_json::to_vec(record).expect("lease serialises");
+        match self.store.put(&self.key, body.clone(), Condition::IfMatch(state.1.clone())).await {
+            Ok(etag) => return Ok(etag),
+            Err(StoreError::PreconditionFailed { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let Some(current) = self.store.get(&self.key).await? else {
+            return Err(CacheError::LeaseLost);
+        };
+        let ours = serde_json::from_slice::<LeaseRecord>(&current.body)
+            .is_ok_and(|s| s.owner == state.0.owner && s.acquired_at == state.0.acquired_at && !s.released);
+        if !ours {
+            return Err(CacheError::LeaseLost);
+        }
+        match self.store.put(&self.key, body, Condition::IfMatch(current.etag)).await {
+            Ok(etag) => Ok(etag),
+            Err(StoreError::PreconditionFailed { .. }) => Err(CacheError::LeaseLost),
             Err(e) => Err(e.into()),
         }
     }
@@ -201,10 +239,10 @@ impl Lease {
         let mut record = state.0.clone();
         record.released = true;
         record.expires_at = now_ms();
-        let body = serde_json::to_vec(&record).expect("lease serialises");
-        match self.store.put(&self.key, body, Condition::IfMatch(state.1.clone())).await {
-            Ok(_) | Err(StoreError::PreconditionFailed { .. }) => Ok(()),
-            Err(e) => Err(e.into()),
+        self.expires_at.store(record.expires_at, Ordering::SeqCst);
+        match self.write_own(&state, &record).await {
+            Ok(_) | Err(CacheError::LeaseLost) => Ok(()),
+            Err(e) => Err(e),
         }
     }
 }

@@ -20,6 +20,14 @@
 //! are used; a corrupt or missing pack is reported as [`CacheError::Corrupt`], on which the
 //! caller rebuilds from the source rather than crash-looping.
 //!
+//! A commit skips the upload of a pack only if the manifest it started from names it *and* this
+//! local copy knows the stored object is intact: it downloaded and verified it, or uploaded it
+//! itself (the list is kept next to the marker, `gitferry-stored-packs`). Every other pack is
+//! uploaded (unconditionally: content-addressed, so an overwrite is the same bytes). Without
+//! this, a rebuild from the source after `Corrupt` that fetched a pack of the same name as the
+//! damaged one (the source had not changed) would trust the damaged object, and every cold
+//! restore would find it corrupt again.
+//!
 //! Packs accumulate one per changing sync; past [`MAX_PACKS`] they are compacted into one, the
 //! manifest switches to it, and only then are the old pack objects deleted.
 
@@ -41,6 +49,8 @@ use crate::store::{Condition, ObjectStore, StoreError};
 /// Compact when a repository has more packs than this.
 pub const MAX_PACKS: usize = 16;
 const MARKER: &str = "gitferry-state";
+/// The packs this local copy knows are intact in the store (one name a line).
+const STORED: &str = "gitferry-stored-packs";
 
 /// Store keys of a repository.
 pub mod keys {
@@ -234,16 +244,37 @@ impl RepoCache {
     }
 
     fn write_marker(&self, snap: &Snapshot) -> Result<(), CacheError> {
+        // Writing it also marks the copy as used just now, for LRU eviction.
         std::fs::write(self.path.join(MARKER), Self::marker_for(snap))
             .map_err(|e| CacheError::Local(format!("{}: {e}", self.path.display())))?;
-        // Touch for LRU eviction.
         Ok(())
+    }
+
+    /// Mark a warm copy as used just now (LRU eviction goes by the marker's time).
+    fn touch_marker(&self) {
+        if let Ok(f) = std::fs::File::options().write(true).open(self.path.join(MARKER)) {
+            let _ = f.set_modified(std::time::SystemTime::now());
+        }
+    }
+
+    /// The packs this local copy knows to be intact in the store.
+    fn stored_packs(&self) -> BTreeSet<String> {
+        std::fs::read_to_string(self.path.join(STORED))
+            .map(|text| text.lines().filter(|l| !l.is_empty()).map(str::to_owned).collect())
+            .unwrap_or_default()
+    }
+
+    fn write_stored_packs(&self, names: &BTreeSet<String>) -> Result<(), CacheError> {
+        let text: String = names.iter().map(|n| format!("{n}\n")).collect();
+        std::fs::write(self.path.join(STORED), text)
+            .map_err(|e| CacheError::Local(format!("{}: {e}", self.path.display())))
     }
 
     /// Bring the local copy to exactly `snap`: download the packs it lacks (streamed, verified),
     /// drop packs the manifest does not name, set the refs. Nothing is downloaded when warm.
     pub async fn restore(&self, snap: &Snapshot) -> Result<RestoreStats, CacheError> {
         if self.is_warm(snap) {
+            self.touch_marker();
             return Ok(RestoreStats {
                 warm: true,
                 ..Default::default()
@@ -256,6 +287,11 @@ impl RepoCache {
         let pack_dir = self.path.join("objects").join("pack");
         let local = local_packs(&pack_dir)?;
         let wanted: BTreeSet<&str> = snap.manifest.packs.iter().map(|p| p.name.as_str()).collect();
+        let mut stored: BTreeSet<String> = self
+            .stored_packs()
+            .into_iter()
+            .filter(|n| wanted.contains(n.as_str()) && local.contains_key(n))
+            .collect();
         let mut stats = RestoreStats::default();
         for pack in &snap.manifest.packs {
             if local.contains_key(&pack.name) {
@@ -263,6 +299,7 @@ impl RepoCache {
             }
             stats.bytes_downloaded += self.download_pack(&pack_dir, &pack.name).await?;
             stats.packs_downloaded += 1;
+            stored.insert(pack.name.clone());
         }
         for name in local.keys().filter(|n| !wanted.contains(n.as_str())) {
             remove_pack_files(&pack_dir, name);
@@ -270,6 +307,7 @@ impl RepoCache {
         let path = self.path.clone();
         let manifest = snap.manifest.clone();
         blocking(move || set_local_refs(&path, &manifest)).await?;
+        self.write_stored_packs(&stored)?;
         self.write_marker(snap)?;
         Ok(stats)
     }
@@ -303,9 +341,9 @@ impl RepoCache {
         Ok(bytes)
     }
 
-    /// Record the local copy as the next generation: upload packs the manifest lacks, write the
-    /// manifest conditionally, then delete packs it no longer names. Writes nothing at all when
-    /// the state is unchanged.
+    /// Record the local copy as the next generation: upload packs the manifest lacks (and any it
+    /// names that this copy cannot vouch for in the store), write the manifest conditionally,
+    /// then delete packs it no longer names. Writes nothing at all when the state is unchanged.
     pub async fn commit(&self, snap: &Snapshot, next: NextState) -> Result<CommitOutcome, CacheError> {
         let pack_dir = self.path.join("objects").join("pack");
         let local = local_packs(&pack_dir)?;
@@ -318,7 +356,17 @@ impl RepoCache {
             targets: next.targets,
             updated_at: now_ms(),
         };
-        if snap.etag.is_some() && manifest.same_state(&snap.manifest) {
+        // Skip a pack only if the manifest names it and we know the stored object is intact.
+        let known: BTreeSet<&str> = snap.manifest.packs.iter().map(|p| p.name.as_str()).collect();
+        let mut stored = self.stored_packs();
+        let uploads: Vec<PackRef> = manifest
+            .packs
+            .iter()
+            .filter(|p| !(known.contains(p.name.as_str()) && stored.contains(&p.name)))
+            .cloned()
+            .collect();
+        let same_state = snap.etag.is_some() && manifest.same_state(&snap.manifest);
+        if same_state && uploads.is_empty() {
             self.write_marker(snap)?;
             return Ok(CommitOutcome {
                 written: false,
@@ -330,20 +378,25 @@ impl RepoCache {
             written: true,
             ..Default::default()
         };
-        let known: BTreeSet<&str> = snap.manifest.packs.iter().map(|p| p.name.as_str()).collect();
-        for pack in manifest.packs.iter().filter(|p| !known.contains(p.name.as_str())) {
+        for pack in &uploads {
             for (key, file) in [
                 (keys::pack(&self.repo, &pack.name), pack_dir.join(format!("pack-{}.pack", pack.name))),
                 (keys::index(&self.repo, &pack.name), pack_dir.join(format!("pack-{}.idx", pack.name))),
             ] {
-                // Content-addressed: if it is already there (a retried upload), it is the same.
-                match self.store.upload(&key, &file, Condition::IfAbsent).await {
-                    Ok(_) | Err(StoreError::PreconditionFailed { .. }) => {}
-                    Err(e) => return Err(e.into()),
-                }
+                // Content-addressed: an object already under this name (a retried upload) is the
+                // same bytes, or a damaged copy that this replaces.
+                self.store.upload(&key, &file, Condition::Always).await?;
                 outcome.bytes_uploaded += std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
             }
             outcome.packs_uploaded += 1;
+            stored.insert(pack.name.clone());
+            self.write_stored_packs(&stored)?;
+        }
+        if same_state {
+            // Only the objects needed repair (a rebuild after `Corrupt`): the manifest is right.
+            self.write_marker(snap)?;
+            outcome.snapshot = snap.clone();
+            return Ok(outcome);
         }
         let key = keys::manifest(&self.repo);
         let condition = match &snap.etag {
@@ -448,14 +501,15 @@ fn verify_pack(pack: &Path, idx: &Path, expected: &str) -> Result<(), CacheError
     let actual = data
         .verify_checksum(&mut gix::progress::Discard, &interrupt)
         .map_err(|e| corrupt(format!("pack {expected}: {e}")))?;
-    if actual.to_string() != expected {
+    let named = gix::ObjectId::from_hex(expected.as_bytes()).ok();
+    if named != Some(actual) {
         return Err(corrupt(format!("pack {expected} has checksum {actual}")));
     }
     let index = gix_pack::index::File::at(idx, gix::hash::Kind::Sha1).map_err(|e| corrupt(format!("index {expected}: {e}")))?;
     index
         .verify_checksum(&mut gix::progress::Discard, &interrupt)
         .map_err(|e| corrupt(format!("index {expected}: {e}")))?;
-    if index.pack_checksum().to_string() != expected {
+    if named != Some(index.pack_checksum()) {
         return Err(corrupt(format!("index {expected} belongs to pack {}", index.pack_checksum())));
     }
     Ok(())
