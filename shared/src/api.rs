@@ -40,10 +40,7 @@ pub struct Request<'a> {
 
 impl Request<'_> {
     fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        webhook::header(&self.headers, name)
     }
 }
 

@@ -418,25 +418,14 @@ impl SyncManager {
 
         let mut work = Work::default();
         let result = self.work(config, cache, snapshot, &lease, deadline, &mut work).await;
-        let finish = match &result {
-            Ok(()) => Finish {
-                error: None,
-                changes: work.changes.clone(),
-                source_refs: work.source_refs,
-                targets: work.targets.clone(),
-                overwritten: work.backups.clone(),
-                guard: work.guard.clone(),
-                lease: Some(lease.record().await),
-            },
-            Err(f) => Finish {
-                error: Some((f.message.clone(), f.class)),
-                changes: work.changes.clone(),
-                source_refs: work.source_refs,
-                targets: work.targets.clone(),
-                overwritten: work.backups.clone(),
-                guard: work.guard.clone(),
-                lease: Some(lease.record().await),
-            },
+        let finish = Finish {
+            error: result.as_ref().err().map(|f| (f.message.clone(), f.class)),
+            changes: work.changes.clone(),
+            source_refs: work.source_refs,
+            targets: work.targets.clone(),
+            overwritten: work.backups.clone(),
+            guard: work.guard.clone(),
+            lease: Some(lease.record().await),
         };
         let finished = self.status.finish(&previous, finish).await;
         if let Err(e) = lease.release().await {

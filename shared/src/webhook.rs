@@ -38,11 +38,16 @@ pub struct Delivery<'a> {
 
 impl Delivery<'_> {
     fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        header(self.headers, name)
     }
+}
+
+/// A header's value by case-insensitive name (HTTP header names are case-insensitive).
+pub(crate) fn header<'h>(headers: &'h [(String, String)], name: &str) -> Option<&'h str> {
+    headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
 }
 
 /// The answer: an HTTP status and a JSON body.
