@@ -7,11 +7,26 @@
 //! deduplication id (`poll:{repo}:{slot}`), so a retried tick enqueues nothing twice. No state
 //! is kept between ticks, which is what lets the poll Lambda be a plain scheduled function.
 //!
+//! **Probing** ([`probe_tick`], what the poll Lambda runs): enqueueing every due repo costs a
+//! queue round trip, a sync invocation and a manifest read per poll even when nothing changed —
+//! about $40 a month for 1,000 idle repos polled every 5 minutes (docs/cost.md). Instead the
+//! poller lists each due repo's refs itself (`ls-remote`, many at once), hashes them, and
+//! enqueues only repos whose digest differs from the one it last enqueued for, plus every repo
+//! once per `recheck` (a day by default) so a permanently failing sync keeps being retried and a
+//! lost state object heals. A source that cannot be listed is always enqueued, so the sync
+//! records the failure. The digests live in one object, `state/probe.json`.
+//!
 //! **Startup reconciliation**: the first tick that sees a configuration (by digest) enqueues
 //! every repository once — after a deploy or a config change nothing waits for its interval.
 //! A marker object (`state/config-seen/{digest}`) records that it happened; it is written after
 //! the enqueue, so a crash in between repeats the reconciliation rather than skipping it (the
 //! requests deduplicate).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, SyncPolicy};
 use crate::queue::{Queue, QueueError};
@@ -50,7 +65,10 @@ pub fn due(config: &Config, now_secs: u64, tick_secs: u64) -> Vec<SyncRequest> {
 /// What a tick did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Tick {
+    /// Poll requests enqueued.
     pub polled: usize,
+    /// Repos whose refs the poller listed itself (probing only).
+    pub probed: usize,
     /// Repos enqueued by startup reconciliation (0 unless the config is new).
     pub reconciled: usize,
 }
@@ -71,7 +89,26 @@ pub async fn tick(
     store: &dyn ObjectStore,
     now_secs: u64,
 ) -> Result<Tick, PollError> {
-    let mut report = Tick::default();
+    let mut report = Tick {
+        reconciled: reconcile_new_config(config, config_digest, queue, store, now_secs).await?,
+        ..Tick::default()
+    };
+    let due = due(config, now_secs, TICK_SECS);
+    for chunk in due.chunks(10) {
+        queue.send(chunk).await?;
+    }
+    report.polled = due.len();
+    Ok(report)
+}
+
+/// Enqueue every repo once if this configuration was never seen. Returns how many.
+async fn reconcile_new_config(
+    config: &Config,
+    config_digest: &str,
+    queue: &dyn Queue,
+    store: &dyn ObjectStore,
+    now_secs: u64,
+) -> Result<usize, PollError> {
     let marker = format!("state/config-seen/{config_digest}");
     if store.get(&marker).await?.is_none() {
         let all: Vec<SyncRequest> = config
@@ -90,25 +127,152 @@ pub async fn tick(
         for chunk in all.chunks(10) {
             queue.send(chunk).await?;
         }
-        report.reconciled = all.len();
         match store.put(&marker, now_secs.to_string().into_bytes(), Condition::IfAbsent).await {
             Ok(_) | Err(StoreError::PreconditionFailed { .. }) => {}
             Err(e) => return Err(e.into()),
         }
         tracing::info!(repos = all.len(), digest = config_digest, "new configuration: reconciled every repository");
+        return Ok(all.len());
     }
+    Ok(0)
+}
+
+/// Where the prober keeps what it last enqueued for.
+pub const PROBE_KEY: &str = "state/probe.json";
+
+/// How probing behaves.
+#[derive(Clone, Copy, Debug)]
+pub struct ProbeOptions {
+    /// `ls-remote`s in flight at once.
+    pub concurrency: usize,
+    /// Enqueue a repo at least this often even if its refs did not change.
+    pub recheck: Duration,
+}
+
+impl Default for ProbeOptions {
+    fn default() -> Self {
+        ProbeOptions {
+            concurrency: 32,
+            recheck: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// `state/probe.json`: per repo, the refs digest last enqueued for and when.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeState {
+    pub repos: BTreeMap<String, Probed>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Probed {
+    pub digest: Option<String>,
+    pub enqueued_at: u64,
+}
+
+/// A digest of the refs a mirror carries (names and ids), for change detection.
+pub fn refs_digest(refs: &crate::git::RefState) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for (name, t) in &refs.refs {
+        h.update(name.as_bytes());
+        h.update(b" ");
+        h.update(t.id.as_bytes());
+        h.update(b"\n");
+    }
+    hex::encode(h.finalize())
+}
+
+/// One probing tick: reconcile a new config; list the due repos' refs; enqueue the changed ones
+/// (and the ones due a re-check, and the ones that could not be listed).
+pub async fn probe_tick(
+    config: &Config,
+    config_digest: &str,
+    queue: &dyn Queue,
+    store: &dyn ObjectStore,
+    now_secs: u64,
+    options: ProbeOptions,
+) -> Result<Tick, PollError> {
+    let mut report = Tick {
+        reconciled: reconcile_new_config(config, config_digest, queue, store, now_secs).await?,
+        ..Tick::default()
+    };
     let due = due(config, now_secs, TICK_SECS);
-    for chunk in due.chunks(10) {
+    if due.is_empty() {
+        return Ok(report);
+    }
+    let saved = store.get(PROBE_KEY).await?;
+    let mut state: ProbeState = saved
+        .as_ref()
+        .and_then(|o| serde_json::from_slice(&o.body).ok())
+        .unwrap_or_default();
+    let digests = list_all(config, &due, options.concurrency).await;
+    report.probed = due.len();
+    let mut enqueue = Vec::new();
+    for (request, digest) in due.into_iter().zip(digests) {
+        let last = state.repos.get(&request.repo);
+        let changed = match (&digest, last) {
+            (None, _) => true,
+            (Some(_), None) => true,
+            (Some(d), Some(l)) => l.digest.as_ref() != Some(d),
+        };
+        let stale = last.is_none_or(|l| now_secs.saturating_sub(l.enqueued_at) >= options.recheck.as_secs());
+        if changed || stale {
+            // An unlistable source is enqueued every time (its sync records the failure) but
+            // not recorded: an idle tick then writes nothing.
+            if digest.is_some() {
+                state.repos.insert(
+                    request.repo.clone(),
+                    Probed {
+                        digest,
+                        enqueued_at: now_secs,
+                    },
+                );
+            }
+            enqueue.push(request);
+        }
+    }
+    // Forget repos that are no longer configured.
+    state.repos.retain(|name, _| config.repos.contains_key(name));
+    for chunk in enqueue.chunks(10) {
         queue.send(chunk).await?;
     }
-    report.polled = due.len();
+    report.polled = enqueue.len();
+    let body = serde_json::to_vec(&state).expect("probe state serialises");
+    if saved.as_ref().map(|o| &o.body) != Some(&body) {
+        store.put(PROBE_KEY, body, Condition::Always).await?;
+    }
     Ok(report)
+}
+
+/// `ls-remote` each due repo's source (bounded concurrency, off the async executor); the refs
+/// digest, or `None` if it could not be listed.
+async fn list_all(config: &Config, due: &[SyncRequest], concurrency: usize) -> Vec<Option<String>> {
+    let permits = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+    let mut tasks = Vec::with_capacity(due.len());
+    for request in due {
+        let repo = &config.repos[&request.repo];
+        let (source, patterns, permits) = (repo.source.clone(), repo.refs.clone(), permits.clone());
+        tasks.push(tokio::spawn(async move {
+            let _permit = permits.acquire_owned().await.ok()?;
+            tokio::task::spawn_blocking(move || crate::git::ls_remote(&source, &patterns))
+                .await
+                .ok()?
+                .map_err(|e| tracing::warn!(error = %e, "poll probe could not list a source"))
+                .ok()
+                .map(|refs| refs_digest(&refs))
+        }));
+    }
+    let mut out = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        out.push(t.await.ok().flatten());
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
 
     fn config(n: usize, interval: u64) -> Config {
         let mut text = String::new();

@@ -274,11 +274,18 @@ async fn webhook_status_codes_and_what_reaches_the_queue() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poll_ticks_reconcile_once_and_retries_add_nothing() {
     let aws = Aws::start().await;
-    let rt = aws.runtime(&config(""), Arc::new(Recorder::default())).await;
+    // Local-path sources that do not exist: the prober lists them without any network, fails,
+    // and enqueues them (their syncs would record the failure).
+    let mut toml = String::from("poll_interval_secs = 60\n");
+    for i in 0..5 {
+        toml.push_str(&format!("[repos.r{i}]\nurl = \"/tmp/nowhere/src-{i}.git\"\n[[repos.r{i}.targets]]\nurl = \"/tmp/nowhere/dst-{i}.git\"\n"));
+    }
+    let rt = aws.runtime(&toml, Arc::new(Recorder::default())).await;
     let _event: EventBridgeEvent = serde_json::from_value(fixture("eventbridge-scheduled.json")).unwrap();
     let now = 1_800_000_000;
     let first = gitferry_lambda::poll(&rt, now).await.unwrap();
     assert_eq!(first.reconciled, 5, "a new configuration: every repo once");
+    assert_eq!((first.probed, first.polled), (5, 5), "all due (60 s interval), none listable");
     let retried = gitferry_lambda::poll(&rt, now).await.unwrap();
     assert_eq!(retried.reconciled, 0, "the config was seen");
     let messages = aws.drain().await;

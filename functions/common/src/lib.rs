@@ -53,7 +53,7 @@ pub fn now_secs() -> u64 {
 
 /// The poll function's result, as logged by the runtime.
 pub fn tick_json(t: &Tick) -> Value {
-    serde_json::json!({ "polled": t.polled, "reconciled": t.reconciled })
+    serde_json::json!({ "probed": t.probed, "polled": t.polled, "reconciled": t.reconciled })
 }
 
 /// The SQS adapter for the queue in the environment (the sync function extends visibility
@@ -337,14 +337,22 @@ fn base64_decode(s: &str) -> Option<Vec<u8>> {
 
 // ---- poll ----------------------------------------------------------------------------------
 
-/// The scheduled tick.
+/// The scheduled tick: it probes the due repositories' refs itself and enqueues only changed
+/// ones (see `gitferry_core::poll::probe_tick` — what keeps 1,000 idle repos under $1 a month).
 pub async fn poll(rt: &Runtime, now_secs: u64) -> Result<gitferry_core::poll::Tick, SetupError> {
     let (config, digest) = rt.config().await?;
-    let tick = gitferry_core::poll::tick(&config, &digest, rt.queue.as_ref(), rt.store.as_ref(), now_secs)
-        .await
-        .map_err(|e| SetupError::Aws(e.to_string()))?;
+    let tick = gitferry_core::poll::probe_tick(
+        &config,
+        &digest,
+        rt.queue.as_ref(),
+        rt.store.as_ref(),
+        now_secs,
+        gitferry_core::poll::ProbeOptions::default(),
+    )
+    .await
+    .map_err(|e| SetupError::Aws(e.to_string()))?;
     rt.metrics.polls_enqueued(tick.polled + tick.reconciled);
-    tracing::info!(polled = tick.polled, reconciled = tick.reconciled, "poll tick");
+    tracing::info!(probed = tick.probed, polled = tick.polled, reconciled = tick.reconciled, "poll tick");
     Ok(tick)
 }
 
