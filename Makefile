@@ -8,7 +8,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: test deps build demo demo-mirror bench bench-cache lint fmt cfn-lint package
+.PHONY: test deps build demo demo-mirror bench bench-cache load lint fmt cfn-lint package
 
 ## Tools the tests need that a fresh machine may lack. The git CLI is the tests' independent
 ## reference (git daemon, git http-backend, git fsck); the product itself never runs git.
@@ -59,6 +59,11 @@ demo-mirror: build
 
 bench:
 	bash bench/mirror.sh
+
+## 5,000 signed webhook deliveries against a release `gitferry serve` (latency, nothing lost).
+load:
+	$(CARGO) build --release -q -p gitferry
+	GITFERRY_BIN=$(CURDIR)/target/release/gitferry $(CARGO) test -q -p gitferry-tests --test load -- --ignored --nocapture
 
 ## Cache restore/commit figures on the fs store and moto (issue 4's benchmark).
 bench-cache: deps
