@@ -141,7 +141,13 @@ fn fetch_network(
         // and no ref transaction — a no-op touches nothing on disk.
         return Ok((source, 0, 0));
     }
-    let outcome = prepare.receive(gix::progress::Discard, interrupt).map_err(gix_err)?;
+    // A mirror cache may get thousands of refs at once: write them into packed-refs in one go
+    // rather than as thousands of loose files (every later read of them is then one file: a
+    // no-op over 10,000 refs took 0.20 s instead of 0.37 s with loose refs, debug build).
+    let outcome = prepare
+        .with_write_packed_refs_only(true)
+        .receive(gix::progress::Discard, interrupt)
+        .map_err(gix_err)?;
     let (objects, bytes) = match &outcome.status {
         gix::remote::fetch::Status::Change { write_pack_bundle, .. } => (
             u64::from(write_pack_bundle.index.num_objects),
