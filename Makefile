@@ -8,7 +8,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: test deps build demo demo-mirror bench bench-cache load lint fmt cfn-lint package
+.PHONY: test deps build demo demo-mirror bench bench-cache load fuzz lint fmt cfn-lint package
 
 ## Tools the tests need that a fresh machine may lack. The git CLI is the tests' independent
 ## reference (git daemon, git http-backend, git fsck); the product itself never runs git.
@@ -64,6 +64,19 @@ bench:
 load:
 	$(CARGO) build --release -q -p gitferry
 	GITFERRY_BIN=$(CURDIR)/target/release/gitferry $(CARGO) test -q -p gitferry-tests --test load -- --ignored --nocapture
+
+## libFuzzer on the parsers of untrusted input (webhooks, report-status, queue messages,
+## configuration), FUZZ_SECONDS each. cargo-fuzz needs nightly flags: RUSTC_BOOTSTRAP=1 lets the
+## stable toolchain (the only one on these machines) accept them.
+FUZZ_SECONDS ?= 30
+FUZZ_TARGETS := webhook report_status sync_request config
+fuzz:
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install --locked cargo-fuzz
+	cd fuzz && for t in $(FUZZ_TARGETS); do \
+	  RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR=$(CURDIR)/target/fuzz $(CARGO) fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 2>&1 \
+	    | grep -E 'stat::number_of_executed_units|ERROR|panicked|SUMMARY' ; \
+	  [ $${PIPESTATUS[0]} -eq 0 ] || exit 1; echo "fuzz $$t: ok"; \
+	done
 
 ## Cache restore/commit figures on the fs store and moto (issue 4's benchmark).
 bench-cache: deps
