@@ -1,0 +1,156 @@
+//! Two `gitferry serve` processes sharing one moto S3 bucket and one SQS FIFO queue (issue 7):
+//! 50 repositories, 1,000 webhook deliveries spread over both servers with redeliveries and
+//! bursts. Every repository must end equal to its source, every manifest must record the
+//! source's final refs (no generation lost), and redeliveries must be deduplicated.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use gitferry_core::config::Provider;
+use harness::moto::MotoServer;
+use harness::{Servers, Worktree, assert_fsck_clean, git, mirrored_refs};
+
+const SECRET: &str = "shared-secret";
+const REPOS: usize = 50;
+const DELIVERIES: usize = 1000;
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+fn start(dir: &std::path::Path, n: usize, moto: &MotoServer, bucket: &str, queue_url: &str) -> Server {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = Command::new(harness::gitferry_bin())
+        .args(["serve", "--config", "mirrors.toml", "--workers", "3"])
+        .args(["--store", &format!("s3://{bucket}/shared")])
+        .args(["--queue", &format!("sqs://{queue_url}")])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .arg("--work-dir")
+        .arg(dir.join(format!("work-{n}")))
+        .current_dir(dir)
+        .env("S", SECRET)
+        .env("AWS_ENDPOINT_URL", moto.endpoint())
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(dir.join(format!("serve-{n}.log"))).unwrap()))
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let until = Instant::now() + Duration::from_secs(30);
+    while reqwest::blocking::get(format!("{base}/healthz")).is_err() {
+        assert!(Instant::now() < until, "serve {n} did not start: {}", std::fs::read_to_string(dir.join(format!("serve-{n}.log"))).unwrap_or_default());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Server { child, base }
+}
+
+#[test]
+fn two_servers_one_bucket_one_queue_converge() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let moto = MotoServer::start();
+    let (bucket, queue_url) = rt.block_on(async {
+        let (_, bucket) = moto.client_with_bucket().await;
+        let queue_url = moto.create_fifo_queue(&moto.sqs_client()).await;
+        (bucket, queue_url)
+    });
+    let servers = Servers::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = String::from("default_sync_policy = \"webhook_only\"\n");
+    let mut worktrees = Vec::new();
+    let mut sources: Vec<PathBuf> = Vec::new();
+    for r in 0..REPOS {
+        let src = servers.create_bare(&format!("src{r}.git"));
+        servers.create_bare(&format!("dst{r}.git"));
+        let mut wt = Worktree::new(&src);
+        wt.commit_file("f.txt", format!("repo {r}\n").as_bytes(), "init");
+        wt.push_all();
+        config.push_str(&format!(
+            "[repos.r{r}]\nurl = \"{}\"\nwebhook = {{ provider = \"github\", secret_env = \"S\" }}\n[[repos.r{r}.targets]]\nurl = \"{}\"\n",
+            src.display(),
+            servers.path(&format!("dst{r}.git")).display()
+        ));
+        worktrees.push(wt);
+        sources.push(src);
+    }
+    std::fs::write(dir.path().join("mirrors.toml"), config).unwrap();
+    let mut a = start(dir.path(), 1, &moto, &bucket, &queue_url);
+    let mut b = start(dir.path(), 2, &moto, &bucket, &queue_url);
+
+    // Deliveries in bursts: every 5th delivery moves a repo forward first; every 10th is a
+    // redelivery of the previous id; they alternate between the two servers.
+    let client = reqwest::blocking::Client::new();
+    let mut accepted = 0;
+    for i in 0..DELIVERIES {
+        let repo = (i * 7) % REPOS;
+        if i % 5 == 0 {
+            worktrees[repo].commit_file("f.txt", format!("change {i}\n").as_bytes(), &format!("change {i}"));
+            worktrees[repo].push_all();
+        }
+        let id = if i % 10 == 9 { i - 1 } else { i };
+        let body = serde_json::json!({ "ref": "refs/heads/main", "repository": { "clone_url": sources[repo].display().to_string() } })
+            .to_string();
+        let sig = gitferry_core::webhook::sign(Provider::Github, SECRET, body.as_bytes());
+        let base = if i % 2 == 0 { &a.base } else { &b.base };
+        let code = client
+            .post(format!("{base}/webhook/github"))
+            .header("X-GitHub-Event", "push")
+            .header("X-GitHub-Delivery", format!("d-{id}"))
+            .header("X-Hub-Signature-256", sig)
+            .body(body)
+            .send()
+            .unwrap()
+            .status()
+            .as_u16();
+        assert_eq!(code, 202, "delivery {i}");
+        accepted += 1;
+    }
+    assert_eq!(accepted, DELIVERIES);
+
+    // Every target converges to its source.
+    let until = Instant::now() + Duration::from_secs(300);
+    for r in 0..REPOS {
+        let dst = servers.path(&format!("dst{r}.git"));
+        while mirrored_refs(&dst) != mirrored_refs(&sources[r]) {
+            assert!(Instant::now() < until, "repo r{r} did not converge");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_fsck_clean(&dst);
+    }
+    // Every manifest records the source's final refs: no generation was lost or rolled back.
+    let manifests = rt.block_on(async {
+        let s3 = moto.client();
+        let mut out = Vec::new();
+        for r in 0..REPOS {
+            let obj = s3.get_object().bucket(&bucket).key(format!("shared/repos/r{r}/manifest.json")).send().await.unwrap();
+            let bytes = obj.body.collect().await.unwrap().into_bytes();
+            out.push(serde_json::from_slice::<serde_json::Value>(&bytes).unwrap());
+        }
+        out
+    });
+    let mut reclaims = 0;
+    for (r, m) in manifests.iter().enumerate() {
+        let main = git(&sources[r], ["rev-parse", "refs/heads/main"]);
+        assert_eq!(m["source"]["refs"]["refs/heads/main"]["id"], main, "r{r}: {m}");
+        assert!(m["generation"].as_u64().unwrap() >= 1);
+    }
+    for s in [&a, &b] {
+        let metrics = reqwest::blocking::get(format!("{}/metrics", s.base)).unwrap().text().unwrap();
+        reclaims += metrics
+            .lines()
+            .filter(|l| l.starts_with("gitferry_lease_reclaims_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as usize;
+    }
+    println!("two servers, {REPOS} repos, {DELIVERIES} deliveries: converged; lease reclaims {reclaims}");
+    assert_eq!(reclaims, 0, "no worker died, so no lease had to be reclaimed");
+    for s in [&mut a, &mut b] {
+        assert!(Command::new("kill").args(["-TERM", &s.child.id().to_string()]).status().unwrap().success());
+        assert_eq!(s.child.wait().unwrap().code(), Some(0));
+    }
+}
