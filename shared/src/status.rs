@@ -187,6 +187,24 @@ impl StatusBook {
         self.store.put(&keys::status(&status.repo), body, Condition::Always).await.map(|_| ())
     }
 
+    /// A status write must not be lost to one failed store call (a status stuck at `Syncing`
+    /// would hide the outcome): retry transient failures a few times, briefly. Writes are
+    /// unconditional, so repeating one whose reply was lost is harmless.
+    async fn write_retrying(&self, status: &RepoStatus) -> Result<(), StoreError> {
+        let mut delay = std::time::Duration::from_millis(100);
+        for _ in 0..3 {
+            match self.write(status).await {
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(repo = %status.repo, error = %e, "status write failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay *= 3;
+                }
+                other => return other,
+            }
+        }
+        self.write(status).await
+    }
+
     /// → `Syncing`. Returns the record written, which [`StatusBook::finish`] continues from
     /// (streak counters and guard are still the previous sync's).
     pub async fn begin(
@@ -209,7 +227,9 @@ impl StatusBook {
         }
         next.lease = lease;
         next.updated_at = now_ms();
-        self.write(&next).await?;
+        // Retried too: a `Syncing` write whose reply was lost must not end the sync before the
+        // terminal write that would replace it.
+        self.write_retrying(&next).await?;
         Ok(next)
     }
 
@@ -279,7 +299,7 @@ impl StatusBook {
             }
         }
         next.updated_at = now;
-        self.write(&next).await?;
+        self.write_retrying(&next).await?;
         let transition = match (previous.consecutive_failures, next.consecutive_failures) {
             (0, 0) => Transition::Ok,
             (0, _) => Transition::StartedFailing,

@@ -352,3 +352,47 @@ async fn notifier_failures_never_fail_a_sync() {
     assert_refs_equal(&w.source, &dst);
     assert_eq!(w.recorder.total("NotificationsFailed", &[]), 1.0);
 }
+
+/// The fault-injecting store on every call of a whole sync (issue 7): for every n, the n-th
+/// store call of a sync that has something to do fails — and separately succeeds with its reply
+/// lost. Each attempt ends with a terminal status (never `Syncing`), a valid target, and the
+/// next attempt converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_fault_at_every_call_of_a_sync_never_loses_state() {
+    use gitferry_core::store::fault::{Fault, Rule};
+    let mut w = World::new();
+    let dst = w.target("dst.git");
+    let m = w.manager(&w.toml(Proto::GitDaemon, &[("dst.git", "")], ""));
+    w.run(&m, &[poll(0)]).await;
+    // How many store calls does one changing sync make?
+    w.wt.commit_file("count.txt", b"count\n", "count");
+    w.wt.push_all();
+    w.store.reset_counts();
+    w.run(&m, &[poll(1)]).await;
+    let calls = w.store.calls().total();
+    assert!(calls >= 6, "{:?}", w.store.calls());
+    for fault in [Fault::Error, Fault::ReplyLost] {
+        for n in 1..=calls {
+            w.wt.commit_file("round.txt", format!("{fault:?} {n}\n").as_bytes(), "a change");
+            w.wt.push_all();
+            w.store.inject(Rule::new(None, fault).nth(n));
+            let out = w.run(&m, &[poll(100 + n)]).await;
+            w.store.clear_faults();
+            if let Some(status) = m.status_book().get("app").await.unwrap() {
+                assert_ne!(status.state, State::Syncing, "{fault:?} at call {n}: left Syncing ({out:?})");
+            }
+            assert_fsck_clean(&dst);
+            // The retry converges (a lease left by a lost release expires or is ours).
+            let mut converged = false;
+            for attempt in 0..3 {
+                let out = w.run(&m, &[SyncRequest::manual("app", &format!("retry-{n}-{attempt}"))]).await;
+                if mirrored_refs(&dst) == mirrored_refs(&w.source) && out.verdicts == vec![Verdict::Done] {
+                    converged = true;
+                    break;
+                }
+            }
+            assert!(converged, "{fault:?} at call {n}: did not converge");
+            assert_fsck_clean(&dst);
+        }
+    }
+}
