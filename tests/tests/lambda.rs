@@ -433,3 +433,46 @@ async fn deadline_near_returns_unstarted_repos_as_failures() {
     let failed: Vec<&str> = response.batch_item_failures.iter().map(|f| f.item_identifier.as_str()).collect();
     assert_eq!(failed, vec!["m1", "m2"]);
 }
+
+/// A corpus of hostile deliveries: each gets its documented code and nothing is enqueued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_webhook_corpus_enqueues_nothing() {
+    let aws = Aws::start().await;
+    let rt = aws.runtime(&config(""), Arc::new(Recorder::default())).await;
+    let body = push_payload(SRC);
+    let nested = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let ten_mb = format!("{{\"x\":\"{}\"}}", "y".repeat(10 << 20));
+    let unicode = serde_json::json!({ "repository": { "clone_url": "https://github.com/org/\u{0430}pp.git" } }).to_string();
+    let cases: Vec<(&str, ApiGatewayV2httpRequest, i64)> = vec![
+        ("deeply nested JSON", github("h1", "push", &nested, SECRET), 400),
+        ("10 MB body", github("h2", "push", &ten_mb, SECRET), 413),
+        ("truncated JSON", github("h3", "push", &body[..body.len() / 2], SECRET), 400),
+        ("look-alike unicode repository", github("h4", "push", &unicode, SECRET), 404),
+        ("unknown provider", apigw("/webhook/bitbucket", "POST", &[("x-github-event", "push")], &body, false), 404),
+        ("GET on the webhook route", apigw("/webhook/github", "GET", &[], "", false), 405),
+        ("signature for another body", {
+            let mut e = github("h5", "push", &body, SECRET);
+            e.body = Some(push_payload("https://github.com/org/app-copy.git"));
+            e
+        }, 404),
+        // (CR/LF in a header cannot even be represented: API Gateway and hyper refuse them.)
+        ("a 4 KiB delivery id, wrongly signed", github(&"i".repeat(4096), "push", &body, "wrong"), 401),
+        ("signature with the wrong algorithm prefix", {
+            let sig = sign(Provider::Github, SECRET, body.as_bytes()).replace("sha256=", "sha1=");
+            apigw("/webhook/github", "POST", &[("x-github-event", "push"), ("x-hub-signature-256", &sig)], &body, false)
+        }, 401),
+        ("empty signature", apigw("/webhook/github", "POST", &[("x-github-event", "push"), ("x-hub-signature-256", "")], &body, false), 401),
+        ("path traversal route", apigw("/webhook/../status", "POST", &[], &body, false), 404),
+    ];
+    for (what, event, want) in cases {
+        let r = gitferry_lambda::webhook(&rt, event).await;
+        assert_eq!(code(&r), want, "{what}: {:?}", body_json(&r));
+    }
+    // A wrong content type is not a reason to refuse a correctly signed delivery (GitHub can be
+    // set to form encoding; we document application/json) — but it must still verify.
+    let mut form = github("h7", "push", &body, SECRET);
+    form.headers.insert("content-type", "application/x-www-form-urlencoded".parse().unwrap());
+    assert_eq!(code(&gitferry_lambda::webhook(&rt, form).await), 202);
+    let queued = aws.drain().await;
+    assert_eq!(queued.len(), 2, "only the last, valid delivery (two mirrors of one source): {queued:?}");
+}
