@@ -8,7 +8,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: test deps build demo demo-mirror bench bench-cache load fuzz lint fmt cfn-lint package
+.PHONY: test deps build demo demo-mirror bench bench-cache load cost fuzz lint fmt cfn-lint package
 
 ## Tools the tests need that a fresh machine may lack. The git CLI is the tests' independent
 ## reference (git daemon, git http-backend, git fsck); the product itself never runs git.
@@ -77,6 +77,10 @@ fuzz:
 	    | grep -E 'stat::number_of_executed_units|ERROR|panicked|SUMMARY' ; \
 	  [ $${PIPESTATUS[0]} -eq 0 ] || exit 1; echo "fuzz $$t: ok"; \
 	done
+
+## The cost model: one simulated hour of the probing poller over idle repos, counted and priced.
+cost:
+	$(CARGO) test -q --release -p gitferry-tests --test poll -- --ignored --nocapture cost_model
 
 ## Cache restore/commit figures on the fs store and moto (issue 4's benchmark).
 bench-cache: deps

@@ -13,8 +13,11 @@
 //! poller lists each due repo's refs itself (`ls-remote`, many at once), hashes them, and
 //! enqueues only repos whose digest differs from the one it last enqueued for, plus every repo
 //! once per `recheck` (a day by default) so a permanently failing sync keeps being retried and a
-//! lost state object heals. A source that cannot be listed is always enqueued, so the sync
-//! records the failure. The digests live in one object, `state/probe.json`.
+//! lost state object heals. A source refusing us for good (authentication, not found) is
+//! enqueued every time, so its sync records the failure at once; one that is unreachable for a
+//! moment is asked again once, then left to the next re-check (measured: 32 probes at once
+//! against one `git daemon` got connection resets, and enqueueing those turned an idle hour into
+//! 363 needless syncs). The digests live in one object, `state/probe.json`.
 //!
 //! **Startup reconciliation**: the first tick that sees a configuration (by digest) enqueues
 //! every repository once — after a deploy or a config change nothing waits for its interval.
@@ -206,29 +209,25 @@ pub async fn probe_tick(
         .as_ref()
         .and_then(|o| serde_json::from_slice(&o.body).ok())
         .unwrap_or_default();
-    let digests = list_all(config, &due, options.concurrency).await;
+    let listings = list_all(config, &due, options.concurrency).await;
     report.probed = due.len();
     let mut enqueue = Vec::new();
-    for (request, digest) in due.into_iter().zip(digests) {
+    for (request, listing) in due.into_iter().zip(listings) {
         let last = state.repos.get(&request.repo);
-        let changed = match (&digest, last) {
-            (None, _) => true,
-            (Some(_), None) => true,
-            (Some(d), Some(l)) => l.digest.as_ref() != Some(d),
-        };
         let stale = last.is_none_or(|l| now_secs.saturating_sub(l.enqueued_at) >= options.recheck.as_secs());
-        if changed || stale {
-            // An unlistable source is enqueued every time (its sync records the failure) but
-            // not recorded: an idle tick then writes nothing.
-            if digest.is_some() {
-                state.repos.insert(
-                    request.repo.clone(),
-                    Probed {
-                        digest,
-                        enqueued_at: now_secs,
-                    },
-                );
-            }
+        let (go, digest) = match listing {
+            Listing::Refs(d) => (stale || last.is_none_or(|l| l.digest.as_ref() != Some(&d)), Some(d)),
+            Listing::Unreachable => (stale, None),
+            Listing::Refused => (true, None),
+        };
+        if go {
+            state.repos.insert(
+                request.repo.clone(),
+                Probed {
+                    digest,
+                    enqueued_at: now_secs,
+                },
+            );
             enqueue.push(request);
         }
     }
@@ -245,27 +244,44 @@ pub async fn probe_tick(
     Ok(report)
 }
 
-/// `ls-remote` each due repo's source (bounded concurrency, off the async executor); the refs
-/// digest, or `None` if it could not be listed.
-async fn list_all(config: &Config, due: &[SyncRequest], concurrency: usize) -> Vec<Option<String>> {
+/// What probing a source found.
+enum Listing {
+    Refs(String),
+    /// A transient failure, twice.
+    Unreachable,
+    /// A permanent failure (authentication, not found, invalid).
+    Refused,
+}
+
+/// `ls-remote` each due repo's source (bounded concurrency, off the async executor), asking
+/// once more after a transient failure.
+async fn list_all(config: &Config, due: &[SyncRequest], concurrency: usize) -> Vec<Listing> {
     let permits = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
     let mut tasks = Vec::with_capacity(due.len());
     for request in due {
         let repo = &config.repos[&request.repo];
         let (source, patterns, permits) = (repo.source.clone(), repo.refs.clone(), permits.clone());
         tasks.push(tokio::spawn(async move {
-            let _permit = permits.acquire_owned().await.ok()?;
-            tokio::task::spawn_blocking(move || crate::git::ls_remote(&source, &patterns))
-                .await
-                .ok()?
-                .map_err(|e| tracing::warn!(error = %e, "poll probe could not list a source"))
-                .ok()
-                .map(|refs| refs_digest(&refs))
+            let _permit = permits.acquire_owned().await.ok();
+            for attempt in 0..2 {
+                let (s, p) = (source.clone(), patterns.clone());
+                match tokio::task::spawn_blocking(move || crate::git::ls_remote(&s, &p)).await {
+                    Ok(Ok(refs)) => return Listing::Refs(refs_digest(&refs)),
+                    Ok(Err(e)) if !e.is_transient() => {
+                        tracing::warn!(error = %e, "poll probe: source refused");
+                        return Listing::Refused;
+                    }
+                    Ok(Err(e)) => tracing::info!(error = %e, attempt, "poll probe: source unreachable"),
+                    Err(_) => {}
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Listing::Unreachable
         }));
     }
     let mut out = Vec::with_capacity(tasks.len());
     for t in tasks {
-        out.push(t.await.ok().flatten());
+        out.push(t.await.unwrap_or(Listing::Unreachable));
     }
     out
 }
