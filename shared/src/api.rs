@@ -96,7 +96,12 @@ pub struct Api {
 
 impl Api {
     pub async fn handle(&self, req: Request<'_>) -> Response {
-        let segments: Vec<&str> = req.path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+        let segments: Vec<&str> = req
+            .path
+            .trim_matches('/')
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .collect();
         match (req.method, segments.as_slice()) {
             ("POST", ["webhook", provider]) => {
                 let delivery = Delivery {
@@ -120,10 +125,14 @@ impl Api {
                 let names = self.config.repos.keys().map(String::as_str);
                 match self.status.all(names).await {
                     Ok(all) => {
-                        let wants_html = segments.is_empty()
-                            || req.header("accept").is_some_and(|a| a.contains("text/html"));
+                        let wants_html =
+                            segments.is_empty() || req.header("accept").is_some_and(|a| a.contains("text/html"));
                         if wants_html {
-                            Response::text(200, "text/html; charset=utf-8", crate::page::render(&all, crate::request::now_ms()))
+                            Response::text(
+                                200,
+                                "text/html; charset=utf-8",
+                                crate::page::render(&all, crate::request::now_ms()),
+                            )
                         } else {
                             Response::json(200, json!({ "repos": all }))
                         }
@@ -150,7 +159,12 @@ impl Api {
                 if !valid_repo_name(repo) || self.config.repo(repo).is_none() {
                     return Response::error(404, "repository not configured");
                 }
-                let who = req.header("x-requested-by").unwrap_or("api").chars().take(64).collect::<String>();
+                let who = req
+                    .header("x-requested-by")
+                    .unwrap_or("api")
+                    .chars()
+                    .take(64)
+                    .collect::<String>();
                 let request = SyncRequest::manual(repo, &who);
                 match self.queue.send(std::slice::from_ref(&request)).await {
                     Ok(_) => Response::json(202, json!({ "queued": [repo], "request": request.dedup_id() })),
@@ -169,7 +183,10 @@ impl Api {
 
     /// `None` if the request carries the status token; otherwise the 401 to send.
     fn authorize(&self, req: &Request<'_>) -> Option<Response> {
-        let presented = req.header("authorization").and_then(|h| h.strip_prefix("Bearer ")).map(str::trim);
+        let presented = req
+            .header("authorization")
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .map(str::trim);
         if self.anonymous_status && self.status_token.is_none() {
             return None;
         }

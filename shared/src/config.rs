@@ -223,7 +223,10 @@ impl RepoConfig {
         use crate::request::TriggerKind as K;
         matches!(
             (self.sync_policy, kind),
-            (_, K::Manual) | (SyncPolicy::Both, _) | (SyncPolicy::WebhookOnly, K::Webhook) | (SyncPolicy::PollOnly, K::Poll)
+            (_, K::Manual)
+                | (SyncPolicy::Both, _)
+                | (SyncPolicy::WebhookOnly, K::Webhook)
+                | (SyncPolicy::PollOnly, K::Poll)
         )
     }
 }
@@ -341,7 +344,11 @@ struct Validator<'a> {
 
 impl Validator<'_> {
     fn line(&self, offset: usize) -> usize {
-        self.text[..offset.min(self.text.len())].bytes().filter(|b| *b == b'\n').count() + 1
+        self.text[..offset.min(self.text.len())]
+            .bytes()
+            .filter(|b| *b == b'\n')
+            .count()
+            + 1
     }
 
     fn error(&mut self, offset: usize, field: impl Into<String>, message: impl Into<String>) {
@@ -359,7 +366,10 @@ impl Validator<'_> {
                 self.error(
                     v.span().start,
                     field,
-                    format!("{} is below the minimum of {MIN_POLL_INTERVAL_SECS} seconds", v.get_ref()),
+                    format!(
+                        "{} is below the minimum of {MIN_POLL_INTERVAL_SECS} seconds",
+                        v.get_ref()
+                    ),
                 );
                 default
             }
@@ -374,7 +384,11 @@ impl Validator<'_> {
             && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
             && !name.starts_with(|c: char| c.is_ascii_digit());
         if !valid_name {
-            self.error(reference.span().start, field, format!("{name:?} is not an environment variable name"));
+            self.error(
+                reference.span().start,
+                field,
+                format!("{name:?} is not an environment variable name"),
+            );
             return None;
         }
         match (self.env)(name) {
@@ -413,7 +427,9 @@ impl Validator<'_> {
                 return None;
             }
         };
-        let Some(token_env) = token_env else { return Some(remote) };
+        let Some(token_env) = token_env else {
+            return Some(remote);
+        };
         let secret = self.secret(token_env, &format!("{field}.token_env"))?;
         if !remote.is_http() {
             self.error(
@@ -430,7 +446,11 @@ impl Validator<'_> {
     }
 
     fn validate(&mut self, raw: RawConfig) -> Config {
-        let poll_interval_secs = self.interval(&raw.poll_interval_secs, DEFAULT_POLL_INTERVAL_SECS, "poll_interval_secs");
+        let poll_interval_secs = self.interval(
+            &raw.poll_interval_secs,
+            DEFAULT_POLL_INTERVAL_SECS,
+            "poll_interval_secs",
+        );
         let notify = NotifyConfig {
             slack_webhook_url: raw
                 .notify
@@ -474,19 +494,33 @@ impl Validator<'_> {
             }
             for (i, t) in repo.targets.iter().enumerate() {
                 let tfield = format!("{field}.targets[{i}]");
-                let Some(remote) = self.remote(&t.url, &t.token_env, &t.username, &tfield) else { continue };
+                let Some(remote) = self.remote(&t.url, &t.token_env, &t.username, &tfield) else {
+                    continue;
+                };
                 if !seen_urls.insert(remote.to_string()) {
-                    self.error(t.url.span().start, format!("{tfield}.url"), format!("duplicate target {remote}"));
+                    self.error(
+                        t.url.span().start,
+                        format!("{tfield}.url"),
+                        format!("duplicate target {remote}"),
+                    );
                     continue;
                 }
                 if source.as_ref().is_some_and(|s| s.to_string() == remote.to_string()) {
-                    self.error(t.url.span().start, format!("{tfield}.url"), "a target cannot be the source itself");
+                    self.error(
+                        t.url.span().start,
+                        format!("{tfield}.url"),
+                        "a target cannot be the source itself",
+                    );
                     continue;
                 }
                 let name = match &t.name {
                     Some(n) => {
                         if !valid_repo_name(n.get_ref()) {
-                            self.error(n.span().start, format!("{tfield}.name"), "use letters, digits, '-', '_' and '.'");
+                            self.error(
+                                n.span().start,
+                                format!("{tfield}.name"),
+                                "use letters, digits, '-', '_' and '.'",
+                            );
                         }
                         n.get_ref().clone()
                     }
@@ -507,12 +541,17 @@ impl Validator<'_> {
                 None => RefPatterns::default(),
                 Some(r) => {
                     let patterns = &r.get_ref();
-                    let mut ok = RefPatterns::new(patterns.include.clone(), patterns.exclude.clone()).unwrap_or_else(|e| {
-                        self.error(r.span().start, format!("{field}.refs"), e.to_string());
-                        RefPatterns::default()
-                    });
+                    let mut ok =
+                        RefPatterns::new(patterns.include.clone(), patterns.exclude.clone()).unwrap_or_else(|e| {
+                            self.error(r.span().start, format!("{field}.refs"), e.to_string());
+                            RefPatterns::default()
+                        });
                     if ok.include.iter().chain(&ok.exclude).any(|p| p.matches('*').count() > 1) {
-                        self.error(r.span().start, format!("{field}.refs"), "a pattern may contain at most one '*'");
+                        self.error(
+                            r.span().start,
+                            format!("{field}.refs"),
+                            "a pattern may contain at most one '*'",
+                        );
                         ok = RefPatterns::default();
                     }
                     ok
@@ -520,7 +559,11 @@ impl Validator<'_> {
             };
             let max_delete_fraction = match &repo.max_delete_fraction {
                 Some(f) if !(0.0..=1.0).contains(f.get_ref()) => {
-                    self.error(f.span().start, format!("{field}.max_delete_fraction"), "must be between 0.0 and 1.0");
+                    self.error(
+                        f.span().start,
+                        format!("{field}.max_delete_fraction"),
+                        "must be between 0.0 and 1.0",
+                    );
                     DEFAULT_MAX_DELETE_FRACTION
                 }
                 Some(f) => *f.get_ref(),
@@ -533,7 +576,11 @@ impl Validator<'_> {
                         secret,
                     })
             });
-            let poll = self.interval(&repo.poll_interval_secs, poll_interval_secs, &format!("{field}.poll_interval_secs"));
+            let poll = self.interval(
+                &repo.poll_interval_secs,
+                poll_interval_secs,
+                &format!("{field}.poll_interval_secs"),
+            );
             if let Some(source) = source {
                 repos.insert(
                     name.clone(),
@@ -568,7 +615,9 @@ pub fn valid_repo_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 100
         && !name.starts_with('.')
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 fn default_target_name(remote: &Remote, taken: &BTreeSet<String>) -> String {
@@ -578,12 +627,21 @@ fn default_target_name(remote: &Remote, taken: &BTreeSet<String>) -> String {
     };
     let base: String = base
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '-'
+            }
+        })
         .collect();
     if !taken.contains(&base) {
         return base;
     }
-    (2..).map(|i| format!("{base}-{i}")).find(|n| !taken.contains(n)).expect("unbounded")
+    (2..)
+        .map(|i| format!("{base}-{i}"))
+        .find(|n| !taken.contains(n))
+        .expect("unbounded")
 }
 
 #[cfg(test)]
@@ -651,7 +709,10 @@ url = "/srv/mirror/lib.git"
         assert!(app.prune);
         let lib = c.repo("lib").unwrap();
         assert_eq!(lib.sync_policy, SyncPolicy::PollOnly);
-        assert_eq!((lib.poll_interval_secs, lib.prune, lib.max_delete_fraction), (600, false, 0.25));
+        assert_eq!(
+            (lib.poll_interval_secs, lib.prune, lib.max_delete_fraction),
+            (600, false, 0.25)
+        );
         assert!(!lib.refs.matches("refs/heads/tmp/x") && lib.refs.matches("refs/heads/main"));
         assert!(c.notify.slack_webhook_url.is_some());
         // Secrets never show in Debug output.
@@ -659,7 +720,12 @@ url = "/srv/mirror/lib.git"
     }
 
     fn errors(text: &str) -> Vec<String> {
-        parse(text).unwrap_err().to_string().lines().map(str::to_owned).collect()
+        parse(text)
+            .unwrap_err()
+            .to_string()
+            .lines()
+            .map(str::to_owned)
+            .collect()
     }
 
     #[test]
@@ -693,13 +759,17 @@ webhook = { provider = "gitea", secret_env = "NOPE" }
         let e = errors(text);
         let has = |line: usize, needle: &str| {
             assert!(
-                e.iter().any(|l| l.starts_with(&format!("mirrors.toml:{line}:")) && l.contains(needle)),
+                e.iter()
+                    .any(|l| l.starts_with(&format!("mirrors.toml:{line}:")) && l.contains(needle)),
                 "missing line {line} {needle:?} in {e:#?}"
             )
         };
         has(1, "poll_interval_secs: 10 is below the minimum of 60");
         has(3, "repos.a.url: invalid remote");
-        has(6, "repos.a.targets[0].token_env: environment variable MISSING_TOKEN is not set");
+        has(
+            6,
+            "repos.a.targets[0].token_env: environment variable MISSING_TOKEN is not set",
+        );
         has(10, "repos.a.targets[2].url: duplicate target");
         has(12, "credentials do not belong in the file");
         has(13, "repos.b.poll_interval_secs: 30 is below");
@@ -725,7 +795,9 @@ webhook = { provider = "gitea", secret_env = "NOPE" }
 
     #[test]
     fn bad_names_and_fractions() {
-        let e = errors("[repos.\"../etc\"]\nurl = \"/x\"\nmax_delete_fraction = 2.0\n[[repos.\"../etc\".targets]]\nurl = \"/y\"\n");
+        let e = errors(
+            "[repos.\"../etc\"]\nurl = \"/x\"\nmax_delete_fraction = 2.0\n[[repos.\"../etc\".targets]]\nurl = \"/y\"\n",
+        );
         assert!(e.iter().any(|l| l.contains("repository names")), "{e:?}");
         assert!(e.iter().any(|l| l.contains("between 0.0 and 1.0")), "{e:?}");
     }

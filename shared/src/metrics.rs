@@ -147,11 +147,27 @@ impl Metrics {
     }
 
     pub fn sync(&self, repo: &str, trigger: &str, outcome: &str) {
-        self.record(&SYNCS, 1.0, &[("Repo", repo), ("Trigger", trigger), ("Outcome", outcome)]);
+        self.record(
+            &SYNCS,
+            1.0,
+            &[("Repo", repo), ("Trigger", trigger), ("Outcome", outcome)],
+        );
     }
 
-    pub fn sync_work(&self, repo: &str, outcome: &str, duration_ms: u64, refs_changed: usize, fetched: u64, pushed: u64) {
-        self.record(&SYNC_DURATION, duration_ms as f64, &[("Repo", repo), ("Outcome", outcome)]);
+    pub fn sync_work(
+        &self,
+        repo: &str,
+        outcome: &str,
+        duration_ms: u64,
+        refs_changed: usize,
+        fetched: u64,
+        pushed: u64,
+    ) {
+        self.record(
+            &SYNC_DURATION,
+            duration_ms as f64,
+            &[("Repo", repo), ("Outcome", outcome)],
+        );
         self.record(&REFS_CHANGED, refs_changed as f64, &[("Repo", repo)]);
         self.record(&BYTES_FETCHED, fetched as f64, &[("Repo", repo)]);
         self.record(&BYTES_PUSHED, pushed as f64, &[("Repo", repo)]);
@@ -166,7 +182,11 @@ impl Metrics {
     }
 
     pub fn webhook_response(&self, provider: &str, code: u16) {
-        self.record(&WEBHOOK_RESPONSES, 1.0, &[("Provider", provider), ("Code", &code.to_string())]);
+        self.record(
+            &WEBHOOK_RESPONSES,
+            1.0,
+            &[("Provider", provider), ("Code", &code.to_string())],
+        );
     }
 
     pub fn notification_failed(&self, repo: &str) {
@@ -242,10 +262,13 @@ impl Sink for Emf {
     }
 }
 
+/// Sorted `(label, value)` pairs.
+type Labels = Vec<(String, String)>;
+
 /// An in-process registry rendered as Prometheus text exposition.
 #[derive(Debug, Default)]
 pub struct Prometheus {
-    series: Mutex<BTreeMap<(String, Vec<(String, String)>), Series>>,
+    series: Mutex<BTreeMap<(String, Labels), Series>>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -291,20 +314,35 @@ impl Prometheus {
             }
             let histogram = def.unit == Unit::Milliseconds;
             out.push_str(&format!("# HELP {name} {}\n", def.help));
-            out.push_str(&format!("# TYPE {name} {}\n", if histogram { "histogram" } else { "counter" }));
+            out.push_str(&format!(
+                "# TYPE {name} {}\n",
+                if histogram { "histogram" } else { "counter" }
+            ));
             for ((_, labels), s) in mine {
                 let render = |extra: Option<(&str, String)>| {
                     let mut all: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{}\"", escape(v))).collect();
                     if let Some((k, v)) = extra {
                         all.push(format!("{k}=\"{v}\""));
                     }
-                    if all.is_empty() { String::new() } else { format!("{{{}}}", all.join(",")) }
+                    if all.is_empty() {
+                        String::new()
+                    } else {
+                        format!("{{{}}}", all.join(","))
+                    }
                 };
                 if histogram {
                     for (i, le) in BUCKETS_S.iter().enumerate() {
-                        out.push_str(&format!("{name}_bucket{} {}\n", render(Some(("le", le.to_string()))), s.buckets[i]));
+                        out.push_str(&format!(
+                            "{name}_bucket{} {}\n",
+                            render(Some(("le", le.to_string()))),
+                            s.buckets[i]
+                        ));
                     }
-                    out.push_str(&format!("{name}_bucket{} {}\n", render(Some(("le", "+Inf".into()))), s.count));
+                    out.push_str(&format!(
+                        "{name}_bucket{} {}\n",
+                        render(Some(("le", "+Inf".into()))),
+                        s.count
+                    ));
                     out.push_str(&format!("{name}_sum{} {}\n", render(None), s.sum));
                     out.push_str(&format!("{name}_count{} {}\n", render(None), s.count));
                 } else {
@@ -322,8 +360,10 @@ fn escape(v: &str) -> String {
 
 impl Sink for Prometheus {
     fn record(&self, def: &'static Def, value: f64, labels: &[(&'static str, &str)]) {
-        let mut key_labels: Vec<(String, String)> =
-            labels.iter().map(|(k, v)| (k.to_ascii_lowercase(), (*v).to_owned())).collect();
+        let mut key_labels: Labels = labels
+            .iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), (*v).to_owned()))
+            .collect();
         key_labels.sort();
         let mut series = self.series.lock().expect("not poisoned");
         let s = series.entry((prom_name(def), key_labels)).or_insert_with(|| Series {
@@ -349,7 +389,7 @@ impl Sink for Prometheus {
 /// Records everything in memory (tests).
 #[derive(Debug, Default)]
 pub struct Recorder {
-    pub records: Mutex<Vec<(String, f64, Vec<(String, String)>)>>,
+    pub records: Mutex<Vec<(String, f64, Labels)>>,
 }
 
 impl Recorder {
@@ -360,7 +400,10 @@ impl Recorder {
             .expect("not poisoned")
             .iter()
             .filter(|(n, _, labels)| {
-                n == name && filter.iter().all(|(k, v)| labels.iter().any(|(lk, lv)| lk == k && lv == v))
+                n == name
+                    && filter
+                        .iter()
+                        .all(|(k, v)| labels.iter().any(|(lk, lv)| lk == k && lv == v))
             })
             .map(|(_, v, _)| v)
             .sum()
@@ -383,12 +426,20 @@ mod tests {
 
     #[test]
     fn emf_documents_have_low_cardinality_dimensions_only() {
-        let doc = Emf::document(&SYNCS, 1.0, &[("Repo", "app"), ("Trigger", "webhook"), ("Outcome", "success")], 5);
+        let doc = Emf::document(
+            &SYNCS,
+            1.0,
+            &[("Repo", "app"), ("Trigger", "webhook"), ("Outcome", "success")],
+            5,
+        );
         let cw = &doc["_aws"]["CloudWatchMetrics"][0];
         assert_eq!(cw["Namespace"], "gitferry");
         assert_eq!(cw["Metrics"][0]["Name"], "Syncs");
         let dims = cw["Dimensions"].to_string();
-        assert!(dims.contains("Outcome") && dims.contains("Trigger") && !dims.contains("Repo"), "{dims}");
+        assert!(
+            dims.contains("Outcome") && dims.contains("Trigger") && !dims.contains("Repo"),
+            "{dims}"
+        );
         assert_eq!(doc["Repo"], "app", "the repo is a property");
         assert_eq!(doc["Syncs"], 1.0);
     }
@@ -402,9 +453,21 @@ mod tests {
         m.sync_work("app", "success", 1500, 3, 100, 200);
         let text = p.render();
         assert!(text.contains("# TYPE gitferry_syncs_total counter"), "{text}");
-        assert!(text.contains("gitferry_syncs_total{outcome=\"success\",repo=\"app\",trigger=\"webhook\"} 2"), "{text}");
-        assert!(text.contains("gitferry_sync_duration_seconds_bucket{outcome=\"success\",repo=\"app\",le=\"2.5\"} 1"), "{text}");
-        assert!(text.contains("gitferry_sync_duration_seconds_count{outcome=\"success\",repo=\"app\"} 1"), "{text}");
-        assert!(text.contains("gitferry_bytes_pushed_bytes_total{repo=\"app\"} 200"), "{text}");
+        assert!(
+            text.contains("gitferry_syncs_total{outcome=\"success\",repo=\"app\",trigger=\"webhook\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("gitferry_sync_duration_seconds_bucket{outcome=\"success\",repo=\"app\",le=\"2.5\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("gitferry_sync_duration_seconds_count{outcome=\"success\",repo=\"app\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("gitferry_bytes_pushed_bytes_total{repo=\"app\"} 200"),
+            "{text}"
+        );
     }
 }

@@ -4,7 +4,11 @@
 use crate::status::{RepoStatus, State};
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
 }
 
 /// "3m ago" style.
@@ -50,9 +54,16 @@ pub fn render(repos: &[RepoStatus], now: u64) -> String {
             .iter()
             .map(|(name, t)| {
                 let (l, c) = badge(t.state);
-                let mut cell = format!("<span class=\"badge\" style=\"background:{c}\">{l}</span> {}", esc(name));
+                let mut cell = format!(
+                    "<span class=\"badge\" style=\"background:{c}\">{l}</span> {}",
+                    esc(name)
+                );
                 for r in t.rejected.iter().chain(&t.diverged) {
-                    cell.push_str(&format!("<div class=\"small\">{}: {}</div>", esc(&r.name), esc(&r.reason)));
+                    cell.push_str(&format!(
+                        "<div class=\"small\">{}: {}</div>",
+                        esc(&r.name),
+                        esc(&r.reason)
+                    ));
                 }
                 cell
             })
@@ -60,29 +71,52 @@ pub fn render(repos: &[RepoStatus], now: u64) -> String {
         let backups: Vec<String> = s
             .overwritten
             .iter()
-            .map(|b| format!("<div class=\"small\">{} → {} ({})</div>", esc(&b.git_ref), esc(&b.backup_ref), esc(&b.id[..b.id.len().min(8)])))
+            .map(|b| {
+                format!(
+                    "<div class=\"small\">{} → {} ({})</div>",
+                    esc(&b.git_ref),
+                    esc(&b.backup_ref),
+                    esc(&b.id[..b.id.len().min(8)])
+                )
+            })
             .collect();
         let lease = match (&s.lease, s.state) {
             (Some(l), State::Syncing) => format!("held by {}", esc(&l.owner)),
             (Some(l), _) => {
-                let reclaim = l.reclaimed_from.as_deref().map(|p| format!(" (reclaimed from {})", esc(p))).unwrap_or_default();
+                let reclaim = l
+                    .reclaimed_from
+                    .as_deref()
+                    .map(|p| format!(" (reclaimed from {})", esc(p)))
+                    .unwrap_or_default();
                 format!("<span class=\"small\">last: {}{reclaim}</span>", esc(&l.owner))
             }
             (None, _) => "—".into(),
         };
         let error = s.last_error.as_deref().map(esc).unwrap_or_default();
-        let guard = s.guard.as_deref().map(|g| format!("<div class=\"warn\">{}</div>", esc(g))).unwrap_or_default();
+        let guard = s
+            .guard
+            .as_deref()
+            .map(|g| format!("<div class=\"warn\">{}</div>", esc(g)))
+            .unwrap_or_default();
         rows.push_str(&format!(
             "<tr data-repo=\"{repo}\" data-state=\"{label}\"><td><b>{repo}</b></td>\
              <td><span class=\"badge\" style=\"background:{color}\">{label}</span>{streak}</td>\
              <td>{success}</td><td>{lag}</td><td>{targets}</td><td class=\"err\">{error}{guard}</td>\
              <td>{backups}</td><td>{lease}</td></tr>\n",
             repo = esc(&s.repo),
-            streak = if s.consecutive_failures > 1 { format!(" ×{}", s.consecutive_failures) } else { String::new() },
+            streak = if s.consecutive_failures > 1 {
+                format!(" ×{}", s.consecutive_failures)
+            } else {
+                String::new()
+            },
             success = ago(s.last_success_at, now),
             lag = lag(s, now),
             targets = targets.join("<br>"),
-            backups = if backups.is_empty() { "—".into() } else { backups.join("") },
+            backups = if backups.is_empty() {
+                "—".into()
+            } else {
+                backups.join("")
+            },
         ));
     }
     format!(

@@ -130,11 +130,18 @@ async fn reconcile_new_config(
         for chunk in all.chunks(10) {
             queue.send(chunk).await?;
         }
-        match store.put(&marker, now_secs.to_string().into_bytes(), Condition::IfAbsent).await {
+        match store
+            .put(&marker, now_secs.to_string().into_bytes(), Condition::IfAbsent)
+            .await
+        {
             Ok(_) | Err(StoreError::PreconditionFailed { .. }) => {}
             Err(e) => return Err(e.into()),
         }
-        tracing::info!(repos = all.len(), digest = config_digest, "new configuration: reconciled every repository");
+        tracing::info!(
+            repos = all.len(),
+            digest = config_digest,
+            "new configuration: reconciled every repository"
+        );
         return Ok(all.len());
     }
     Ok(0)
@@ -318,7 +325,10 @@ mod tests {
         }
         assert!(!per_repo.contains_key("hook"), "webhook_only repos are never polled");
         assert_eq!(per_repo.len(), 1000);
-        assert!(per_repo.values().all(|n| *n == 12), "60 minutes / 5-minute interval = 12 polls each");
+        assert!(
+            per_repo.values().all(|n| *n == 12),
+            "60 minutes / 5-minute interval = 12 polls each"
+        );
         let mean = 12_000.0 / 60.0;
         let max = *per_minute.iter().max().unwrap() as f64;
         assert!(max <= 2.0 * mean, "no minute above twice the mean: {max} vs {mean}");
@@ -339,6 +349,10 @@ mod tests {
         let started = std::time::Instant::now();
         let n = due(&c, 1_800_000_000, 60).len();
         assert!(n > 0);
-        assert!(started.elapsed() < std::time::Duration::from_secs(1), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
     }
 }

@@ -107,7 +107,13 @@ impl SyncRequest {
         }
     }
 
-    pub fn webhook(repo: &str, provider: Provider, delivery_id: &str, after: Option<String>, git_ref: Option<String>) -> SyncRequest {
+    pub fn webhook(
+        repo: &str,
+        provider: Provider,
+        delivery_id: &str,
+        after: Option<String>,
+        git_ref: Option<String>,
+    ) -> SyncRequest {
         SyncRequest::new(
             repo,
             SyncTrigger::Webhook {
@@ -143,7 +149,9 @@ impl SyncRequest {
         let id = match &self.trigger {
             // The repo too: one delivery can concern several repos, and their messages must not
             // deduplicate each other even on a queue whose deduplication scope is the queue.
-            SyncTrigger::Webhook { provider, delivery_id, .. } => format!("wh:{provider}:{delivery_id}:{}", self.repo),
+            SyncTrigger::Webhook {
+                provider, delivery_id, ..
+            } => format!("wh:{provider}:{delivery_id}:{}", self.repo),
             SyncTrigger::Poll { slot } => format!("poll:{}:{slot}", self.repo),
             SyncTrigger::Manual { id, .. } => format!("manual:{}:{id}", self.repo),
         };
@@ -175,7 +183,10 @@ impl SyncRequest {
         }
         let request: SyncRequest = serde_json::from_str(text).map_err(|e| RequestError::Malformed(e.to_string()))?;
         if !crate::config::valid_repo_name(&request.repo) {
-            return Err(RequestError::Malformed(format!("invalid repository name {:?}", request.repo)));
+            return Err(RequestError::Malformed(format!(
+                "invalid repository name {:?}",
+                request.repo
+            )));
         }
         Ok(request)
     }
@@ -199,7 +210,13 @@ mod tests {
 
     #[test]
     fn json_v1_roundtrip_and_shape() {
-        let r = SyncRequest::webhook("app", Provider::Github, "72d3162e-cc78-11e3-81ab-4c9367dc0958", Some("abc".into()), None);
+        let r = SyncRequest::webhook(
+            "app",
+            Provider::Github,
+            "72d3162e-cc78-11e3-81ab-4c9367dc0958",
+            Some("abc".into()),
+            None,
+        );
         let json = r.to_json();
         let v: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert_eq!(v["v"], 1);
@@ -214,7 +231,10 @@ mod tests {
 
     #[test]
     fn dedup_and_group_ids_follow_the_design() {
-        assert_eq!(SyncRequest::webhook("app", Provider::Gitlab, "d-1", None, None).dedup_id(), "wh:gitlab:d-1:app");
+        assert_eq!(
+            SyncRequest::webhook("app", Provider::Gitlab, "d-1", None, None).dedup_id(),
+            "wh:gitlab:d-1:app"
+        );
         assert_eq!(SyncRequest::poll("app", 7).dedup_id(), "poll:app:7");
         let m = SyncRequest::manual("app", "bob");
         assert!(m.dedup_id().starts_with("manual:app:") && m.dedup_id().len() == 11 + 36);
@@ -225,16 +245,23 @@ mod tests {
         assert!(long.len() <= 128 && long.chars().all(|c| c.is_ascii_graphic()));
         let weird = SyncRequest::webhook("app", Provider::Github, "a b\nc\u{e9}", None, None).dedup_id();
         assert!(weird.chars().all(|c| c.is_ascii_graphic()), "{weird}");
-        assert_ne!(weird, SyncRequest::webhook("app", Provider::Github, "a b\nc\u{e8}", None, None).dedup_id());
+        assert_ne!(
+            weird,
+            SyncRequest::webhook("app", Provider::Github, "a b\nc\u{e8}", None, None).dedup_id()
+        );
     }
 
     #[test]
     fn unknown_versions_and_garbage_are_refused_clearly() {
-        let e = SyncRequest::from_json(r#"{"v":2,"repo":"a","trigger":{"kind":"poll","slot":1},"enqueued_at":1}"#).unwrap_err();
+        let e = SyncRequest::from_json(r#"{"v":2,"repo":"a","trigger":{"kind":"poll","slot":1},"enqueued_at":1}"#)
+            .unwrap_err();
         assert_eq!(e, RequestError::UnsupportedVersion(2));
         assert!(e.to_string().contains("version 2"));
         assert!(matches!(SyncRequest::from_json("{}"), Err(RequestError::Malformed(_))));
-        assert!(matches!(SyncRequest::from_json("not json"), Err(RequestError::Malformed(_))));
+        assert!(matches!(
+            SyncRequest::from_json("not json"),
+            Err(RequestError::Malformed(_))
+        ));
         assert!(matches!(
             SyncRequest::from_json(r#"{"v":1,"repo":"../x","trigger":{"kind":"poll","slot":1},"enqueued_at":1}"#),
             Err(RequestError::Malformed(_))

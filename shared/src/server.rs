@@ -146,12 +146,7 @@ pub async fn reconcile(config: &Config, queue: &dyn Queue, why: &str) -> Result<
 
 /// Run `workers` sync workers and the poll ticker until `shutdown` turns true; then wait for
 /// the workers to finish their current batch (they stop at the next phase boundary).
-pub async fn run(
-    manager: SyncManager,
-    queue: Arc<dyn Queue>,
-    workers: usize,
-    mut shutdown: watch::Receiver<bool>,
-) {
+pub async fn run(manager: SyncManager, queue: Arc<dyn Queue>, workers: usize, mut shutdown: watch::Receiver<bool>) {
     let mut tasks = JoinSet::new();
     for id in 0..workers.max(1) {
         let (manager, queue, shutdown) = (manager.clone(), queue.clone(), shutdown.clone());

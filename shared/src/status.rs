@@ -184,7 +184,10 @@ impl StatusBook {
 
     async fn write(&self, status: &RepoStatus) -> Result<(), StoreError> {
         let body = serde_json::to_vec_pretty(status).expect("status serialises");
-        self.store.put(&keys::status(&status.repo), body, Condition::Always).await.map(|_| ())
+        self.store
+            .put(&keys::status(&status.repo), body, Condition::Always)
+            .await
+            .map(|_| ())
     }
 
     /// A status write must not be lost to one failed store call (a status stuck at `Syncing`

@@ -145,7 +145,11 @@ impl Failure {
 impl From<CacheError> for Failure {
     fn from(e: CacheError) -> Failure {
         Failure {
-            class: if e.is_transient() { ErrorClass::Transient } else { ErrorClass::Permanent },
+            class: if e.is_transient() {
+                ErrorClass::Transient
+            } else {
+                ErrorClass::Permanent
+            },
             message: e.to_string(),
         }
     }
@@ -238,7 +242,10 @@ impl SyncManager {
                 outcome,
             });
         }
-        out.verdicts = requests.iter().map(|r| verdict_by_repo[r.repo.as_str()].clone()).collect();
+        out.verdicts = requests
+            .iter()
+            .map(|r| verdict_by_repo[r.repo.as_str()].clone())
+            .collect();
         out
     }
 
@@ -257,13 +264,20 @@ impl SyncManager {
             }
             return RepoOutcome::Skipped("not configured".into());
         };
-        let followed: Vec<&SyncRequest> = requests.iter().copied().filter(|r| config.follows(r.trigger.kind())).collect();
+        let followed: Vec<&SyncRequest> = requests
+            .iter()
+            .copied()
+            .filter(|r| config.follows(r.trigger.kind()))
+            .collect();
         for r in requests.iter().filter(|r| !config.follows(r.trigger.kind())) {
             tracing::info!(repo, trigger = r.trigger.kind().as_str(), policy = ?config.sync_policy, "skipped by sync policy");
             self.metrics.sync(repo, r.trigger.kind().as_str(), "skipped");
         }
         if followed.is_empty() {
-            return RepoOutcome::Skipped(format!("sync policy {:?} follows none of these triggers", config.sync_policy));
+            return RepoOutcome::Skipped(format!(
+                "sync policy {:?} follows none of these triggers",
+                config.sync_policy
+            ));
         }
         for r in &followed {
             self.metrics.queue_lag(repo, r.trigger.kind().as_str(), r.lag_ms(now));
@@ -290,7 +304,10 @@ impl SyncManager {
         };
 
         // Static commit: every trigger names a commit the manifest already has everywhere.
-        if followed.iter().all(|r| static_commit_recorded(&r.trigger, &snapshot, config)) {
+        if followed
+            .iter()
+            .all(|r| static_commit_recorded(&r.trigger, &snapshot, config))
+        {
             tracing::info!(repo, "webhook commit already mirrored everywhere: no-op");
             count("noop");
             return RepoOutcome::NoOp;
@@ -307,7 +324,11 @@ impl SyncManager {
             }
         };
         if is_noop(&advertised, &snapshot, config) {
-            tracing::debug!(repo, refs = advertised.len(), "source unchanged and targets up to date: no-op");
+            tracing::debug!(
+                repo,
+                refs = advertised.len(),
+                "source unchanged and targets up to date: no-op"
+            );
             count("noop");
             return RepoOutcome::NoOp;
         }
@@ -316,7 +337,11 @@ impl SyncManager {
         let outcome = self.sync_with_lease(config, &cache, snapshot, primary, deadline).await;
         let (label, fetched, pushed, changed) = match &outcome {
             Ok((status, stats)) => (
-                if status.error_class.is_none() { "success" } else { "failed" },
+                if status.error_class.is_none() {
+                    "success"
+                } else {
+                    "failed"
+                },
                 stats.fetched,
                 stats.pushed,
                 stats.refs_changed,
@@ -324,8 +349,14 @@ impl SyncManager {
             Err(_) => ("failed", 0, 0, 0),
         };
         count(label);
-        self.metrics
-            .sync_work(repo, label, started.elapsed().as_millis() as u64, changed, fetched, pushed);
+        self.metrics.sync_work(
+            repo,
+            label,
+            started.elapsed().as_millis() as u64,
+            changed,
+            fetched,
+            pushed,
+        );
         evict(&self.options, &cache);
         match outcome {
             Ok((status, _)) => RepoOutcome::Synced(Box::new(status)),
@@ -340,7 +371,10 @@ impl SyncManager {
     /// and notify at the start of a streak.
     async fn fail_before_start(&self, repo: &str, primary: &SyncRequest, f: Failure) -> RepoOutcome {
         tracing::warn!(repo, error = %f.message, "sync failed before starting");
-        if let Ok(previous) = self.status.begin(repo, primary.trigger.kind(), primary.trigger.delivery_id(), None).await
+        if let Ok(previous) = self
+            .status
+            .begin(repo, primary.trigger.kind(), primary.trigger.delivery_id(), None)
+            .await
         {
             let finish = Finish {
                 error: Some((f.message.clone(), f.class)),
@@ -406,7 +440,12 @@ impl SyncManager {
         lease.start_heartbeat();
         let previous = match self
             .status
-            .begin(repo, primary.trigger.kind(), primary.trigger.delivery_id(), Some(record))
+            .begin(
+                repo,
+                primary.trigger.kind(),
+                primary.trigger.delivery_id(),
+                Some(record),
+            )
             .await
         {
             Ok(p) => p,
@@ -533,9 +572,13 @@ impl SyncManager {
         let mut changes = fetched.deltas.clone();
 
         let path = cache.path().to_owned();
-        let cached = blocking(move || repo::read_refs(&repo::open(&path)?, &RefPatterns::everything(), Peel::No)).await?;
-        let in_scope: BTreeMap<String, ObjectId> =
-            cached.ids().into_iter().filter(|(n, _)| config.refs.matches(n)).collect();
+        let cached =
+            blocking(move || repo::read_refs(&repo::open(&path)?, &RefPatterns::everything(), Peel::No)).await?;
+        let in_scope: BTreeMap<String, ObjectId> = cached
+            .ids()
+            .into_iter()
+            .filter(|(n, _)| config.refs.matches(n))
+            .collect();
         let doomed: Vec<(String, ObjectId)> = in_scope
             .iter()
             .filter(|(n, _)| !fetched.source.refs.contains_key(*n))
@@ -611,8 +654,10 @@ impl SyncManager {
         }
         if !updates.is_empty() {
             let path = cache.path().to_owned();
-            blocking(move || repo::apply_ref_updates(&repo::open(&path)?, &updates, None, "gitferry: prune and back up"))
-                .await?;
+            blocking(move || {
+                repo::apply_ref_updates(&repo::open(&path)?, &updates, None, "gitferry: prune and back up")
+            })
+            .await?;
         }
         changes.sort_by(|a, b| a.name.cmp(&b.name));
         work.changes = changes;
@@ -635,7 +680,9 @@ impl SyncManager {
         let mut target_refs = snapshot.manifest.targets.clone();
         for target in &config.targets {
             let name = target.name.clone();
-            if let Err(f) = deadline_check(&format!("pushing to {name}")).and_then(|_| lease.check().map_err(Failure::from)) {
+            if let Err(f) =
+                deadline_check(&format!("pushing to {name}")).and_then(|_| lease.check().map_err(Failure::from))
+            {
                 work.targets.insert(
                     name,
                     TargetFinish {
@@ -675,7 +722,11 @@ impl SyncManager {
                     work.stats.refs_changed += outcome.applied().count();
                     target_refs.insert(
                         name.clone(),
-                        outcome.target_after().into_iter().map(|(n, id)| (n, id.to_string())).collect(),
+                        outcome
+                            .target_after()
+                            .into_iter()
+                            .map(|(n, id)| (n, id.to_string()))
+                            .collect(),
                     );
                     TargetFinish {
                         error: None,
@@ -695,7 +746,8 @@ impl SyncManager {
                                 reason: format!(
                                     "moved on the target to {} (kept; source has {})",
                                     d.target.to_hex_with_len(8),
-                                    d.wanted.map_or_else(|| "no such ref".into(), |w| w.to_hex_with_len(8).to_string())
+                                    d.wanted
+                                        .map_or_else(|| "no such ref".into(), |w| w.to_hex_with_len(8).to_string())
                                 ),
                             })
                             .collect(),
@@ -759,12 +811,18 @@ struct WorkStats {
 
 /// `refs/heads/main` → `refs/gitferry/overwritten/heads/main/{ms}`.
 fn backup_ref(name: &str, at_ms: u64) -> String {
-    format!("{OWN_REFS}overwritten/{}/{at_ms}", name.strip_prefix("refs/").unwrap_or(name))
+    format!(
+        "{OWN_REFS}overwritten/{}/{at_ms}",
+        name.strip_prefix("refs/").unwrap_or(name)
+    )
 }
 
 /// The inverse of [`backup_ref`] (without the time).
 fn backup_source(backup: &str) -> String {
-    let inner = backup.strip_prefix(OWN_REFS).and_then(|r| r.strip_prefix("overwritten/")).unwrap_or(backup);
+    let inner = backup
+        .strip_prefix(OWN_REFS)
+        .and_then(|r| r.strip_prefix("overwritten/"))
+        .unwrap_or(backup);
     let without_time = inner.rsplit_once('/').map_or(inner, |(r, _)| r);
     format!("refs/{without_time}")
 }
@@ -775,7 +833,11 @@ fn is_noop(advertised: &RefState, snapshot: &Snapshot, config: &RepoConfig) -> b
     if snapshot.etag.is_none() || advertised.ids() != snapshot.manifest.source.ids() {
         return false;
     }
-    let wanted: BTreeMap<String, String> = advertised.ids().into_iter().map(|(n, id)| (n, id.to_string())).collect();
+    let wanted: BTreeMap<String, String> = advertised
+        .ids()
+        .into_iter()
+        .map(|(n, id)| (n, id.to_string()))
+        .collect();
     config
         .targets
         .iter()

@@ -134,7 +134,11 @@ pub async fn accept(config: &Config, queue: &dyn Queue, delivery: &Delivery<'_>,
         Event::Other(name) => return Reply::ignored(&format!("event {name:?} does not change refs")),
         Event::Push => {}
     }
-    let followed: Vec<&RepoConfig> = verified.iter().copied().filter(|r| r.follows(TriggerKind::Webhook)).collect();
+    let followed: Vec<&RepoConfig> = verified
+        .iter()
+        .copied()
+        .filter(|r| r.follows(TriggerKind::Webhook))
+        .collect();
     if followed.is_empty() {
         return Reply::ignored("repository is poll_only");
     }
@@ -165,7 +169,9 @@ fn signature_header<'a>(provider: Provider, d: &'a Delivery<'_>) -> Option<&'a s
     match provider {
         Provider::Github => d.header("X-Hub-Signature-256"),
         Provider::Gitlab => d.header("X-Gitlab-Token"),
-        Provider::Gitea => d.header("X-Gitea-Signature").or_else(|| d.header("X-Forgejo-Signature")),
+        Provider::Gitea => d
+            .header("X-Gitea-Signature")
+            .or_else(|| d.header("X-Forgejo-Signature")),
     }
     .filter(|s| !s.is_empty())
 }
@@ -183,7 +189,9 @@ pub fn verify(provider: Provider, secret: &str, header: &str, body: &[u8]) -> bo
 }
 
 fn hmac_matches(secret: &str, hex_sig: &str, body: &[u8]) -> bool {
-    let Ok(expected) = hex::decode(hex_sig.trim()) else { return false };
+    let Ok(expected) = hex::decode(hex_sig.trim()) else {
+        return false;
+    };
     let Ok(mut mac) = <hmac::Hmac<Sha256> as KeyInit>::new_from_slice(secret.as_bytes()) else {
         return false;
     };
@@ -199,7 +207,11 @@ pub fn sign(provider: Provider, secret: &str, body: &[u8]) -> String {
             let mut mac = <hmac::Hmac<Sha256> as KeyInit>::new_from_slice(secret.as_bytes()).expect("any key length");
             mac.update(body);
             let hex_sig = hex::encode(mac.finalize().into_bytes());
-            if provider == Provider::Github { format!("sha256={hex_sig}") } else { hex_sig }
+            if provider == Provider::Github {
+                format!("sha256={hex_sig}")
+            } else {
+                hex_sig
+            }
         }
     }
 }
@@ -235,7 +247,10 @@ fn parse(provider: Provider, d: &Delivery<'_>, json: &Value) -> Parsed {
                 // GitLab's "Test" button sends a push hook; system hooks are not supported.
                 other => Event::Other(other.to_owned()),
             };
-            (event, d.header("X-Gitlab-Event-UUID").or_else(|| d.header("Idempotency-Key")))
+            (
+                event,
+                d.header("X-Gitlab-Event-UUID").or_else(|| d.header("Idempotency-Key")),
+            )
         }
         Provider::Gitea => {
             let repo = &json["repository"];
@@ -250,7 +265,10 @@ fn parse(provider: Provider, d: &Delivery<'_>, json: &Value) -> Parsed {
                 "push" | "create" | "delete" => Event::Push,
                 other => Event::Other(other.to_owned()),
             };
-            (event, d.header("X-Gitea-Delivery").or_else(|| d.header("X-Forgejo-Delivery")))
+            (
+                event,
+                d.header("X-Gitea-Delivery").or_else(|| d.header("X-Forgejo-Delivery")),
+            )
         }
     };
     // Without a delivery id the body's digest stands in, so an identical redelivery still

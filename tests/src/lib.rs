@@ -233,10 +233,8 @@ pub struct RequestLog {
 
 impl HttpBackend {
     pub fn start(root: &Path, auth: Option<BasicAuth>) -> HttpBackend {
-        let server = Arc::new(
-            tiny_http::Server::http(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
-                .expect("bind http server"),
-        );
+        let server =
+            Arc::new(tiny_http::Server::http(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).expect("bind http server"));
         let port = server.server_addr().to_ip().expect("ip listener").port();
         let requests = Arc::new(RequestLog::default());
         let (srv, root, log) = (server.clone(), root.to_owned(), requests.clone());
@@ -288,8 +286,7 @@ fn basic_auth_ok(request: &tiny_http::Request, auth: &BasicAuth) -> bool {
     let Some(encoded) = value.strip_prefix("Basic ") else {
         return false;
     };
-    base64_decode(encoded.trim()).as_deref()
-        == Some(format!("{}:{}", auth.user, auth.password).as_bytes())
+    base64_decode(encoded.trim()).as_deref() == Some(format!("{}:{}", auth.user, auth.password).as_bytes())
 }
 
 fn base64_decode(s: &str) -> Option<Vec<u8>> {
@@ -303,8 +300,7 @@ fn serve_cgi(mut request: tiny_http::Request, root: &Path, auth: Option<&BasicAu
         && !basic_auth_ok(&request, auth)
     {
         log.unauthorized.fetch_add(1, Ordering::Relaxed);
-        let header =
-            tiny_http::Header::from_bytes("WWW-Authenticate", "Basic realm=\"gitferry-test\"").unwrap();
+        let header = tiny_http::Header::from_bytes("WWW-Authenticate", "Basic realm=\"gitferry-test\"").unwrap();
         let _ = request.respond(
             tiny_http::Response::from_string("authentication required")
                 .with_status_code(401)
@@ -438,7 +434,10 @@ impl Servers {
     /// Create an empty bare repository `name` on the server (default branch `main`).
     pub fn create_bare(&self, name: &str) -> PathBuf {
         let path = self.path(name);
-        git(self.root(), ["init", "--quiet", "--bare", "--initial-branch=main", name]);
+        git(
+            self.root(),
+            ["init", "--quiet", "--bare", "--initial-branch=main", name],
+        );
         path
     }
 
@@ -466,7 +465,13 @@ impl Worktree {
             .expect("tempdir");
         let path = dir.path().join("wt");
         git(dir.path(), ["init", "--quiet", "--initial-branch=main", "wt"]);
-        git(&path, ["remote", "add", "origin"].map(String::from).into_iter().chain([remote.display().to_string()]));
+        git(
+            &path,
+            ["remote", "add", "origin"]
+                .map(String::from)
+                .into_iter()
+                .chain([remote.display().to_string()]),
+        );
         Worktree {
             path,
             _dir: dir,
@@ -503,7 +508,11 @@ impl Worktree {
             .args(["commit", "--quiet", "--allow-empty", "-m", message])
             .output()
             .unwrap();
-        assert!(out.status.success(), "commit failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "commit failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         self.git(["rev-parse", "HEAD"])
     }
 
@@ -519,7 +528,11 @@ impl Worktree {
                 &format!("add mod{i}"),
             );
         }
-        self.commit_file("assets/blob.bin", &pseudo_random_bytes(1536 * 1024, 7), "add a large file");
+        self.commit_file(
+            "assets/blob.bin",
+            &pseudo_random_bytes(1536 * 1024, 7),
+            "add a large file",
+        );
         self.git(["tag", "-a", "v1.0", "-m", "release 1.0"]);
         self.git(["checkout", "--quiet", "-b", "feature"]);
         for i in 0..3 {
@@ -539,7 +552,11 @@ impl Worktree {
             .args(["merge", "--quiet", "--no-ff", "-m", "merge feature", "feature"])
             .output()
             .unwrap();
-        assert!(out.status.success(), "merge failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "merge failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         self.git(["tag", "light-1"]);
         self.git(["checkout", "--quiet", "-b", "release/1.x", "v1.0"]);
         self.commit_file("src/mod0.rs", b"pub fn f0() -> u32 { 100 }\n", "backport fix");
@@ -550,7 +567,15 @@ impl Worktree {
 
     /// Push all branches and tags to origin, forcing, and prune what origin has beyond them.
     pub fn push_all(&self) {
-        self.git(["push", "--quiet", "--force", "--prune", "origin", "refs/heads/*:refs/heads/*", "refs/tags/*:refs/tags/*"]);
+        self.git([
+            "push",
+            "--quiet",
+            "--force",
+            "--prune",
+            "origin",
+            "refs/heads/*:refs/heads/*",
+            "refs/tags/*:refs/tags/*",
+        ]);
     }
 }
 

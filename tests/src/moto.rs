@@ -29,9 +29,7 @@ pub const REGION: &str = "us-east-1";
 
 /// `<repo root>/.venv/bin/moto_server`.
 pub fn moto_server_bin() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("repository root");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repository root");
     root.join(".venv").join("bin").join("moto_server")
 }
 
@@ -140,12 +138,7 @@ impl MotoServer {
             .bucket(&name)
             .send()
             .await
-            .unwrap_or_else(|e| {
-                panic!(
-                    "creating bucket {name}: {}",
-                    aws_sdk_s3::error::DisplayErrorContext(&e)
-                )
-            });
+            .unwrap_or_else(|e| panic!("creating bucket {name}: {}", aws_sdk_s3::error::DisplayErrorContext(&e)));
         name
     }
 
@@ -154,7 +147,9 @@ impl MotoServer {
         let config = aws_sdk_sqs::Config::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(aws_sdk_sqs::config::Region::new(REGION))
-            .credentials_provider(aws_sdk_sqs::config::Credentials::new(ACCESS_KEY, SECRET_KEY, None, None, "moto"))
+            .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+                ACCESS_KEY, SECRET_KEY, None, None, "moto",
+            ))
             .endpoint_url(self.endpoint())
             .build();
         aws_sdk_sqs::Client::from_conf(config)
@@ -165,7 +160,11 @@ impl MotoServer {
     pub async fn create_fifo_queue(&self, client: &aws_sdk_sqs::Client) -> String {
         use aws_sdk_sqs::types::QueueAttributeName as A;
         static NEXT: AtomicU64 = AtomicU64::new(0);
-        let name = format!("gitferry-{}-{}.fifo", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        let name = format!(
+            "gitferry-{}-{}.fifo",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
         client
             .create_queue()
             .queue_name(&name)

@@ -83,15 +83,29 @@ impl Drop for FaultProxy {
 }
 
 fn proxy(client: TcpStream, upstream: SocketAddr, plan: Plan) {
-    let Ok(server) = TcpStream::connect(upstream) else { return };
+    let Ok(server) = TcpStream::connect(upstream) else {
+        return;
+    };
     let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
     let up_plan = plan.clone();
     let up = thread::spawn(move || pump(c2, s2, up_plan.cut_upstream_after, None, up_plan.delay_per_chunk));
-    pump(server, client, plan.cut_downstream_after, plan.stall, plan.delay_per_chunk);
+    pump(
+        server,
+        client,
+        plan.cut_downstream_after,
+        plan.stall,
+        plan.delay_per_chunk,
+    );
     let _ = up.join();
 }
 
-fn pump(mut from: TcpStream, mut to: TcpStream, cut_after: Option<u64>, stall: Option<Duration>, delay: Option<Duration>) {
+fn pump(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    cut_after: Option<u64>,
+    stall: Option<Duration>,
+    delay: Option<Duration>,
+) {
     if let Some(s) = stall {
         thread::sleep(s);
     }

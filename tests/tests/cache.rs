@@ -15,9 +15,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant, SystemTime};
 
 use gitferry_core::cache::lease::{self, Lease, LeaseRecord};
-use gitferry_core::cache::{
-    self, CacheError, CommitOutcome, MAX_PACKS, NextState, RepoCache, RestoreStats, Snapshot,
-};
+use gitferry_core::cache::{self, CacheError, CommitOutcome, MAX_PACKS, NextState, RepoCache, RestoreStats, Snapshot};
 use gitferry_core::git::repo::{self, Peel};
 use gitferry_core::git::{FetchOptions, FetchOutcome, RefPatterns, Remote, mirror_fetch};
 use gitferry_core::request::now_ms;
@@ -27,8 +25,8 @@ use gitferry_core::store::s3::S3Store;
 use gitferry_core::store::{Condition, ObjectStore, StoreError};
 use harness::moto::MotoServer;
 use harness::{
-    Servers, TempDir, Worktree, assert_fsck_clean, assert_refs_equal, git, mirrored_refs,
-    object_count, pseudo_random_bytes, refs,
+    Servers, TempDir, Worktree, assert_fsck_clean, assert_refs_equal, git, mirrored_refs, object_count,
+    pseudo_random_bytes, refs,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -42,10 +40,7 @@ struct Fixture {
 }
 
 fn tempdir(prefix: &str) -> TempDir {
-    tempfile::Builder::new()
-        .prefix(prefix)
-        .tempdir()
-        .expect("tempdir")
+    tempfile::Builder::new().prefix(prefix).tempdir().expect("tempdir")
 }
 
 async fn fs_fixture() -> Fixture {
@@ -175,20 +170,12 @@ impl Source {
     /// A copy of the source served as `name` with one more branch `branch` (one commit).
     fn fork(&self, name: &str, branch: &str) -> (PathBuf, String) {
         let path = self.servers.path(name);
-        git(
-            self.servers.root(),
-            ["clone", "--quiet", "--mirror", "src.git", name],
-        );
+        git(self.servers.root(), ["clone", "--quiet", "--mirror", "src.git", name]);
         let mut wt = Worktree::new(&path);
         wt.git(["fetch", "--quiet", "origin"]);
         wt.git(["checkout", "--quiet", "-b", branch, "origin/main"]);
         wt.commit_file(&format!("{branch}.txt"), branch.as_bytes(), branch);
-        wt.git([
-            "push",
-            "--quiet",
-            "origin",
-            &format!("HEAD:refs/heads/{branch}"),
-        ]);
+        wt.git(["push", "--quiet", "origin", &format!("HEAD:refs/heads/{branch}")]);
         (path, self.servers.daemon.url(name))
     }
 }
@@ -203,8 +190,7 @@ async fn fetch(path: &Path, url: &str, prune: bool) -> FetchOutcome {
             prune,
             ..Default::default()
         };
-        mirror_fetch(&r, &remote, &options, &AtomicBool::new(false))
-            .unwrap_or_else(|e| panic!("fetch {url}: {e}"))
+        mirror_fetch(&r, &remote, &options, &AtomicBool::new(false)).unwrap_or_else(|e| panic!("fetch {url}: {e}"))
     })
     .await
     .expect("fetch task")
@@ -287,12 +273,7 @@ fn pack_keys(repo: &str, snap: &Snapshot) -> Vec<String> {
         .manifest
         .packs
         .iter()
-        .flat_map(|p| {
-            [
-                cache::keys::pack(repo, &p.name),
-                cache::keys::index(repo, &p.name),
-            ]
-        })
+        .flat_map(|p| [cache::keys::pack(repo, &p.name), cache::keys::index(repo, &p.name)])
         .collect();
     keys.sort();
     keys
@@ -303,10 +284,7 @@ fn expect_corrupt<T: std::fmt::Debug>(r: Result<T, CacheError>, mentions: &[&str
     match r {
         Err(e @ CacheError::Corrupt { .. }) => {
             let text = e.to_string();
-            assert!(
-                e.is_transient(),
-                "corrupt caches are rebuilt, then retried: {text}"
-            );
+            assert!(e.is_transient(), "corrupt caches are rebuilt, then retried: {text}");
             for m in mentions {
                 assert!(text.contains(m), "the message should mention {m:?}: {text}");
             }
@@ -344,10 +322,7 @@ async fn cold_restore_equals_the_source(f: &Fixture) {
     assert!(c.written && c.packs_uploaded == 1, "{c:?}");
     assert_eq!(c.snapshot.manifest.generation, 1);
     assert_eq!(c.snapshot.manifest.packs.len(), 1);
-    assert_eq!(
-        c.snapshot.manifest.source.ids(),
-        local_state(a.path()).source.ids()
-    );
+    assert_eq!(c.snapshot.manifest.source.ids(), local_state(a.path()).source.ids());
     let mut expected = pack_keys("app", &c.snapshot);
     expected.push(cache::keys::manifest("app"));
     expected.sort();
@@ -371,11 +346,7 @@ async fn cold_restore_equals_the_source(f: &Fixture) {
         .sum();
     assert_eq!(stats.bytes_downloaded, stored_bytes, "pack + index");
     assert_refs_equal(&src.path, b.path());
-    assert_eq!(
-        refs(b.path()),
-        refs(a.path()),
-        "every ref of the committed copy"
-    );
+    assert_eq!(refs(b.path()), refs(a.path()), "every ref of the committed copy");
     assert_eq!(symbolic_head(b.path()), symbolic_head(&src.path));
     assert_eq!(object_count(b.path()), object_count(&src.path));
     assert_fsck_clean(b.path());
@@ -413,11 +384,7 @@ async fn warm_restore_downloads_nothing(f: &Fixture) {
     let calls = store.calls();
     assert!(!stats.warm);
     assert_eq!(stats.packs_downloaded, snap.manifest.packs.len());
-    assert_eq!(
-        calls.download,
-        2 * snap.manifest.packs.len() as u64,
-        "{calls:?}"
-    );
+    assert_eq!(calls.download, 2 * snap.manifest.packs.len() as u64, "{calls:?}");
     assert_eq!(calls.writes(), 0, "{calls:?}");
     assert_refs_equal(&src.path, b.path());
     assert_fsck_clean(b.path());
@@ -450,18 +417,8 @@ async fn incremental_sync_uploads_only_the_delta(f: &Fixture) {
         .sync(&src.url(), None)
         .await
         .expect("sync 1");
-    let repo_bytes: u64 = first
-        .committed
-        .snapshot
-        .manifest
-        .packs
-        .iter()
-        .map(|p| p.bytes)
-        .sum();
-    assert!(
-        repo_bytes > 1_500_000,
-        "the fixture has a 1.5 MiB file: {repo_bytes}"
-    );
+    let repo_bytes: u64 = first.committed.snapshot.manifest.packs.iter().map(|p| p.bytes).sum();
+    assert!(repo_bytes > 1_500_000, "the fixture has a 1.5 MiB file: {repo_bytes}");
 
     src.advance(64);
     let b = Worker::new(store.clone(), "app");
@@ -484,11 +441,7 @@ async fn incremental_sync_uploads_only_the_delta(f: &Fixture) {
         c.bytes_uploaded
     );
     let calls = store.calls();
-    assert_eq!(
-        (calls.upload, calls.put, calls.delete),
-        (2, 1, 0),
-        "{calls:?}"
-    );
+    assert_eq!((calls.upload, calls.put, calls.delete), (2, 1, 0), "{calls:?}");
     let manifest = &c.snapshot.manifest;
     assert_eq!(manifest.packs.len(), 2);
     let new: Vec<_> = manifest
@@ -497,10 +450,7 @@ async fn incremental_sync_uploads_only_the_delta(f: &Fixture) {
         .filter(|p| !first.committed.snapshot.manifest.packs.contains(p))
         .collect();
     assert_eq!(new.len(), 1);
-    assert_eq!(
-        new[0].bytes, fetched,
-        "the pack uploaded is the pack fetched"
-    );
+    assert_eq!(new[0].bytes, fetched, "the pack uploaded is the pack fetched");
 
     let check = Worker::new(f.store.clone(), "app");
     check.restore().await.expect("cold restore");
@@ -595,10 +545,7 @@ async fn racing_workers_one_generation_wins_no_refs_lost(f: &Fixture) {
     check.restore().await.unwrap();
     let mut expected = mirrored_refs(&one_path);
     expected.extend(mirrored_refs(&two_path));
-    assert!(
-        expected.contains_key("refs/heads/topic-one")
-            && expected.contains_key("refs/heads/topic-two")
-    );
+    assert!(expected.contains_key("refs/heads/topic-one") && expected.contains_key("refs/heads/topic-two"));
     assert_eq!(mirrored_refs(check.path()), expected, "no ref lost");
     assert_fsck_clean(check.path());
 }
@@ -669,10 +616,7 @@ async fn lease_free_held_released(f: &Fixture) {
         .expect("released lease is free");
     let rec = b.record().await;
     assert_eq!(rec.owner, "worker-b");
-    assert_eq!(
-        rec.reclaimed_from, None,
-        "a released lease is not reclaimed"
-    );
+    assert_eq!(rec.reclaimed_from, None, "a released lease is not reclaimed");
     assert_eq!(stored_lease(&*f.store, "app").await, rec);
 }
 
@@ -681,14 +625,9 @@ async fn lease_free_held_released(f: &Fixture) {
 /// The same for a stale `lease.json` left by a crashed worker, and when two workers reclaim at
 /// once only one gets it.
 async fn lease_stale_is_reclaimed_and_the_old_holder_stops(f: &Fixture) {
-    let a = Lease::acquire(
-        f.store.clone(),
-        "app",
-        "worker-a",
-        Duration::from_millis(300),
-    )
-    .await
-    .unwrap();
+    let a = Lease::acquire(f.store.clone(), "app", "worker-a", Duration::from_millis(300))
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = now_ms();
     let b = Lease::acquire(f.store.clone(), "app", "worker-b", LONG)
@@ -696,15 +635,8 @@ async fn lease_stale_is_reclaimed_and_the_old_holder_stops(f: &Fixture) {
         .expect("stale lease reclaimed");
     let rec = b.record().await;
     assert_eq!(rec.reclaimed_from.as_deref(), Some("worker-a"));
-    assert!(
-        rec.reclaimed_at
-            .is_some_and(|t| t >= before && t <= now_ms())
-    );
-    assert_eq!(
-        stored_lease(&*f.store, "app").await,
-        rec,
-        "the reclaim is recorded"
-    );
+    assert!(rec.reclaimed_at.is_some_and(|t| t >= before && t <= now_ms()));
+    assert_eq!(stored_lease(&*f.store, "app").await, rec, "the reclaim is recorded");
 
     assert!(matches!(a.renew().await, Err(CacheError::LeaseLost)));
     assert!(a.is_lost());
@@ -757,9 +689,7 @@ async fn lease_stale_is_reclaimed_and_the_old_holder_stops(f: &Fixture) {
 /// stored heartbeat moves, the holder's checks pass; release then frees it.
 async fn lease_heartbeat_keeps_a_long_sync_alive(f: &Fixture) {
     let ttl = Duration::from_millis(1500);
-    let a = Lease::acquire(f.store.clone(), "app", "worker-a", ttl)
-        .await
-        .unwrap();
+    let a = Lease::acquire(f.store.clone(), "app", "worker-a", ttl).await.unwrap();
     let first = a.record().await;
     a.start_heartbeat();
     let started = Instant::now();
@@ -794,9 +724,7 @@ async fn lease_heartbeat_keeps_a_long_sync_alive(f: &Fixture) {
 /// next renewal (`is_lost`, `check` fails) and its release does not touch the new lease.
 async fn lease_heartbeat_notices_a_takeover(f: &Fixture) {
     let ttl = Duration::from_millis(900);
-    let a = Lease::acquire(f.store.clone(), "app", "worker-a", ttl)
-        .await
-        .unwrap();
+    let a = Lease::acquire(f.store.clone(), "app", "worker-a", ttl).await.unwrap();
     a.start_heartbeat();
     let usurper = LeaseRecord {
         owner: "usurper".into(),
@@ -814,10 +742,7 @@ async fn lease_heartbeat_notices_a_takeover(f: &Fixture) {
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     while !a.is_lost() {
-        assert!(
-            Instant::now() < deadline,
-            "the heartbeat did not notice the takeover"
-        );
+        assert!(Instant::now() < deadline, "the heartbeat did not notice the takeover");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(matches!(a.check(), Err(CacheError::LeaseLost)));
@@ -829,14 +754,8 @@ async fn lease_heartbeat_notices_a_takeover(f: &Fixture) {
 /// succeeds (it is not mistaken for a takeover), and release frees it for the next owner.
 async fn lease_lost_renewal_reply_is_not_a_lost_lease(f: &Fixture) {
     let store = Arc::new(FaultStore::new(f.store.clone()));
-    let a = Lease::acquire(store.clone(), "app", "worker-a", LONG)
-        .await
-        .unwrap();
-    store.inject(
-        Rule::new(Op::Put, Fault::ReplyLost)
-            .key_contains("lease.json")
-            .nth(1),
-    );
+    let a = Lease::acquire(store.clone(), "app", "worker-a", LONG).await.unwrap();
+    store.inject(Rule::new(Op::Put, Fault::ReplyLost).key_contains("lease.json").nth(1));
     let r = a.renew().await;
     assert!(
         matches!(r, Err(CacheError::Store(StoreError::Unavailable { .. }))),
@@ -847,11 +766,7 @@ async fn lease_lost_renewal_reply_is_not_a_lost_lease(f: &Fixture) {
     assert_eq!(stored_lease(&*f.store, "app").await, a.record().await);
 
     // The same for release.
-    store.inject(
-        Rule::new(Op::Put, Fault::ReplyLost)
-            .key_contains("lease.json")
-            .nth(1),
-    );
+    store.inject(Rule::new(Op::Put, Fault::ReplyLost).key_contains("lease.json").nth(1));
     a.renew().await.unwrap_err();
     a.release().await.expect("release");
     assert!(stored_lease(&*f.store, "app").await.released);
@@ -866,17 +781,12 @@ async fn lease_lost_renewal_reply_is_not_a_lost_lease(f: &Fixture) {
 async fn lease_check_fails_once_renewals_fail_past_the_ttl(f: &Fixture) {
     let store = Arc::new(FaultStore::new(f.store.clone()));
     let ttl = Duration::from_millis(600);
-    let a = Lease::acquire(store.clone(), "app", "worker-a", ttl)
-        .await
-        .unwrap();
+    let a = Lease::acquire(store.clone(), "app", "worker-a", ttl).await.unwrap();
     a.start_heartbeat();
     store.inject(Rule::new(Op::Put, Fault::Error).key_contains("lease.json"));
     tokio::time::sleep(ttl + Duration::from_millis(300)).await;
     assert!(store.calls().faulted >= 1, "renewals were attempted");
-    assert!(
-        matches!(a.check(), Err(CacheError::LeaseLost)),
-        "the lease expired"
-    );
+    assert!(matches!(a.check(), Err(CacheError::LeaseLost)), "the lease expired");
     let b = Lease::acquire(f.store.clone(), "app", "worker-b", LONG)
         .await
         .expect("stale lease");
@@ -895,12 +805,7 @@ fn copy_dir(from: &Path, to: &Path) {
         .arg(to)
         .status()
         .expect("cp runs");
-    assert!(
-        status.success(),
-        "cp -a {} {}",
-        from.display(),
-        to.display()
-    );
+    assert!(status.success(), "cp -a {} {}", from.display(), to.display());
 }
 
 /// Put `repo` in the store at the state of the local copy `template` (a commit of a copy).
@@ -972,23 +877,14 @@ async fn fault_at_every_call(f: &Fixture, fault: Fault) {
         assert_eq!(store.calls().faulted, 1, "call {n} was hit");
         let what = format!("{fault:?} at call {n} of {}", calls.total());
         if let Err(e) = &first {
-            assert!(
-                e.is_transient(),
-                "{what}: a store failure is worth a retry: {e}"
-            );
+            assert!(e.is_transient(), "{what}: a store failure is worth a retry: {e}");
         }
 
         // Whatever happened, the store holds a valid repository: the old or the new one.
         let check = Worker::new(inner.clone(), &repo);
-        check
-            .restore()
-            .await
-            .unwrap_or_else(|e| panic!("{what}: restore: {e}"));
+        check.restore().await.unwrap_or_else(|e| panic!("{what}: restore: {e}"));
         let got = mirrored_refs(check.path());
-        assert!(
-            got == old || got == new,
-            "{what}: a mix of old and new refs: {got:?}"
-        );
+        assert!(got == old || got == new, "{what}: a mix of old and new refs: {got:?}");
         if first.is_ok() {
             assert_eq!(got, new, "{what}: the sync reported success");
         }
@@ -1050,10 +946,7 @@ async fn compaction_keeps_the_repo_and_deletes_old_packs_only_after_the_switch(f
     let next = local_state(w.path());
     let failed = w.cache.commit(&snap, next.clone()).await;
     assert!(
-        matches!(
-            failed,
-            Err(CacheError::Store(StoreError::Unavailable { .. }))
-        ),
+        matches!(failed, Err(CacheError::Store(StoreError::Unavailable { .. }))),
         "{failed:?}"
     );
     assert_eq!(store.calls().delete, 0, "{:?}", store.calls());
@@ -1062,44 +955,27 @@ async fn compaction_keeps_the_repo_and_deletes_old_packs_only_after_the_switch(f
         old_keys.iter().all(|k| listed.contains(k)),
         "old packs must survive a failed switch"
     );
-    assert_eq!(
-        w.cache.load().await.unwrap(),
-        snap,
-        "the manifest did not change"
-    );
+    assert_eq!(w.cache.load().await.unwrap(), snap, "the manifest did not change");
     let during = Worker::new(f.store.clone(), "app");
-    during
-        .restore()
-        .await
-        .expect("the old manifest still restores");
+    during.restore().await.expect("the old manifest still restores");
     assert_refs_equal(&src.path, during.path());
 
     // The switch succeeds: then, and only then, the old packs go.
     store.clear_faults();
     store.reset_counts();
-    let done = w
-        .cache
-        .commit(&snap, next)
-        .await
-        .expect("compacting commit");
+    let done = w.cache.commit(&snap, next).await.expect("compacting commit");
     assert!(done.written);
     assert_eq!(done.packs_deleted, MAX_PACKS + 1);
     assert_eq!(store.calls().delete, 2 * (MAX_PACKS as u64 + 1));
     assert_eq!(done.snapshot.manifest.packs.len(), 1);
-    assert_eq!(
-        done.snapshot.manifest.generation,
-        snap.manifest.generation + 1
-    );
+    assert_eq!(done.snapshot.manifest.generation, snap.manifest.generation + 1);
     assert_eq!(
         keys_under(&*f.store, "repos/app/packs/").await,
         pack_keys("app", &done.snapshot)
     );
 
     let after = Worker::new(f.store.clone(), "app");
-    let (_, stats) = after
-        .restore()
-        .await
-        .expect("restore of the compacted repo");
+    let (_, stats) = after.restore().await.expect("restore of the compacted repo");
     assert_eq!(stats.packs_downloaded, 1);
     assert_refs_equal(&src.path, after.path());
     assert_eq!(refs(after.path()), refs(before.path()));
@@ -1123,11 +999,7 @@ async fn integrity_corrupt_or_missing_packs_are_reported(f: &Fixture) {
     let synced = w.sync(&src.url(), None).await.unwrap();
     let snap = synced.committed.snapshot;
     let [a, b] = [&snap.manifest.packs[0].name, &snap.manifest.packs[1].name];
-    let local = |name: &str, ext: &str| {
-        w.path()
-            .join("objects/pack")
-            .join(format!("pack-{name}.{ext}"))
-    };
+    let local = |name: &str, ext: &str| w.path().join("objects/pack").join(format!("pack-{name}.{ext}"));
     let read = |name: &str, ext: &str| std::fs::read(local(name, ext)).unwrap();
     let key = |name: &str, ext: &str| format!("repos/app/packs/{name}.{ext}");
 
@@ -1147,18 +1019,8 @@ async fn integrity_corrupt_or_missing_packs_are_reported(f: &Fixture) {
             a,
             vec!["corrupt"],
         ),
-        (
-            "flipped byte",
-            Damage::Put(key(a, "pack"), flipped),
-            a,
-            vec![],
-        ),
-        (
-            "truncated pack",
-            Damage::Put(key(a, "pack"), truncated),
-            a,
-            vec![],
-        ),
+        ("flipped byte", Damage::Put(key(a, "pack"), flipped), a, vec![]),
+        ("truncated pack", Damage::Put(key(a, "pack"), truncated), a, vec![]),
         (
             "garbage index",
             Damage::Put(key(b, "idx"), pseudo_random_bytes(3000, 4)),
@@ -1171,24 +1033,12 @@ async fn integrity_corrupt_or_missing_packs_are_reported(f: &Fixture) {
             b,
             vec![],
         ),
-        (
-            "missing pack",
-            Damage::Delete(key(b, "pack")),
-            b,
-            vec!["missing"],
-        ),
-        (
-            "missing index",
-            Damage::Delete(key(a, "idx")),
-            a,
-            vec!["missing"],
-        ),
+        ("missing pack", Damage::Delete(key(b, "pack")), b, vec!["missing"]),
+        ("missing index", Damage::Delete(key(a, "idx")), a, vec!["missing"]),
     ];
     for (what, damage, name, mut mentions) in cases {
         let (damaged_key, ext) = match &damage {
-            Damage::Put(k, _) | Damage::Delete(k) => {
-                (k.clone(), k.rsplit('.').next().unwrap().to_owned())
-            }
+            Damage::Put(k, _) | Damage::Delete(k) => (k.clone(), k.rsplit('.').next().unwrap().to_owned()),
         };
         match damage {
             Damage::Put(k, body) => f.store.put(&k, body, Condition::Always).await.unwrap(),
@@ -1221,17 +1071,10 @@ async fn integrity_corrupt_or_missing_packs_are_reported(f: &Fixture) {
 
     // An unreadable manifest is reported the same way.
     f.store
-        .put(
-            "repos/app/manifest.json",
-            b"{not json".to_vec(),
-            Condition::Always,
-        )
+        .put("repos/app/manifest.json", b"{not json".to_vec(), Condition::Always)
         .await
         .unwrap();
-    expect_corrupt(
-        Worker::new(f.store.clone(), "app").restore().await,
-        &["manifest.json"],
-    );
+    expect_corrupt(Worker::new(f.store.clone(), "app").restore().await, &["manifest.json"]);
 }
 
 /// The rebuild `SyncManager` does on `Corrupt` (wipe the local copy, fetch everything from the
@@ -1297,13 +1140,8 @@ async fn rebuild_after_corrupt_repairs_the_store(f: &Fixture) {
 }
 
 fn local_pack_exists(repo: &Path, name: &str) -> bool {
-    repo.join("objects/pack")
-        .join(format!("pack-{name}.idx"))
-        .exists()
-        || repo
-            .join("objects/pack")
-            .join(format!("pack-{name}.pack"))
-            .exists()
+    repo.join("objects/pack").join(format!("pack-{name}.idx")).exists()
+        || repo.join("objects/pack").join(format!("pack-{name}.pack")).exists()
 }
 
 /// End to end: a sync that finds its cache corrupt rebuilds it from the source, pushes, and
@@ -1329,8 +1167,7 @@ async fn sync_manager_rebuilds_a_corrupt_cache_from_the_source(f: &Fixture) {
                 src.servers.daemon.url(t)
             ));
         }
-        let config = Config::parse(&toml, Path::new("test.toml"), &|_| None)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let config = Config::parse(&toml, Path::new("test.toml"), &|_| None).unwrap_or_else(|e| panic!("{e}"));
         let work = tempdir("gitferry-cache-mgr-");
         let m = SyncManager::new(
             Arc::new(config),
@@ -1363,11 +1200,7 @@ async fn sync_manager_rebuilds_a_corrupt_cache_from_the_source(f: &Fixture) {
     let (m, _work) = manager(&["t1.git"]);
     run(m, 1).await;
     assert_refs_equal(&src.path, &src.servers.path("t1.git"));
-    let snap = Worker::new(f.store.clone(), "app")
-        .cache
-        .load()
-        .await
-        .unwrap();
+    let snap = Worker::new(f.store.clone(), "app").cache.load().await.unwrap();
     assert_eq!(snap.manifest.packs.len(), 1);
     let pack = snap.manifest.packs[0].name.clone();
 
@@ -1377,10 +1210,7 @@ async fn sync_manager_rebuilds_a_corrupt_cache_from_the_source(f: &Fixture) {
         .put(&pack_key, pseudo_random_bytes(10_000, 9), Condition::Always)
         .await
         .unwrap();
-    expect_corrupt(
-        Worker::new(f.store.clone(), "app").restore().await,
-        &[&pack],
-    );
+    expect_corrupt(Worker::new(f.store.clone(), "app").restore().await, &[&pack]);
     let (m, _work) = manager(&["t1.git", "t2.git"]);
     run(m, 2).await;
     assert_refs_equal(&src.path, &src.servers.path("t2.git"));
@@ -1392,15 +1222,9 @@ async fn sync_manager_rebuilds_a_corrupt_cache_from_the_source(f: &Fixture) {
     // 2. The pack deleted outright.
     let snap = check.cache.load().await.unwrap();
     for p in &snap.manifest.packs {
-        f.store
-            .delete(&cache::keys::pack("app", &p.name))
-            .await
-            .unwrap();
+        f.store.delete(&cache::keys::pack("app", &p.name)).await.unwrap();
     }
-    expect_corrupt(
-        Worker::new(f.store.clone(), "app").restore().await,
-        &["missing"],
-    );
+    expect_corrupt(Worker::new(f.store.clone(), "app").restore().await, &["missing"]);
     let (m, _work) = manager(&["t1.git", "t2.git", "t3.git"]);
     run(m, 3).await;
     assert_refs_equal(&src.path, &src.servers.path("t3.git"));
@@ -1417,11 +1241,7 @@ fn dir_size(path: &Path) -> u64 {
     let mut total = 0;
     for e in std::fs::read_dir(path).unwrap().flatten() {
         let m = e.metadata().unwrap();
-        total += if m.is_dir() {
-            dir_size(&e.path())
-        } else {
-            m.len()
-        };
+        total += if m.is_dir() { dir_size(&e.path()) } else { m.len() };
     }
     total
 }
@@ -1485,20 +1305,13 @@ async fn evict_lru_keeps_the_budget_and_the_kept_repos() {
     );
 
     // A warm restore is a use: `a` was committed long ago but just restored, `b` was not.
-    let [a, b] = [
-        local_repo(&store, w, "a2").await,
-        local_repo(&store, w, "b2").await,
-    ];
+    let [a, b] = [local_repo(&store, w, "a2").await, local_repo(&store, w, "b2").await];
     set_used(a.path(), 300);
     set_used(b.path(), 200);
     let snap = a.load().await.unwrap();
     assert!(a.restore(&snap).await.unwrap().warm);
     let removed = cache::evict_lru(w, size(&a) + size(&c), &[c.path()]);
-    assert_eq!(
-        removed,
-        vec![b.path().to_owned()],
-        "the repository just restored stays"
-    );
+    assert_eq!(removed, vec![b.path().to_owned()], "the repository just restored stays");
     assert!(a.path().is_dir());
 }
 
@@ -1577,8 +1390,7 @@ async fn bench_cache() {
         }
 
         // Incremental syncs: 20 new commits each, from the warm worker.
-        let (mut inc_ms, mut ratios, mut fetched_b, mut uploaded_b) =
-            (Vec::new(), Vec::new(), 0, 0);
+        let (mut inc_ms, mut ratios, mut fetched_b, mut uploaded_b) = (Vec::new(), Vec::new(), 0, 0);
         for run in 0..runs {
             let stream = std::process::Command::new("python3")
                 .arg(&gen_repo)

@@ -21,7 +21,11 @@ struct Server {
 }
 
 fn start(dir: &std::path::Path, n: usize, moto: &MotoServer, bucket: &str, queue_url: &str) -> Server {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let child = Command::new(harness::gitferry_bin())
         .args(["serve", "--config", "mirrors.toml", "--workers", "3"])
         .args(["--store", &format!("s3://{bucket}/shared")])
@@ -38,13 +42,19 @@ fn start(dir: &std::path::Path, n: usize, moto: &MotoServer, bucket: &str, queue
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
-        .stderr(Stdio::from(std::fs::File::create(dir.join(format!("serve-{n}.log"))).unwrap()))
+        .stderr(Stdio::from(
+            std::fs::File::create(dir.join(format!("serve-{n}.log"))).unwrap(),
+        ))
         .spawn()
         .unwrap();
     let base = format!("http://127.0.0.1:{port}");
     let until = Instant::now() + Duration::from_secs(30);
     while reqwest::blocking::get(format!("{base}/healthz")).is_err() {
-        assert!(Instant::now() < until, "serve {n} did not start: {}", std::fs::read_to_string(dir.join(format!("serve-{n}.log"))).unwrap_or_default());
+        assert!(
+            Instant::now() < until,
+            "serve {n} did not start: {}",
+            std::fs::read_to_string(dir.join(format!("serve-{n}.log"))).unwrap_or_default()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     Server { child, base }
@@ -114,9 +124,9 @@ fn two_servers_one_bucket_one_queue_converge() {
 
     // Every target converges to its source.
     let until = Instant::now() + Duration::from_secs(300);
-    for r in 0..REPOS {
+    for (r, source) in sources.iter().enumerate() {
         let dst = servers.path(&format!("dst{r}.git"));
-        while mirrored_refs(&dst) != mirrored_refs(&sources[r]) {
+        while mirrored_refs(&dst) != mirrored_refs(source) {
             assert!(Instant::now() < until, "repo r{r} did not converge");
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -127,7 +137,13 @@ fn two_servers_one_bucket_one_queue_converge() {
         let s3 = moto.client();
         let mut out = Vec::new();
         for r in 0..REPOS {
-            let obj = s3.get_object().bucket(&bucket).key(format!("shared/repos/r{r}/manifest.json")).send().await.unwrap();
+            let obj = s3
+                .get_object()
+                .bucket(&bucket)
+                .key(format!("shared/repos/r{r}/manifest.json"))
+                .send()
+                .await
+                .unwrap();
             let bytes = obj.body.collect().await.unwrap().into_bytes();
             out.push(serde_json::from_slice::<serde_json::Value>(&bytes).unwrap());
         }
@@ -140,7 +156,10 @@ fn two_servers_one_bucket_one_queue_converge() {
         assert!(m["generation"].as_u64().unwrap() >= 1);
     }
     for s in [&a, &b] {
-        let metrics = reqwest::blocking::get(format!("{}/metrics", s.base)).unwrap().text().unwrap();
+        let metrics = reqwest::blocking::get(format!("{}/metrics", s.base))
+            .unwrap()
+            .text()
+            .unwrap();
         reclaims += metrics
             .lines()
             .filter(|l| l.starts_with("gitferry_lease_reclaims_total"))
@@ -150,7 +169,13 @@ fn two_servers_one_bucket_one_queue_converge() {
     println!("two servers, {REPOS} repos, {DELIVERIES} deliveries: converged; lease reclaims {reclaims}");
     assert_eq!(reclaims, 0, "no worker died, so no lease had to be reclaimed");
     for s in [&mut a, &mut b] {
-        assert!(Command::new("kill").args(["-TERM", &s.child.id().to_string()]).status().unwrap().success());
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &s.child.id().to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
         assert_eq!(s.child.wait().unwrap().code(), Some(0));
     }
 }

@@ -50,11 +50,17 @@ impl Case {
     }
 
     fn mirror(&self) -> MirrorSummary {
-        self.try_mirror().unwrap_or_else(|e| panic!("mirror over {:?} failed: {e}", self.proto))
+        self.try_mirror()
+            .unwrap_or_else(|e| panic!("mirror over {:?} failed: {e}", self.proto))
     }
 
     fn try_mirror(&self) -> Result<MirrorSummary, git::Error> {
-        git::mirror(&self.source_remote(), &self.target_remote(), self.cache.path(), &options())
+        git::mirror(
+            &self.source_remote(),
+            &self.target_remote(),
+            self.cache.path(),
+            &options(),
+        )
     }
 
     fn cache_repo(&self) -> PathBuf {
@@ -102,7 +108,10 @@ fn initial_mirror_into_empty_target() {
         assert!(s.push.rejected.is_empty());
         assert!(s.fetch.objects > 20 && s.push.objects > 20, "{proto:?}: {s:?}");
         // The 1.5 MiB incompressible blob went both ways.
-        assert!(s.fetch.bytes > 1_500_000 && s.push.bytes > 1_500_000, "{proto:?}: {s:?}");
+        assert!(
+            s.fetch.bytes > 1_500_000 && s.push.bytes > 1_500_000,
+            "{proto:?}: {s:?}"
+        );
     }
 }
 
@@ -113,11 +122,22 @@ fn second_run_with_nothing_changed_transfers_no_pack() {
         case.mirror();
         let before = tree_snapshot(case.cache.path());
         let s = case.mirror();
-        assert_eq!(tree_snapshot(case.cache.path()), before, "{proto:?}: a no-op writes nothing in the cache");
+        assert_eq!(
+            tree_snapshot(case.cache.path()),
+            before,
+            "{proto:?}: a no-op writes nothing in the cache"
+        );
         case.assert_mirrored();
-        assert!(s.fetch.up_to_date, "{proto:?}: no fetch when the cache matches the source");
+        assert!(
+            s.fetch.up_to_date,
+            "{proto:?}: no fetch when the cache matches the source"
+        );
         assert_eq!((s.fetch.objects, s.fetch.bytes), (0, 0), "{proto:?}");
-        assert!(s.push.results.is_empty(), "{proto:?}: nothing to push: {:?}", s.push.results);
+        assert!(
+            s.push.results.is_empty(),
+            "{proto:?}: nothing to push: {:?}",
+            s.push.results
+        );
         assert_eq!((s.push.objects, s.push.bytes), (0, 0), "{proto:?}");
     }
 }
@@ -129,18 +149,37 @@ fn incremental_commits_branch_and_annotated_tag() {
         let first = case.mirror();
         let old_target = mirrored_refs(&case.target);
         case.wt.commit_file("src/new.rs", b"pub fn new() {}\n", "more work");
-        case.wt.commit_file("src/new2.rs", b"pub fn new2() {}\n", "even more work");
+        case.wt
+            .commit_file("src/new2.rs", b"pub fn new2() {}\n", "even more work");
         case.wt.git(["tag", "-a", "v2.0", "-m", "release 2.0"]);
         case.wt.git(["branch", "topic/next"]);
         case.wt.push_all();
         let s = case.mirror();
         case.assert_mirrored();
-        assert_eq!(count(&s.fetch.deltas, DeltaKind::Created), 2, "{proto:?}: tag + branch: {:?}", s.fetch.deltas);
-        assert_eq!(count(&s.fetch.deltas, DeltaKind::Updated), 1, "{proto:?}: main fast-forwarded");
+        assert_eq!(
+            count(&s.fetch.deltas, DeltaKind::Created),
+            2,
+            "{proto:?}: tag + branch: {:?}",
+            s.fetch.deltas
+        );
+        assert_eq!(
+            count(&s.fetch.deltas, DeltaKind::Updated),
+            1,
+            "{proto:?}: main fast-forwarded"
+        );
         assert_eq!((s.push.refs.created, s.push.refs.updated), (2, 1), "{proto:?}");
         // Only the delta travels: 2 commits, their trees and blobs, the tag — not the history.
-        assert_eq!(s.push.objects, missing_objects(&case.source, &old_target), "{proto:?}: exactly what git would send");
-        assert!(s.push.bytes < first.push.bytes / 20, "{proto:?}: {} vs {}", s.push.bytes, first.push.bytes);
+        assert_eq!(
+            s.push.objects,
+            missing_objects(&case.source, &old_target),
+            "{proto:?}: exactly what git would send"
+        );
+        assert!(
+            s.push.bytes < first.push.bytes / 20,
+            "{proto:?}: {} vs {}",
+            s.push.bytes,
+            first.push.bytes
+        );
         assert!(s.fetch.bytes < first.fetch.bytes / 20, "{proto:?}");
     }
 }
@@ -153,7 +192,8 @@ fn source_force_push_is_reproduced() {
         let old_target = mirrored_refs(&case.target);
         let old_main = git(&case.source, ["rev-parse", "refs/heads/main"]);
         case.wt.git(["reset", "--quiet", "--hard", "HEAD~2"]);
-        case.wt.commit_file("rewritten.txt", b"history was rewritten\n", "rewrite");
+        case.wt
+            .commit_file("rewritten.txt", b"history was rewritten\n", "rewrite");
         case.wt.push_all();
         let s = case.mirror();
         case.assert_mirrored();
@@ -169,7 +209,13 @@ fn source_force_push_is_reproduced() {
 /// How many objects `git rev-list --objects` says the source has beyond what `old` refs reach:
 /// the exact content of a minimal pack.
 fn missing_objects(source: &std::path::Path, old: &std::collections::BTreeMap<String, String>) -> u64 {
-    let mut args = vec!["rev-list".to_owned(), "--objects".into(), "--branches".into(), "--tags".into(), "--not".into()];
+    let mut args = vec![
+        "rev-list".to_owned(),
+        "--objects".into(),
+        "--branches".into(),
+        "--tags".into(),
+        "--not".into(),
+    ];
     args.extend(old.values().cloned());
     git(source, args).lines().count() as u64
 }
@@ -242,15 +288,28 @@ fn target_hook_declining_one_ref_rejects_only_that_ref() {
             .arg("--json")
             .output()
             .expect("gitferry runs");
-        assert_eq!(cli.status.code(), Some(1), "{proto:?}: a rejected ref fails the command");
+        assert_eq!(
+            cli.status.code(),
+            Some(1),
+            "{proto:?}: a rejected ref fails the command"
+        );
         let summary: serde_json::Value = serde_json::from_slice(&cli.stdout).expect("JSON summary on stdout");
         let rejected = summary["push"]["rejected"].as_array().unwrap();
         assert_eq!(rejected.len(), 1, "{proto:?}: {summary}");
         assert_eq!(rejected[0]["name"], "refs/heads/feature");
-        assert!(rejected[0]["reason"].as_str().unwrap().contains("hook declined"), "{summary}");
+        assert!(
+            rejected[0]["reason"].as_str().unwrap().contains("hook declined"),
+            "{summary}"
+        );
         let messages = summary["push"]["remote_messages"].to_string();
-        assert!(messages.contains("policy: feature is frozen"), "{proto:?}: hook output reported: {messages}");
-        assert!(!messages.contains("Resolving"), "{proto:?}: progress meters are not messages: {messages}");
+        assert!(
+            messages.contains("policy: feature is frozen"),
+            "{proto:?}: hook output reported: {messages}"
+        );
+        assert!(
+            !messages.contains("Resolving"),
+            "{proto:?}: progress meters are not messages: {messages}"
+        );
         let stderr = String::from_utf8_lossy(&cli.stderr);
         assert!(stderr.contains("rejected"), "{stderr}");
         // Everything else landed.
@@ -269,12 +328,21 @@ fn target_hook_declining_one_ref_rejects_only_that_ref() {
 fn atomic_push_applies_nothing_when_one_ref_is_declined() {
     for proto in Proto::ALL {
         let case = Case::new(proto);
-        install_hook(&case.target, "update", "#!/bin/sh\n[ \"$1\" = refs/heads/feature ] && exit 1\nexit 0\n");
+        install_hook(
+            &case.target,
+            "update",
+            "#!/bin/sh\n[ \"$1\" = refs/heads/feature ] && exit 1\nexit 0\n",
+        );
         let mut opts = options();
         opts.atomic = true;
         let s = git::mirror(&case.source_remote(), &case.target_remote(), case.cache.path(), &opts).unwrap();
         assert!(!s.push.rejected.is_empty());
-        assert_eq!(s.push.rejected.len(), s.push.results.len(), "{proto:?}: all-or-nothing: {:?}", s.push.results);
+        assert_eq!(
+            s.push.rejected.len(),
+            s.push.results.len(),
+            "{proto:?}: all-or-nothing: {:?}",
+            s.push.results
+        );
         assert!(mirrored_refs(&case.target).is_empty(), "{proto:?}: nothing applied");
     }
 }
@@ -302,7 +370,10 @@ fn http_basic_auth_right_and_wrong_credentials() {
     );
 
     // Wrong password: a permanent auth error that does not print the password.
-    let bad = case.servers.http.url_with_userinfo("src.git", &auth.user, "wrong-password-123");
+    let bad = case
+        .servers
+        .http
+        .url_with_userinfo("src.git", &auth.user, "wrong-password-123");
     let err = git::mirror(
         &Remote::parse(&bad).unwrap(),
         &Remote::parse(&good("dst.git")).unwrap(),
@@ -317,7 +388,12 @@ fn http_basic_auth_right_and_wrong_credentials() {
 
     // Same through the CLI, credentials from the environment this time.
     let cli = std::process::Command::new(harness::gitferry_bin())
-        .args(["mirror", &case.servers.http.url("src.git"), &case.servers.http.url("dst.git"), "--cache-dir"])
+        .args([
+            "mirror",
+            &case.servers.http.url("src.git"),
+            &case.servers.http.url("dst.git"),
+            "--cache-dir",
+        ])
         .arg(case.cache.path())
         .env("GITFERRY_SOURCE_USER", &auth.user)
         .env("GITFERRY_SOURCE_TOKEN", "another-wrong-secret")
@@ -328,7 +404,10 @@ fn http_basic_auth_right_and_wrong_credentials() {
     assert_eq!(cli.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&cli.stderr);
     assert!(stderr.contains("authentication failed"), "{stderr}");
-    assert!(!stderr.contains("another-wrong-secret") && !stderr.contains("panicked"), "{stderr}");
+    assert!(
+        !stderr.contains("another-wrong-secret") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
     assert_eq!(stderr.trim().lines().count(), 1, "one clear line: {stderr}");
 
     // No credentials at all against a server that wants them: also an auth error.
@@ -359,7 +438,11 @@ fn unreachable_source_is_transient_and_leaves_the_cache_untouched() {
         case.mirror();
         let before = refs(&case.cache_repo());
         // A port nobody listens on.
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let url = match proto {
             Proto::GitDaemon => format!("git://127.0.0.1:{port}/src.git"),
             Proto::Http => format!("http://127.0.0.1:{port}/src.git"),
@@ -437,7 +520,12 @@ fn local_paths_are_mirrored_natively() {
     let s = run();
     assert_refs_equal(&source, &target);
     assert_fsck_clean(&target);
-    assert_eq!((s.push.refs.forced, s.push.refs.deleted), (1, 1), "{:?}", s.push.results);
+    assert_eq!(
+        (s.push.refs.forced, s.push.refs.deleted),
+        (1, 1),
+        "{:?}",
+        s.push.results
+    );
     let s = run();
     assert!(s.fetch.up_to_date && s.push.results.is_empty() && s.push.bytes == 0);
     // A missing local source is a clear not-found.
@@ -456,7 +544,12 @@ fn cli_json_summary_and_usage_errors() {
     let case = Case::new(Proto::GitDaemon);
     let run = |extra: &[&str]| {
         std::process::Command::new(harness::gitferry_bin())
-            .args(["mirror", &case.servers.url(Proto::GitDaemon, "src.git"), &case.servers.url(Proto::GitDaemon, "dst.git"), "--cache-dir"])
+            .args([
+                "mirror",
+                &case.servers.url(Proto::GitDaemon, "src.git"),
+                &case.servers.url(Proto::GitDaemon, "dst.git"),
+                "--cache-dir",
+            ])
             .arg(case.cache.path())
             .args(extra)
             .output()
@@ -474,9 +567,15 @@ fn cli_json_summary_and_usage_errors() {
     assert_eq!(out.status.code(), Some(0));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("up to date"), "{text}");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("fetching"), "progress on stderr");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("fetching"),
+        "progress on stderr"
+    );
 
-    let usage = std::process::Command::new(harness::gitferry_bin()).args(["mirror", "only-one-arg"]).output().unwrap();
+    let usage = std::process::Command::new(harness::gitferry_bin())
+        .args(["mirror", "only-one-arg"])
+        .output()
+        .unwrap();
     assert_eq!(usage.status.code(), Some(2));
     let bad = std::process::Command::new(harness::gitferry_bin())
         .args(["mirror", "ftp://user:pw-secret@h/x", "/tmp/x", "--cache-dir", "/tmp/y"])
@@ -484,7 +583,10 @@ fn cli_json_summary_and_usage_errors() {
         .unwrap();
     assert_eq!(bad.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&bad.stderr);
-    assert!(stderr.starts_with("error: invalid remote") && !stderr.contains("pw-secret"), "{stderr}");
+    assert!(
+        stderr.starts_with("error: invalid remote") && !stderr.contains("pw-secret"),
+        "{stderr}"
+    );
 }
 
 /// Every path under `dir` with its modification time (directories too: creating and removing a
@@ -527,7 +629,10 @@ fn target_without_ofs_delta_gets_ref_deltas() {
         // receive-pack stops advertising ofs-delta with this setting.
         git(&case.target, ["config", "repack.useDeltaBaseOffset", "false"]);
         // History with similar file versions so the source's packs hold deltas to reuse.
-        let base: Vec<u8> = (0..4000).map(|i| format!("line {i}\n")).collect::<String>().into_bytes();
+        let base: Vec<u8> = (0..4000)
+            .map(|i| format!("line {i}\n"))
+            .collect::<String>()
+            .into_bytes();
         for round in 0..4 {
             let mut content = base.clone();
             content.extend_from_slice(format!("round {round}\n").as_bytes());
@@ -549,13 +654,28 @@ fn ls_remote_lists_refs_peeled_tags_and_head() {
         let state = git::ls_remote(&case.source_remote(), &RefPatterns::default()).unwrap();
         let ids: std::collections::BTreeMap<String, String> =
             state.refs.iter().map(|(n, t)| (n.clone(), t.id.to_string())).collect();
-        assert_eq!(ids, mirrored_refs(&case.source), "{proto:?}: exactly the branches and tags");
+        assert_eq!(
+            ids,
+            mirrored_refs(&case.source),
+            "{proto:?}: exactly the branches and tags"
+        );
         let v1 = &state.refs["refs/tags/v1.0"];
-        assert_eq!(v1.peeled.unwrap().to_string(), git(&case.source, ["rev-parse", "v1.0^{commit}"]), "{proto:?}");
-        assert!(state.refs["refs/tags/light-1"].peeled.is_none(), "lightweight tags have nothing to peel");
+        assert_eq!(
+            v1.peeled.unwrap().to_string(),
+            git(&case.source, ["rev-parse", "v1.0^{commit}"]),
+            "{proto:?}"
+        );
+        assert!(
+            state.refs["refs/tags/light-1"].peeled.is_none(),
+            "lightweight tags have nothing to peel"
+        );
         assert_eq!(state.head.as_deref(), Some("refs/heads/main"), "{proto:?}");
         // The same through a local path.
-        let local = git::ls_remote(&Remote::parse(case.source.to_str().unwrap()).unwrap(), &RefPatterns::default()).unwrap();
+        let local = git::ls_remote(
+            &Remote::parse(case.source.to_str().unwrap()).unwrap(),
+            &RefPatterns::default(),
+        )
+        .unwrap();
         assert_eq!(local, state, "{proto:?}: local and network listings agree");
     }
 }
@@ -572,6 +692,9 @@ fn refs_created_at_objects_the_target_has_send_an_empty_pack() {
         case.assert_mirrored();
         assert_eq!(s.push.refs.created, 2, "{proto:?}");
         assert_eq!(s.push.objects, 0, "{proto:?}: no object is missing");
-        assert_eq!(s.push.bytes, 32, "{proto:?}: an empty pack (header + checksum) is still sent");
+        assert_eq!(
+            s.push.bytes, 32,
+            "{proto:?}: an empty pack (header + checksum) is still sent"
+        );
     }
 }

@@ -39,12 +39,19 @@ fn cut_mid_fetch_at_many_offsets_never_corrupts_and_retry_converges() {
         let before = mirrored_refs(&target);
         match git::mirror(&src, &dst, cache.path(), &options()) {
             Err(e) => {
-                assert!(e.is_transient(), "offset {offset}: a cut connection is transient: {e:?}");
+                assert!(
+                    e.is_transient(),
+                    "offset {offset}: a cut connection is transient: {e:?}"
+                );
                 assert!(!format!("{e}").is_empty());
             }
             Ok(s) => panic!("offset {offset}: the cut must fail the fetch, got {s:?}"),
         }
-        assert_eq!(mirrored_refs(&target), before, "offset {offset}: nothing pushed after a failed fetch");
+        assert_eq!(
+            mirrored_refs(&target),
+            before,
+            "offset {offset}: nothing pushed after a failed fetch"
+        );
         let cache_repo = git::mirror::cache_path(cache.path(), &src);
         if cache_repo.join("HEAD").exists() {
             assert_fsck_clean(&cache_repo);
@@ -81,7 +88,11 @@ fn cut_mid_push_at_many_offsets_leaves_old_or_new_per_ref_and_retry_converges() 
             Ok(s) => panic!("offset {offset}: the cut must fail the push, got {s:?}"),
         }
         for (name, id) in &after {
-            assert_eq!(wanted.get(name), Some(id), "offset {offset}: {name} is either absent (old) or new");
+            assert_eq!(
+                wanted.get(name),
+                Some(id),
+                "offset {offset}: {name} is either absent (old) or new"
+            );
         }
         assert_fsck_clean(&target);
         proxy.clear();
@@ -123,7 +134,13 @@ fn a_stalled_source_fails_instead_of_hanging_forever() {
 fn push_plan_applied_to_any_target_state_yields_the_desired_refs() {
     use proptest::prelude::*;
     use proptest::test_runner::{Config, TestRunner};
-    let name = proptest::sample::select(vec!["refs/heads/a", "refs/heads/b", "refs/heads/c/d", "refs/tags/v1", "refs/tags/v2"]);
+    let name = proptest::sample::select(vec![
+        "refs/heads/a",
+        "refs/heads/b",
+        "refs/heads/c/d",
+        "refs/tags/v1",
+        "refs/tags/v2",
+    ]);
     let state = proptest::collection::btree_map(name, 0u8..4, 0..5);
     let mut runner = TestRunner::new(Config {
         cases: 512,
@@ -132,8 +149,10 @@ fn push_plan_applied_to_any_target_state_yields_the_desired_refs() {
     runner
         .run(&(state.clone(), state, any::<bool>()), |(target, desired, prune)| {
             let oid = |n: u8| gix::ObjectId::from_bytes_or_panic(&[n + 1; 20]);
-            let target: BTreeMap<String, gix::ObjectId> = target.into_iter().map(|(k, v)| (k.to_owned(), oid(v))).collect();
-            let desired: BTreeMap<String, gix::ObjectId> = desired.into_iter().map(|(k, v)| (k.to_owned(), oid(v))).collect();
+            let target: BTreeMap<String, gix::ObjectId> =
+                target.into_iter().map(|(k, v)| (k.to_owned(), oid(v))).collect();
+            let desired: BTreeMap<String, gix::ObjectId> =
+                desired.into_iter().map(|(k, v)| (k.to_owned(), oid(v))).collect();
             let commands = git::push::plan(&desired, &target, prune, |_, _| true);
             let mut result = target.clone();
             for c in &commands {
@@ -174,7 +193,11 @@ fn ten_thousand_refs_mirror_and_noop() {
     let feature = harness::git(&source, ["rev-parse", "refs/heads/feature"]);
     let mut script = String::new();
     for i in 0..10_000 {
-        let (kind, id) = if i % 2 == 0 { ("heads", &main) } else { ("tags", &feature) };
+        let (kind, id) = if i % 2 == 0 {
+            ("heads", &main)
+        } else {
+            ("tags", &feature)
+        };
         script.push_str(&format!("create refs/{kind}/many/r{i:05} {id}\n"));
     }
     let mut child = harness::git_cmd(&source)
@@ -199,7 +222,11 @@ fn ten_thousand_refs_mirror_and_noop() {
     let started = std::time::Instant::now();
     let again = git::mirror(&src, &dst, cache.path(), &options()).unwrap();
     assert!(again.fetch.up_to_date && again.push.results.is_empty() && again.push.bytes == 0);
-    println!("10,000 refs: first mirror {:.2}s, no-op {:.2}s", first.as_secs_f64(), started.elapsed().as_secs_f64());
+    println!(
+        "10,000 refs: first mirror {:.2}s, no-op {:.2}s",
+        first.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
     // Deleting most of them is a normal prune for the engine (the guard lives in SyncManager).
     assert!(mirrored_refs(&target).len() > 10_000);
 }

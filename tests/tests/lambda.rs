@@ -61,7 +61,11 @@ impl Aws {
     /// A runtime whose config is `toml` (uploaded to the bucket like a deployment would).
     async fn runtime(&self, toml: &str, recorder: Arc<Recorder>) -> Runtime {
         self.store
-            .put("config/mirrors.toml", toml.as_bytes().to_vec(), gitferry_core::store::Condition::Always)
+            .put(
+                "config/mirrors.toml",
+                toml.as_bytes().to_vec(),
+                gitferry_core::store::Condition::Always,
+            )
             .await
             .unwrap();
         let env = Env::from_lookup(&|k| match k {
@@ -71,10 +75,14 @@ impl Aws {
             _ => None,
         })
         .unwrap();
-        let secrets: HashMap<String, String> = [("APP_SECRET", SECRET), ("GL_TOKEN", "gitlab-token"), ("GT_SECRET", "gitea-secret")]
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect();
+        let secrets: HashMap<String, String> = [
+            ("APP_SECRET", SECRET),
+            ("GL_TOKEN", "gitlab-token"),
+            ("GT_SECRET", "gitea-secret"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
         Runtime::with_parts(env, self.store.clone(), self.queue(), secrets, Metrics::new(recorder))
     }
 
@@ -121,14 +129,19 @@ fn github(delivery: &str, event: &str, body: &str, secret: &str) -> ApiGatewayV2
     apigw(
         "/webhook/github",
         "POST",
-        &[("x-github-event", event), ("x-github-delivery", delivery), ("x-hub-signature-256", &sig)],
+        &[
+            ("x-github-event", event),
+            ("x-github-delivery", delivery),
+            ("x-hub-signature-256", &sig),
+        ],
         body,
         false,
     )
 }
 
 fn push_payload(clone_url: &str) -> String {
-    serde_json::json!({ "ref": "refs/heads/main", "after": "0".repeat(40), "repository": { "clone_url": clone_url } }).to_string()
+    serde_json::json!({ "ref": "refs/heads/main", "after": "0".repeat(40), "repository": { "clone_url": clone_url } })
+        .to_string()
 }
 
 fn code(r: &aws_lambda_events::apigw::ApiGatewayV2httpResponse) -> i64 {
@@ -170,27 +183,56 @@ async fn webhook_status_codes_and_what_reaches_the_queue() {
     // Rejected deliveries: nothing may reach the queue.
     let wrong_secret = gitferry_lambda::webhook(&rt, github("d-bad", "push", &body, "not-the-secret")).await;
     assert_eq!(code(&wrong_secret), 401);
-    let missing = apigw("/webhook/github", "POST", &[("x-github-event", "push"), ("x-github-delivery", "d-m")], &body, false);
+    let missing = apigw(
+        "/webhook/github",
+        "POST",
+        &[("x-github-event", "push"), ("x-github-delivery", "d-m")],
+        &body,
+        false,
+    );
     assert_eq!(code(&gitferry_lambda::webhook(&rt, missing).await), 401);
     let one_byte = {
         let mut e = github("d-flip", "push", &body, SECRET);
         e.body = Some(body.replacen("main", "maim", 1));
         e
     };
-    assert_eq!(code(&gitferry_lambda::webhook(&rt, one_byte).await), 401, "a body changed by one byte");
-    assert_eq!(code(&gitferry_lambda::webhook(&rt, github("d-json", "push", "{not json", SECRET)).await), 400);
+    assert_eq!(
+        code(&gitferry_lambda::webhook(&rt, one_byte).await),
+        401,
+        "a body changed by one byte"
+    );
+    assert_eq!(
+        code(&gitferry_lambda::webhook(&rt, github("d-json", "push", "{not json", SECRET)).await),
+        400
+    );
     let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(2 << 20));
-    assert_eq!(code(&gitferry_lambda::webhook(&rt, github("d-big", "push", &big, SECRET)).await), 413);
+    assert_eq!(
+        code(&gitferry_lambda::webhook(&rt, github("d-big", "push", &big, SECRET)).await),
+        413
+    );
     let other = push_payload("https://github.com/org/unknown.git");
-    assert_eq!(code(&gitferry_lambda::webhook(&rt, github("d-unk", "push", &other, SECRET)).await), 404);
+    assert_eq!(
+        code(&gitferry_lambda::webhook(&rt, github("d-unk", "push", &other, SECRET)).await),
+        404
+    );
     let polled = push_payload("https://github.com/org/polled.git");
     let r = gitferry_lambda::webhook(&rt, github("d-poll", "push", &polled, SECRET)).await;
-    assert_eq!((code(&r), body_json(&r)["ignored"].is_string()), (202, true), "poll_only repos ignore webhooks");
+    assert_eq!(
+        (code(&r), body_json(&r)["ignored"].is_string()),
+        (202, true),
+        "poll_only repos ignore webhooks"
+    );
     let r = gitferry_lambda::webhook(&rt, github("d-issue", "issues", &body, SECRET)).await;
     assert_eq!(code(&r), 202);
     assert!(body_json(&r)["ignored"].as_str().unwrap().contains("issues"));
-    assert_eq!(code(&gitferry_lambda::webhook(&rt, github("d-ping", "ping", &body, SECRET)).await), 200);
-    assert!(aws.drain().await.is_empty(), "nothing enqueued by rejected or ignored deliveries");
+    assert_eq!(
+        code(&gitferry_lambda::webhook(&rt, github("d-ping", "ping", &body, SECRET)).await),
+        200
+    );
+    assert!(
+        aws.drain().await.is_empty(),
+        "nothing enqueued by rejected or ignored deliveries"
+    );
 
     // Accepted: one source configured for two mirrors enqueues both; a redelivery is deduplicated.
     let ok = gitferry_lambda::webhook(&rt, github("d-1", "push", &body, SECRET)).await;
@@ -204,7 +246,11 @@ async fn webhook_status_codes_and_what_reaches_the_queue() {
     let b64 = apigw(
         "/webhook/github",
         "POST",
-        &[("x-github-event", "push"), ("x-github-delivery", "d-2"), ("x-hub-signature-256", &sig)],
+        &[
+            ("x-github-event", "push"),
+            ("x-github-delivery", "d-2"),
+            ("x-hub-signature-256", &sig),
+        ],
         &body,
         true,
     );
@@ -212,7 +258,11 @@ async fn webhook_status_codes_and_what_reaches_the_queue() {
     let messages = aws.drain().await;
     let mut groups: Vec<_> = messages.iter().map(|m| m.group.clone()).collect();
     groups.sort();
-    assert_eq!(groups, vec!["app", "app", "app-copy", "app-copy"], "d-1 once per repo (redelivery dropped), d-2 once per repo");
+    assert_eq!(
+        groups,
+        vec!["app", "app", "app-copy", "app-copy"],
+        "d-1 once per repo (redelivery dropped), d-2 once per repo"
+    );
     assert_eq!(recorder.total("WebhookResponses", &[("Code", "401")]), 3.0);
 
     // GitLab and Gitea/Forgejo signatures.
@@ -221,7 +271,11 @@ async fn webhook_status_codes_and_what_reaches_the_queue() {
         apigw(
             "/webhook/gitlab",
             "POST",
-            &[("x-gitlab-event", "Push Hook"), ("x-gitlab-token", token), ("x-gitlab-event-uuid", "gl-1")],
+            &[
+                ("x-gitlab-event", "Push Hook"),
+                ("x-gitlab-token", token),
+                ("x-gitlab-event-uuid", "gl-1"),
+            ],
             &lab,
             false,
         )
@@ -230,11 +284,18 @@ async fn webhook_status_codes_and_what_reaches_the_queue() {
     assert_eq!(code(&gitferry_lambda::webhook(&rt, gl("gitlab-token")).await), 202);
     let tea = serde_json::json!({ "repository": { "clone_url": "https://gitea.example.com/org/tea.git" } }).to_string();
     let tea_sig = sign(Provider::Gitea, "gitea-secret", tea.as_bytes());
-    for (header, sig, want) in [("x-gitea-signature", tea_sig.as_str(), 202), ("x-forgejo-signature", "00ff", 401)] {
+    for (header, sig, want) in [
+        ("x-gitea-signature", tea_sig.as_str(), 202),
+        ("x-forgejo-signature", "00ff", 401),
+    ] {
         let e = apigw(
             "/webhook/gitea",
             "POST",
-            &[("x-gitea-event", "push"), (header, sig), ("x-gitea-delivery", &format!("gt-{want}"))],
+            &[
+                ("x-gitea-event", "push"),
+                (header, sig),
+                ("x-gitea-delivery", &format!("gt-{want}")),
+            ],
             &tea,
             false,
         );
@@ -244,18 +305,43 @@ async fn webhook_status_codes_and_what_reaches_the_queue() {
     assert_eq!(groups.len(), 2, "{groups:?}");
 
     // Status and manual routes need the bearer token.
-    assert_eq!(code(&gitferry_lambda::webhook(&rt, apigw("/status", "GET", &[], "", false)).await), 401);
+    assert_eq!(
+        code(&gitferry_lambda::webhook(&rt, apigw("/status", "GET", &[], "", false)).await),
+        401
+    );
     let bad = apigw("/status", "GET", &[("authorization", "Bearer nope")], "", false);
     assert_eq!(code(&gitferry_lambda::webhook(&rt, bad).await), 401);
     let auth = format!("Bearer {TOKEN}");
-    let ok = apigw("/status", "GET", &[("authorization", &auth), ("accept", "application/json")], "", false);
+    let ok = apigw(
+        "/status",
+        "GET",
+        &[("authorization", &auth), ("accept", "application/json")],
+        "",
+        false,
+    );
     let r = gitferry_lambda::webhook(&rt, ok).await;
     assert_eq!(code(&r), 200);
     assert_eq!(body_json(&r)["repos"].as_array().unwrap().len(), 5);
-    assert_eq!(code(&gitferry_lambda::webhook(&rt, apigw("/repos/app/sync", "POST", &[], "", false)).await), 401);
-    let manual = gitferry_lambda::webhook(&rt, apigw("/repos/app/sync", "POST", &[("authorization", &auth)], "", false)).await;
+    assert_eq!(
+        code(&gitferry_lambda::webhook(&rt, apigw("/repos/app/sync", "POST", &[], "", false)).await),
+        401
+    );
+    let manual = gitferry_lambda::webhook(
+        &rt,
+        apigw("/repos/app/sync", "POST", &[("authorization", &auth)], "", false),
+    )
+    .await;
     assert_eq!(code(&manual), 202);
-    assert_eq!(code(&gitferry_lambda::webhook(&rt, apigw("/repos/nope/sync", "POST", &[("authorization", &auth)], "", false)).await), 404);
+    assert_eq!(
+        code(
+            &gitferry_lambda::webhook(
+                &rt,
+                apigw("/repos/nope/sync", "POST", &[("authorization", &auth)], "", false)
+            )
+            .await
+        ),
+        404
+    );
     assert_eq!(aws.drain().await.len(), 1);
 
     // Queue failure → 503 so the provider redelivers.
@@ -268,7 +354,10 @@ async fn webhook_status_codes_and_what_reaches_the_queue() {
         HashMap::from([("APP_SECRET".to_owned(), SECRET.to_owned())]),
         Metrics::discard(),
     );
-    assert_eq!(code(&gitferry_lambda::webhook(&broken, github("d-503", "push", &body, SECRET)).await), 503);
+    assert_eq!(
+        code(&gitferry_lambda::webhook(&broken, github("d-503", "push", &body, SECRET)).await),
+        503
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -285,7 +374,11 @@ async fn poll_ticks_reconcile_once_and_retries_add_nothing() {
     let now = 1_800_000_000;
     let first = gitferry_lambda::poll(&rt, now).await.unwrap();
     assert_eq!(first.reconciled, 5, "a new configuration: every repo once");
-    assert_eq!((first.probed, first.polled), (5, 5), "all due (60 s interval), none listable");
+    assert_eq!(
+        (first.probed, first.polled),
+        (5, 5),
+        "all due (60 s interval), none listable"
+    );
     let retried = gitferry_lambda::poll(&rt, now).await.unwrap();
     assert_eq!(retried.reconciled, 0, "the config was seen");
     let messages = aws.drain().await;
@@ -296,7 +389,10 @@ async fn poll_ticks_reconcile_once_and_retries_add_nothing() {
             polls += 1;
         }
     }
-    assert_eq!(polls, first.polled, "the retried tick's poll requests were deduplicated by SQS");
+    assert_eq!(
+        polls, first.polled,
+        "the retried tick's poll requests were deduplicated by SQS"
+    );
     assert_eq!(messages.len(), 5 + first.polled);
 }
 
@@ -355,7 +451,10 @@ async fn webhook_to_sqs_to_sync_end_to_end() {
         rt.env.clone(),
         aws.store.clone(),
         aws.queue(),
-        HashMap::from([("APP_SECRET".to_owned(), SECRET.to_owned()), ("NOTIFY".to_owned(), receiver.url())]),
+        HashMap::from([
+            ("APP_SECRET".to_owned(), SECRET.to_owned()),
+            ("NOTIFY".to_owned(), receiver.url()),
+        ]),
         Metrics::new(recorder.clone()),
     );
     // Three deliveries for one repo arrive before the sync runs: one sync.
@@ -363,17 +462,33 @@ async fn webhook_to_sqs_to_sync_end_to_end() {
         let r = gitferry_lambda::webhook(&rt, github(d, "push", &push_payload(&src_url), SECRET)).await;
         assert_eq!(code(&r), 202);
     }
-    let messages = aws.queue().receive(10, Duration::from_secs(60), Duration::ZERO).await.unwrap();
+    let messages = aws
+        .queue()
+        .receive(10, Duration::from_secs(60), Duration::ZERO)
+        .await
+        .unwrap();
     assert_eq!(messages.len(), 3, "one group, in order, one batch");
     let deadline = Instant::now() + Duration::from_secs(300);
     let response = gitferry_lambda::sync(&rt, sqs_event(&messages), deadline, "lambda:test", Some(aws.queue())).await;
-    assert!(response.batch_item_failures.is_empty(), "{:?}", response.batch_item_failures);
+    assert!(
+        response.batch_item_failures.is_empty(),
+        "{:?}",
+        response.batch_item_failures
+    );
     assert_refs_equal(&source, &target);
     assert_fsck_clean(&target);
-    let status = gitferry_core::status::StatusBook::new(aws.store.clone()).get("app").await.unwrap().unwrap();
+    let status = gitferry_core::status::StatusBook::new(aws.store.clone())
+        .get("app")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(status.state, gitferry_core::status::State::Success);
     assert_eq!(status.last_delivery_id.as_deref(), Some("d-3"));
-    assert_eq!(recorder.total("Syncs", &[("Outcome", "success")]), 3.0, "three triggers, coalesced");
+    assert_eq!(
+        recorder.total("Syncs", &[("Outcome", "success")]),
+        3.0,
+        "three triggers, coalesced"
+    );
     let bodies = receiver.wait_for(1, Duration::from_secs(5));
     assert_eq!(bodies.len(), 1, "one notification: {bodies:?}");
     assert_eq!(bodies[0]["event"], "changed");
@@ -394,7 +509,11 @@ async fn fifo_partial_failure_returns_the_failed_group_in_order() {
         servers.create_bare(&format!("{repo}-dst.git"));
         Worktree::new(&src).build_history();
     }
-    let dead_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut toml = String::new();
     for repo in ["a", "c"] {
         toml.push_str(&format!(
@@ -404,7 +523,9 @@ async fn fifo_partial_failure_returns_the_failed_group_in_order() {
         ));
     }
     // b's source is unreachable: a transient failure.
-    toml.push_str(&format!("[repos.b]\nurl = \"git://127.0.0.1:{dead_port}/b.git\"\n[[repos.b.targets]]\nurl = \"/tmp/nowhere/b.git\"\n"));
+    toml.push_str(&format!(
+        "[repos.b]\nurl = \"git://127.0.0.1:{dead_port}/b.git\"\n[[repos.b.targets]]\nurl = \"/tmp/nowhere/b.git\"\n"
+    ));
     let rt = aws.runtime(&toml, Arc::new(Recorder::default())).await;
     let req = |repo: &str, slot: u64| gitferry_core::request::SyncRequest::poll(repo, slot).to_json();
     let (a1, b1, c1, b2, a2) = (req("a", 1), req("b", 1), req("c", 1), req("b", 2), req("a", 2));
@@ -417,8 +538,16 @@ async fn fifo_partial_failure_returns_the_failed_group_in_order() {
         ("m6", "x", "this is not a sync request"),
     ]);
     let response = gitferry_lambda::sync(&rt, event, Instant::now() + Duration::from_secs(300), "lambda:t", None).await;
-    let failed: Vec<&str> = response.batch_item_failures.iter().map(|f| f.item_identifier.as_str()).collect();
-    assert_eq!(failed, vec!["m2", "m4"], "b's records (in order), nothing else; garbage is acknowledged");
+    let failed: Vec<&str> = response
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.as_str())
+        .collect();
+    assert_eq!(
+        failed,
+        vec!["m2", "m4"],
+        "b's records (in order), nothing else; garbage is acknowledged"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -430,7 +559,11 @@ async fn deadline_near_returns_unstarted_repos_as_failures() {
     let event = raw_event(&[("m1", "app", &a), ("m2", "lab", &b)]);
     // Less time than the sync manager's margin: nothing starts, everything is returned.
     let response = gitferry_lambda::sync(&rt, event, Instant::now() + Duration::from_secs(2), "lambda:t", None).await;
-    let failed: Vec<&str> = response.batch_item_failures.iter().map(|f| f.item_identifier.as_str()).collect();
+    let failed: Vec<&str> = response
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.as_str())
+        .collect();
     assert_eq!(failed, vec!["m1", "m2"]);
 }
 
@@ -442,27 +575,82 @@ async fn hostile_webhook_corpus_enqueues_nothing() {
     let body = push_payload(SRC);
     let nested = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
     let ten_mb = format!("{{\"x\":\"{}\"}}", "y".repeat(10 << 20));
-    let unicode = serde_json::json!({ "repository": { "clone_url": "https://github.com/org/\u{0430}pp.git" } }).to_string();
+    let unicode =
+        serde_json::json!({ "repository": { "clone_url": "https://github.com/org/\u{0430}pp.git" } }).to_string();
     let cases: Vec<(&str, ApiGatewayV2httpRequest, i64)> = vec![
         ("deeply nested JSON", github("h1", "push", &nested, SECRET), 400),
         ("10 MB body", github("h2", "push", &ten_mb, SECRET), 413),
-        ("truncated JSON", github("h3", "push", &body[..body.len() / 2], SECRET), 400),
-        ("look-alike unicode repository", github("h4", "push", &unicode, SECRET), 404),
-        ("unknown provider", apigw("/webhook/bitbucket", "POST", &[("x-github-event", "push")], &body, false), 404),
-        ("GET on the webhook route", apigw("/webhook/github", "GET", &[], "", false), 405),
-        ("signature for another body", {
-            let mut e = github("h5", "push", &body, SECRET);
-            e.body = Some(push_payload("https://github.com/org/app-copy.git"));
-            e
-        }, 404),
+        (
+            "truncated JSON",
+            github("h3", "push", &body[..body.len() / 2], SECRET),
+            400,
+        ),
+        (
+            "look-alike unicode repository",
+            github("h4", "push", &unicode, SECRET),
+            404,
+        ),
+        (
+            "unknown provider",
+            apigw(
+                "/webhook/bitbucket",
+                "POST",
+                &[("x-github-event", "push")],
+                &body,
+                false,
+            ),
+            404,
+        ),
+        (
+            "GET on the webhook route",
+            apigw("/webhook/github", "GET", &[], "", false),
+            405,
+        ),
+        (
+            "signature for another body",
+            {
+                let mut e = github("h5", "push", &body, SECRET);
+                e.body = Some(push_payload("https://github.com/org/app-copy.git"));
+                e
+            },
+            404,
+        ),
         // (CR/LF in a header cannot even be represented: API Gateway and hyper refuse them.)
-        ("a 4 KiB delivery id, wrongly signed", github(&"i".repeat(4096), "push", &body, "wrong"), 401),
-        ("signature with the wrong algorithm prefix", {
-            let sig = sign(Provider::Github, SECRET, body.as_bytes()).replace("sha256=", "sha1=");
-            apigw("/webhook/github", "POST", &[("x-github-event", "push"), ("x-hub-signature-256", &sig)], &body, false)
-        }, 401),
-        ("empty signature", apigw("/webhook/github", "POST", &[("x-github-event", "push"), ("x-hub-signature-256", "")], &body, false), 401),
-        ("path traversal route", apigw("/webhook/../status", "POST", &[], &body, false), 404),
+        (
+            "a 4 KiB delivery id, wrongly signed",
+            github(&"i".repeat(4096), "push", &body, "wrong"),
+            401,
+        ),
+        (
+            "signature with the wrong algorithm prefix",
+            {
+                let sig = sign(Provider::Github, SECRET, body.as_bytes()).replace("sha256=", "sha1=");
+                apigw(
+                    "/webhook/github",
+                    "POST",
+                    &[("x-github-event", "push"), ("x-hub-signature-256", &sig)],
+                    &body,
+                    false,
+                )
+            },
+            401,
+        ),
+        (
+            "empty signature",
+            apigw(
+                "/webhook/github",
+                "POST",
+                &[("x-github-event", "push"), ("x-hub-signature-256", "")],
+                &body,
+                false,
+            ),
+            401,
+        ),
+        (
+            "path traversal route",
+            apigw("/webhook/../status", "POST", &[], &body, false),
+            404,
+        ),
     ];
     for (what, event, want) in cases {
         let r = gitferry_lambda::webhook(&rt, event).await;
@@ -471,8 +659,13 @@ async fn hostile_webhook_corpus_enqueues_nothing() {
     // A wrong content type is not a reason to refuse a correctly signed delivery (GitHub can be
     // set to form encoding; we document application/json) — but it must still verify.
     let mut form = github("h7", "push", &body, SECRET);
-    form.headers.insert("content-type", "application/x-www-form-urlencoded".parse().unwrap());
+    form.headers
+        .insert("content-type", "application/x-www-form-urlencoded".parse().unwrap());
     assert_eq!(code(&gitferry_lambda::webhook(&rt, form).await), 202);
     let queued = aws.drain().await;
-    assert_eq!(queued.len(), 2, "only the last, valid delivery (two mirrors of one source): {queued:?}");
+    assert_eq!(
+        queued.len(),
+        2,
+        "only the last, valid delivery (two mirrors of one source): {queued:?}"
+    );
 }

@@ -42,9 +42,21 @@ fn run(deliveries: usize, repos: usize, senders: usize) {
         ));
     }
     std::fs::write(dir.path().join("mirrors.toml"), config).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut child = Command::new(harness::gitferry_bin())
-        .args(["serve", "--config", "mirrors.toml", "--store", "store", "--workers", "4"])
+        .args([
+            "serve",
+            "--config",
+            "mirrors.toml",
+            "--store",
+            "store",
+            "--workers",
+            "4",
+        ])
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .current_dir(dir.path())
         .env("S", SECRET)
@@ -68,8 +80,16 @@ fn run(deliveries: usize, repos: usize, senders: usize) {
     let pid = child.id();
     let mut threads = Vec::new();
     for _ in 0..senders {
-        let (next, latencies, codes, base, peak) = (next.clone(), latencies.clone(), codes.clone(), base.clone(), peak.clone());
-        let src_paths: Vec<String> = (0..repos).map(|r| servers.path(&format!("src{r}.git")).display().to_string()).collect();
+        let (next, latencies, codes, base, peak) = (
+            next.clone(),
+            latencies.clone(),
+            codes.clone(),
+            base.clone(),
+            peak.clone(),
+        );
+        let src_paths: Vec<String> = (0..repos)
+            .map(|r| servers.path(&format!("src{r}.git")).display().to_string())
+            .collect();
         threads.push(std::thread::spawn(move || {
             let client = reqwest::blocking::Client::new();
             loop {
@@ -83,8 +103,9 @@ fn run(deliveries: usize, repos: usize, senders: usize) {
                 };
                 let id = if i % 10 == 9 { i - 1 } else { i };
                 let repo = id % src_paths.len();
-                let body = serde_json::json!({ "ref": "refs/heads/main", "repository": { "clone_url": src_paths[repo] } })
-                    .to_string();
+                let body =
+                    serde_json::json!({ "ref": "refs/heads/main", "repository": { "clone_url": src_paths[repo] } })
+                        .to_string();
                 let sig = gitferry_core::webhook::sign(Provider::Github, SECRET, body.as_bytes());
                 let t = Instant::now();
                 let code = client
@@ -110,13 +131,24 @@ fn run(deliveries: usize, repos: usize, senders: usize) {
     }
     let elapsed = started.elapsed();
     let codes = codes.lock().unwrap().clone();
-    assert_eq!(codes.get(&202).copied(), Some(deliveries), "every delivery accepted: {codes:?}");
+    assert_eq!(
+        codes.get(&202).copied(),
+        Some(deliveries),
+        "every delivery accepted: {codes:?}"
+    );
 
     // Every repo ends synced and the queue drains.
     let until = Instant::now() + Duration::from_secs(240);
     loop {
-        let status: serde_json::Value = reqwest::blocking::get(format!("{base}/status")).unwrap().json().unwrap();
-        let repos_ok = status["repos"].as_array().unwrap().iter().all(|s| s["state"] == "success");
+        let status: serde_json::Value = reqwest::blocking::get(format!("{base}/status"))
+            .unwrap()
+            .json()
+            .unwrap();
+        let repos_ok = status["repos"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["state"] == "success");
         let queued: Vec<serde_json::Value> = std::fs::read(dir.path().join("store/state/queue.json"))
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
@@ -124,10 +156,17 @@ fn run(deliveries: usize, repos: usize, senders: usize) {
         if repos_ok && queued.is_empty() {
             break;
         }
-        assert!(Instant::now() < until, "not drained: {} queued, status {status}", queued.len());
+        assert!(
+            Instant::now() < until,
+            "not drained: {} queued, status {status}",
+            queued.len()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
-    let metrics = reqwest::blocking::get(format!("{base}/metrics")).unwrap().text().unwrap();
+    let metrics = reqwest::blocking::get(format!("{base}/metrics"))
+        .unwrap()
+        .text()
+        .unwrap();
     let counted: f64 = metrics
         .lines()
         .filter(|l| l.starts_with("gitferry_webhook_responses_total{code=\"202\""))
@@ -135,7 +174,13 @@ fn run(deliveries: usize, repos: usize, senders: usize) {
         .sum();
     assert_eq!(counted as usize, deliveries, "every delivery counted");
     let peak_kib = (*peak.lock().unwrap()).max(rss_kib(pid));
-    assert!(Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap().success());
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
     assert_eq!(child.wait().unwrap().code(), Some(0));
 
     let mut l = latencies.lock().unwrap().clone();

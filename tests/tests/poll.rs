@@ -36,7 +36,11 @@ async fn only_changed_repos_are_enqueued() {
         let src = servers.create_bare(&format!("{name}.git"));
         Worktree::new(&src).build_history();
     }
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let text = format!(
         "poll_interval_secs = 60\n\
          [repos.a]\nurl = \"{}\"\n[[repos.a.targets]]\nurl = \"/tmp/nowhere/a\"\n\
@@ -64,7 +68,10 @@ async fn only_changed_repos_are_enqueued() {
     // (never seen before) enqueued.
     let first = tick(t0).await.unwrap();
     assert_eq!((first.reconciled, first.probed, first.polled), (5, 4, 4), "{first:?}");
-    assert_eq!(drain(&queue).await, vec!["a", "a", "b", "b", "down", "down", "gone", "gone", "hooked"]);
+    assert_eq!(
+        drain(&queue).await,
+        vec!["a", "a", "b", "b", "down", "down", "gone", "gone", "hooked"]
+    );
 
     // A minute later nothing changed: the unreachable source waits for its re-check; only the
     // repository that no longer exists (a permanent refusal) is enqueued, so its failure shows.
@@ -90,7 +97,10 @@ async fn only_changed_repos_are_enqueued() {
     // (Without broken repositories an idle tick writes nothing: see cost_model_for_idle_repos.)
     let state: serde_json::Value =
         serde_json::from_slice(&store.get(gitferry_core::poll::PROBE_KEY).await.unwrap().unwrap().body).unwrap();
-    assert!(state["repos"]["a"]["digest"].is_string() && state["repos"]["down"]["digest"].is_null(), "{state}");
+    assert!(
+        state["repos"]["a"]["digest"].is_string() && state["repos"]["down"]["digest"].is_null(),
+        "{state}"
+    );
 }
 
 /// The cost model (issue 7), measured: one simulated hour of 1-minute poll ticks over N idle
@@ -128,7 +138,9 @@ async fn cost_model_for_idle_repos() {
         ..ProbeOptions::default()
     };
     for minute in 0..(INTERVAL / 60) {
-        probe_tick(&config, "cost", &queue, store.as_ref(), t0 + minute * 60, options).await.unwrap();
+        probe_tick(&config, "cost", &queue, store.as_ref(), t0 + minute * 60, options)
+            .await
+            .unwrap();
     }
     drain(&queue).await;
     let t0 = t0 + INTERVAL - 60;
@@ -138,7 +150,9 @@ async fn cost_model_for_idle_repos() {
     let mut probed = 0;
     for minute in 1..=60u64 {
         let started = std::time::Instant::now();
-        let t = probe_tick(&config, "cost", &queue, store.as_ref(), t0 + minute * 60, options).await.unwrap();
+        let t = probe_tick(&config, "cost", &queue, store.as_ref(), t0 + minute * 60, options)
+            .await
+            .unwrap();
         busy += started.elapsed();
         enqueued += t.polled;
         probed += t.probed;
@@ -178,10 +192,23 @@ async fn cost_model_for_idle_repos() {
     );
     println!("| item | per month (1,000 idle repos, 5-min interval) | cost |");
     println!("|---|---|---|");
-    println!("| poll Lambda | {ticks:.0} ticks × {tick_s:.2} s × 0.25 GB = {poll_gbs:.0} GB-s | ${:.3} |", poll_gbs * 0.0000133334 + ticks * 0.2 / 1e6);
-    println!("| S3 | {gets:.0} GET, {puts:.0} PUT | ${:.3} |", gets * 0.0004 / 1000.0 + puts * 0.005 / 1000.0);
-    println!("| SQS | {messages:.0} messages (daily re-checks), ≈{sqs_requests:.0} requests incl. ~{:.0} empty long polls (assumed: 5 pollers × 3/min) | ${:.3} |", 5.0 * 3.0 * ticks, sqs_requests * 0.5 / 1e6);
-    println!("| sync Lambda | {messages:.0} no-op syncs × 0.5 s × 1 GB = {sync_gbs:.0} GB-s | ${:.3} |", sync_gbs * 0.0000133334 + messages / 10.0 * 0.2 / 1e6);
+    println!(
+        "| poll Lambda | {ticks:.0} ticks × {tick_s:.2} s × 0.25 GB = {poll_gbs:.0} GB-s | ${:.3} |",
+        poll_gbs * 0.0000133334 + ticks * 0.2 / 1e6
+    );
+    println!(
+        "| S3 | {gets:.0} GET, {puts:.0} PUT | ${:.3} |",
+        gets * 0.0004 / 1000.0 + puts * 0.005 / 1000.0
+    );
+    println!(
+        "| SQS | {messages:.0} messages (daily re-checks), ≈{sqs_requests:.0} requests incl. ~{:.0} empty long polls (assumed: 5 pollers × 3/min) | ${:.3} |",
+        5.0 * 3.0 * ticks,
+        sqs_requests * 0.5 / 1e6
+    );
+    println!(
+        "| sync Lambda | {messages:.0} no-op syncs × 0.5 s × 1 GB = {sync_gbs:.0} GB-s | ${:.3} |",
+        sync_gbs * 0.0000133334 + messages / 10.0 * 0.2 / 1e6
+    );
     println!("| **total** | | **${cost:.2}** |");
     assert_eq!(enqueued, 0, "idle repos enqueue nothing within the re-check period");
     assert_eq!(calls.writes(), 0, "and write nothing");

@@ -18,12 +18,14 @@ fn readme_configuration_example_is_valid() {
     let end = start + readme[start..].find("```").unwrap();
     let example = &readme[start..end];
     // Every referenced secret is "set".
-    let config = gitferry_core::config::Config::parse(example, std::path::Path::new("README.md"), &|_| Some("x".into()))
-        .unwrap_or_else(|e| panic!("README example does not parse:\n{e}"));
+    let config =
+        gitferry_core::config::Config::parse(example, std::path::Path::new("README.md"), &|_| Some("x".into()))
+            .unwrap_or_else(|e| panic!("README example does not parse:\n{e}"));
     let app = config.repo("app").expect("the example's repo");
     assert_eq!(app.targets.len(), 2);
     // And without the environment, check-config names what is missing.
-    let missing = gitferry_core::config::Config::parse(example, std::path::Path::new("README.md"), &|_| None).unwrap_err();
+    let missing =
+        gitferry_core::config::Config::parse(example, std::path::Path::new("README.md"), &|_| None).unwrap_err();
     assert!(missing.to_string().contains("GITHUB_TOKEN is not set"), "{missing}");
 }
 
@@ -32,8 +34,17 @@ fn readme_setup_commands_exist_and_ci_runs_the_test_command() {
     let readme = read("README.md");
     assert!(readme.contains("make demo") && readme.contains("make test"));
     let makefile = read("Makefile");
-    assert!(makefile.contains("demo:\n\t$(CARGO) run -q -p gitferry -- demo"), "make demo runs gitferry demo");
-    assert!(makefile.contains("test: deps"), "make test installs its dependencies first");
+    assert!(
+        makefile.contains("demo:\n\t$(CARGO) run -q -p gitferry -- demo"),
+        "make demo runs gitferry demo"
+    );
+    assert!(
+        makefile.contains("test: deps"),
+        "make test installs its dependencies first"
+    );
     let ci = read(".ci/run");
-    assert!(ci.lines().any(|l| l.trim() == "make test"), ".ci/run calls the README's test command");
+    assert!(
+        ci.lines().any(|l| l.trim() == "make test"),
+        ".ci/run calls the README's test command"
+    );
 }

@@ -49,10 +49,22 @@ fn no_secret_in_logs_status_store_notifications_or_metrics_and_no_ssrf() {
         servers.url(Proto::Http, "dst2.git"),
     );
     std::fs::write(dir.path().join("mirrors.toml"), config).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let log = dir.path().join("serve.log");
     let mut child = Command::new(harness::gitferry_bin())
-        .args(["serve", "--config", "mirrors.toml", "--store", "store", "--listen", &format!("127.0.0.1:{port}")])
+        .args([
+            "serve",
+            "--config",
+            "mirrors.toml",
+            "--store",
+            "store",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
         .current_dir(dir.path())
         .env("SRC_TOKEN", PASSWORD)
         .env("WRONG_TOKEN", WRONG_PASSWORD)
@@ -60,7 +72,9 @@ fn no_secret_in_logs_status_store_notifications_or_metrics_and_no_ssrf() {
         .env("NOTIFY", receiver.url())
         .env("GITFERRY_STATUS_TOKEN", STATUS_TOKEN)
         .env("RUST_LOG", "debug")
-        .stdout(Stdio::from(std::fs::File::create(dir.path().join("stdout.log")).unwrap()))
+        .stdout(Stdio::from(
+            std::fs::File::create(dir.path().join("stdout.log")).unwrap(),
+        ))
         .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
         .spawn()
         .unwrap();
@@ -77,16 +91,32 @@ fn no_secret_in_logs_status_store_notifications_or_metrics_and_no_ssrf() {
     let status = loop {
         if let Ok(r) = get("/status", Some(STATUS_TOKEN))
             && let Ok(v) = r.json::<serde_json::Value>()
-            && v["repos"].as_array().is_some_and(|a| a.iter().all(|s| s["state"] == "success" || s["state"] == "failed"))
+            && v["repos"]
+                .as_array()
+                .is_some_and(|a| a.iter().all(|s| s["state"] == "success" || s["state"] == "failed"))
         {
             break v;
         }
         assert!(Instant::now() < until, "repos never settled");
         std::thread::sleep(Duration::from_millis(100));
     };
-    let states: Vec<_> = status["repos"].as_array().unwrap().iter().map(|s| (s["repo"].clone(), s["state"].clone())).collect();
-    assert!(states.contains(&("app".into(), "success".into())) && states.contains(&("broken".into(), "failed".into())), "{states:?}");
-    let broken_error = status["repos"].as_array().unwrap().iter().find(|s| s["repo"] == "broken").unwrap()["last_error"].to_string();
+    let states: Vec<_> = status["repos"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["repo"].clone(), s["state"].clone()))
+        .collect();
+    assert!(
+        states.contains(&("app".into(), "success".into())) && states.contains(&("broken".into(), "failed".into())),
+        "{states:?}"
+    );
+    let broken_error = status["repos"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["repo"] == "broken")
+        .unwrap()["last_error"]
+        .to_string();
     assert!(broken_error.contains("authentication failed"), "{broken_error}");
 
     // Status routes refuse missing or wrong tokens (the server is on loopback, but has a token).
@@ -131,14 +161,26 @@ fn no_secret_in_logs_status_store_notifications_or_metrics_and_no_ssrf() {
     let metrics = get("/metrics", None).unwrap().text().unwrap();
     let status_text = get("/status", Some(STATUS_TOKEN)).unwrap().text().unwrap();
     let page = get("/", Some(STATUS_TOKEN)).unwrap().text().unwrap();
-    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
     assert_eq!(child.wait().unwrap().code(), Some(0));
 
     // Now scan everything it produced.
     let log_text = std::fs::read_to_string(&log).unwrap();
-    assert!(log_text.contains("DEBUG") || log_text.contains("INFO"), "debug logging was on");
+    assert!(
+        log_text.contains("DEBUG") || log_text.contains("INFO"),
+        "debug logging was on"
+    );
     scan("the server log", &log_text);
-    scan("stdout", &std::fs::read_to_string(dir.path().join("stdout.log")).unwrap());
+    scan(
+        "stdout",
+        &std::fs::read_to_string(dir.path().join("stdout.log")).unwrap(),
+    );
     scan("/metrics", &metrics);
     scan("/status", &status_text);
     scan("the status page", &page);
@@ -152,7 +194,10 @@ fn no_secret_in_logs_status_store_notifications_or_metrics_and_no_ssrf() {
             continue; // git objects: the fixture's content, not ours
         }
         let bytes = std::fs::read(&entry).unwrap();
-        scan(&format!("store file {}", entry.display()), &String::from_utf8_lossy(&bytes));
+        scan(
+            &format!("store file {}", entry.display()),
+            &String::from_utf8_lossy(&bytes),
+        );
         files += 1;
     }
     assert!(files > 5, "the store was scanned ({files} files)");

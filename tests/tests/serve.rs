@@ -51,7 +51,11 @@ impl Setup {
 
     /// Start `gitferry serve` on a free port; returns the child and the base URL.
     fn serve(&self) -> (Child, String) {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let child = Command::new(harness::gitferry_bin())
             .args(["serve", "--config", "mirrors.toml", "--store"])
             .arg(self.store())
@@ -60,7 +64,9 @@ impl Setup {
             .env("APP_SECRET", SECRET)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(Stdio::from(std::fs::File::create(self.dir.path().join(format!("serve-{port}.log"))).unwrap()))
+            .stderr(Stdio::from(
+                std::fs::File::create(self.dir.path().join(format!("serve-{port}.log"))).unwrap(),
+            ))
             .spawn()
             .expect("gitferry serve starts");
         let base = format!("http://127.0.0.1:{port}");
@@ -73,7 +79,8 @@ impl Setup {
     }
 
     fn push_and_deliver(&mut self, base: &str, delivery: &str) -> u16 {
-        self.wt.commit_file("served.txt", delivery.as_bytes(), "a change to mirror");
+        self.wt
+            .commit_file("served.txt", delivery.as_bytes(), "a change to mirror");
         self.wt.push_all();
         let after = git(&self.source, ["rev-parse", "refs/heads/main"]);
         let body = serde_json::json!({
@@ -82,7 +89,12 @@ impl Setup {
             "repository": { "clone_url": self.servers.url(self.proto, "src.git") },
         })
         .to_string();
-        deliver(base, delivery, &body, Some(&gitferry_core::webhook::sign(Provider::Github, SECRET, body.as_bytes())))
+        deliver(
+            base,
+            delivery,
+            &body,
+            Some(&gitferry_core::webhook::sign(Provider::Github, SECRET, body.as_bytes())),
+        )
     }
 }
 
@@ -99,7 +111,10 @@ fn deliver(base: &str, delivery: &str, body: &str, signature: Option<&str>) -> u
 }
 
 fn status(base: &str) -> serde_json::Value {
-    reqwest::blocking::get(format!("{base}/status/app")).unwrap().json().unwrap()
+    reqwest::blocking::get(format!("{base}/status/app"))
+        .unwrap()
+        .json()
+        .unwrap()
 }
 
 /// Wait until `done(status)` or panic after `secs`.
@@ -122,7 +137,13 @@ fn stored_status(store: &Path) -> serde_json::Value {
 }
 
 fn signal(child: &Child, sig: &str) {
-    assert!(Command::new("kill").args([sig, &child.id().to_string()]).status().unwrap().success());
+    assert!(
+        Command::new("kill")
+            .args([sig, &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
 }
 
 #[test]
@@ -137,18 +158,36 @@ fn signed_webhook_syncs_and_status_and_metrics_show_it() {
     // Unsigned and wrongly signed deliveries are refused and change nothing.
     assert_eq!(deliver(&base, "nope-1", "{}", None), 401);
     let body = r#"{"repository":{"clone_url":"x"}}"#;
-    assert_eq!(deliver(&base, "nope-2", body, Some("sha256=00")), 404, "unknown repository");
+    assert_eq!(
+        deliver(&base, "nope-2", body, Some("sha256=00")),
+        404,
+        "unknown repository"
+    );
 
     assert_eq!(s.push_and_deliver(&base, "delivery-42"), 202);
-    let st = wait_status(&base, 30, |st| st["last_delivery_id"] == "delivery-42" && st["state"] == "success");
+    let st = wait_status(&base, 30, |st| {
+        st["last_delivery_id"] == "delivery-42" && st["state"] == "success"
+    });
     assert_eq!(st["targets"]["mirror"]["state"], "success");
     assert_refs_equal(&s.source, &s.target);
     assert_fsck_clean(&s.target);
 
-    let metrics = reqwest::blocking::get(format!("{base}/metrics")).unwrap().text().unwrap();
-    assert!(metrics.contains("gitferry_syncs_total{outcome=\"success\",repo=\"app\",trigger=\"webhook\"} 1"), "{metrics}");
-    assert!(metrics.contains("gitferry_webhook_responses_total{code=\"401\",provider=\"github\"} 1"), "{metrics}");
-    assert!(metrics.contains("gitferry_webhook_responses_total{code=\"202\",provider=\"github\"} 1"), "{metrics}");
+    let metrics = reqwest::blocking::get(format!("{base}/metrics"))
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        metrics.contains("gitferry_syncs_total{outcome=\"success\",repo=\"app\",trigger=\"webhook\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("gitferry_webhook_responses_total{code=\"401\",provider=\"github\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("gitferry_webhook_responses_total{code=\"202\",provider=\"github\"} 1"),
+        "{metrics}"
+    );
 
     signal(&child, "-TERM");
     let code = child.wait().unwrap();
@@ -173,7 +212,9 @@ fn kill_9_during_a_sync_then_restart_converges() {
     // Restart on the same store: the queued request is still there, the lease of the dead
     // process expires, the repo converges.
     let (mut child, base) = s.serve();
-    let st = wait_status(&base, 150, |st| st["state"] == "success" && st["source_refs"].as_u64() > Some(0));
+    let st = wait_status(&base, 150, |st| {
+        st["state"] == "success" && st["source_refs"].as_u64() > Some(0)
+    });
     assert_refs_equal(&s.source, &s.target);
     assert_fsck_clean(&s.target);
     assert!(st["targets"]["mirror"]["state"] == "success");
@@ -193,7 +234,10 @@ fn sigterm_during_a_sync_writes_a_terminal_status_and_exits_0() {
     let code = child.wait().unwrap();
     assert_eq!(code.code(), Some(0));
     let st = stored_status(&s.store());
-    assert!(st["state"] == "success" || st["state"] == "failed", "terminal, not syncing: {st}");
+    assert!(
+        st["state"] == "success" || st["state"] == "failed",
+        "terminal, not syncing: {st}"
+    );
 }
 
 #[test]
@@ -225,7 +269,10 @@ fn status_page_renders_in_headless_chromium() {
         .output()
         .unwrap();
     let html = String::from_utf8_lossy(&dom.stdout);
-    assert!(html.contains("data-repo=\"app\"") && html.contains("data-state=\"ok\""), "{html}");
+    assert!(
+        html.contains("data-repo=\"app\"") && html.contains("data-state=\"ok\""),
+        "{html}"
+    );
     assert!(html.contains("mirror"), "the target is listed: {html}");
     let shot = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/status-page.png");
     let out = Command::new(chromium)
@@ -256,12 +303,19 @@ fn demo_runs_offline_from_a_clean_home_in_under_a_minute() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("OK: the target is an exact mirror of the source"), "{text}");
+    assert!(
+        text.contains("OK: the target is an exact mirror of the source"),
+        "{text}"
+    );
     assert!(text.contains("POST /webhook/github → 202"), "{text}");
     assert!(text.contains("notification sent"), "{text}");
     assert!(started.elapsed() < Duration::from_secs(60));
     // It cleaned up after itself.
-    let left: Vec<_> = std::fs::read_dir(home.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+    let left: Vec<_> = std::fs::read_dir(home.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
     assert!(left.is_empty(), "{left:?}");
 }
 
@@ -279,11 +333,18 @@ fn check_config_status_and_sync_commands() {
     };
     let ok = run(&["check-config", "mirrors.toml"]);
     assert!(ok.status.success() && String::from_utf8_lossy(&ok.stdout).starts_with("OK"));
-    std::fs::write(s.dir.path().join("bad.toml"), "[repos.x]\nurl = \"ftp://h/x\"\npoll_interval_secs = 5\n").unwrap();
+    std::fs::write(
+        s.dir.path().join("bad.toml"),
+        "[repos.x]\nurl = \"ftp://h/x\"\npoll_interval_secs = 5\n",
+    )
+    .unwrap();
     let bad = run(&["check-config", "bad.toml"]);
     assert_eq!(bad.status.code(), Some(1));
     let err = String::from_utf8_lossy(&bad.stderr);
-    assert!(err.contains("bad.toml:2: repos.x.url") && err.contains("bad.toml:3: repos.x.poll_interval_secs"), "{err}");
+    assert!(
+        err.contains("bad.toml:2: repos.x.url") && err.contains("bad.toml:3: repos.x.poll_interval_secs"),
+        "{err}"
+    );
 
     let store = s.store();
     let store = store.to_str().unwrap();
@@ -296,7 +357,10 @@ fn check_config_status_and_sync_commands() {
     assert!(String::from_utf8_lossy(&again.stdout).contains("up to date"));
     let table = run(&["status", "--store", store]);
     let text = String::from_utf8_lossy(&table.stdout);
-    assert!(table.status.success() && text.contains("app") && text.contains("mirror:ok"), "{text}");
+    assert!(
+        table.status.success() && text.contains("app") && text.contains("mirror:ok"),
+        "{text}"
+    );
     let unknown = run(&["sync", "nope", "--store", store]);
     assert_eq!(unknown.status.code(), Some(1));
 }
@@ -326,7 +390,10 @@ fn kill_9_at_random_points_of_20_syncs_loses_nothing() {
         let want = git(&s.source, ["rev-parse", "refs/heads/main"]);
         let until = Instant::now() + Duration::from_secs(60);
         while git(&s.target, ["rev-parse", "refs/heads/main"]) != want {
-            assert!(Instant::now() < until, "round {round} (killed after {delay_ms} ms) did not converge");
+            assert!(
+                Instant::now() < until,
+                "round {round} (killed after {delay_ms} ms) did not converge"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         wait_status(&base, 60, |st| st["state"] == "success");

@@ -41,10 +41,7 @@ impl Fixture {
 }
 
 fn tempdir(prefix: &str) -> TempDir {
-    tempfile::Builder::new()
-        .prefix(prefix)
-        .tempdir()
-        .expect("tempdir")
+    tempfile::Builder::new().prefix(prefix).tempdir().expect("tempdir")
 }
 
 async fn fs_fixture() -> Fixture {
@@ -198,15 +195,8 @@ async fn put_get_roundtrip(f: &Fixture) {
         .put("repos/a/manifest.json", b"v1".to_vec(), Condition::Always)
         .await
         .unwrap();
-    assert!(
-        !e1.is_empty() && !e1.contains('"'),
-        "ETag without quotes: {e1:?}"
-    );
-    let got = s
-        .get("repos/a/manifest.json")
-        .await
-        .unwrap()
-        .expect("object");
+    assert!(!e1.is_empty() && !e1.contains('"'), "ETag without quotes: {e1:?}");
+    let got = s.get("repos/a/manifest.json").await.unwrap().expect("object");
     assert_eq!(got.body, b"v1");
     assert_eq!(got.etag, e1, "get reports the ETag put returned");
 
@@ -215,15 +205,8 @@ async fn put_get_roundtrip(f: &Fixture) {
         .await
         .unwrap();
     assert_ne!(e1, e2, "new content, new ETag");
-    let got = s
-        .get("repos/a/manifest.json")
-        .await
-        .unwrap()
-        .expect("object");
-    assert_eq!(
-        (got.body.as_slice(), got.etag.as_str()),
-        (&b"v2"[..], e2.as_str())
-    );
+    let got = s.get("repos/a/manifest.json").await.unwrap().expect("object");
+    assert_eq!((got.body.as_slice(), got.etag.as_str()), (&b"v2"[..], e2.as_str()));
 
     // Same content again: ETags are content digests on both adapters.
     let e3 = s
@@ -233,10 +216,7 @@ async fn put_get_roundtrip(f: &Fixture) {
     assert_eq!(e3, e1);
 
     // Empty objects are objects.
-    let e = s
-        .put("empty", Vec::new(), Condition::IfAbsent)
-        .await
-        .unwrap();
+    let e = s.put("empty", Vec::new(), Condition::IfAbsent).await.unwrap();
     let got = s.get("empty").await.unwrap().expect("empty object exists");
     assert!(got.body.is_empty());
     assert_eq!(got.etag, e);
@@ -249,12 +229,8 @@ async fn if_absent_creates_once(f: &Fixture) {
         .await
         .unwrap();
     assert_precondition_failed(
-        s.put(
-            "repos/a/lease.json",
-            b"second".to_vec(),
-            Condition::IfAbsent,
-        )
-        .await,
+        s.put("repos/a/lease.json", b"second".to_vec(), Condition::IfAbsent)
+            .await,
     );
     let got = s.get("repos/a/lease.json").await.unwrap().unwrap();
     assert_eq!((got.body.as_slice(), got.etag), (&b"first"[..], e));
@@ -270,10 +246,7 @@ async fn if_absent_creates_once(f: &Fixture) {
 async fn if_match_guards_overwrites(f: &Fixture) {
     let s = &*f.store;
     let k = "repos/a/manifest.json";
-    let e1 = s
-        .put(k, b"gen 1".to_vec(), Condition::IfAbsent)
-        .await
-        .unwrap();
+    let e1 = s.put(k, b"gen 1".to_vec(), Condition::IfAbsent).await.unwrap();
     let e2 = s
         .put(k, b"gen 2".to_vec(), Condition::IfMatch(e1.clone()))
         .await
@@ -281,15 +254,9 @@ async fn if_match_guards_overwrites(f: &Fixture) {
     assert_ne!(e1, e2);
 
     // A stale writer (still holding e1) must not overwrite gen 2.
-    assert_precondition_failed(
-        s.put(k, b"stale".to_vec(), Condition::IfMatch(e1.clone()))
-            .await,
-    );
+    assert_precondition_failed(s.put(k, b"stale".to_vec(), Condition::IfMatch(e1.clone())).await);
     let got = s.get(k).await.unwrap().unwrap();
-    assert_eq!(
-        (got.body.as_slice(), got.etag.as_str()),
-        (&b"gen 2"[..], e2.as_str())
-    );
+    assert_eq!((got.body.as_slice(), got.etag.as_str()), (&b"gen 2"[..], e2.as_str()));
 
     // If-Match on a missing object: the condition does not hold, nothing is created.
     assert_precondition_failed(
@@ -303,10 +270,7 @@ async fn if_match_guards_overwrites(f: &Fixture) {
     assert_eq!(s.get("repos/none/manifest.json").await.unwrap(), None);
 
     // A made-up ETag fails too.
-    assert_precondition_failed(
-        s.put(k, b"x".to_vec(), Condition::IfMatch("0123abcd".into()))
-            .await,
-    );
+    assert_precondition_failed(s.put(k, b"x".to_vec(), Condition::IfMatch("0123abcd".into())).await);
     assert_eq!(body_of(s, k).await.unwrap(), b"gen 2");
 }
 
@@ -337,11 +301,7 @@ async fn concurrent_conditional_writers_one_wins(f: &Fixture) {
                 (_, r) => assert_precondition_failed(r),
             }
         }
-        assert_eq!(
-            winners.len(),
-            1,
-            "round {round}: exactly one If-Match writer wins"
-        );
+        assert_eq!(winners.len(), 1, "round {round}: exactly one If-Match writer wins");
         let got = f.store.get(k).await.unwrap().unwrap();
         assert_eq!(
             (&got.body, &got.etag),
@@ -354,9 +314,7 @@ async fn concurrent_conditional_writers_one_wins(f: &Fixture) {
         let tasks: Vec<_> = (0..WRITERS)
             .map(|w| {
                 let (store, fresh) = (f.store.clone(), fresh.clone());
-                tokio::spawn(
-                    async move { store.put(&fresh, vec![w as u8], Condition::IfAbsent).await },
-                )
+                tokio::spawn(async move { store.put(&fresh, vec![w as u8], Condition::IfAbsent).await })
             })
             .collect();
         let mut ok = 0;
@@ -373,20 +331,14 @@ async fn concurrent_conditional_writers_one_wins(f: &Fixture) {
 async fn delete_is_idempotent(f: &Fixture) {
     let s = &*f.store;
     s.delete("never/existed").await.unwrap();
-    s.put("repos/a/x", b"x".to_vec(), Condition::Always)
-        .await
-        .unwrap();
-    s.put("repos/a/y", b"y".to_vec(), Condition::Always)
-        .await
-        .unwrap();
+    s.put("repos/a/x", b"x".to_vec(), Condition::Always).await.unwrap();
+    s.put("repos/a/y", b"y".to_vec(), Condition::Always).await.unwrap();
     s.delete("repos/a/x").await.unwrap();
     assert_eq!(s.get("repos/a/x").await.unwrap(), None);
     s.delete("repos/a/x").await.unwrap();
     assert_eq!(keys(&s.list("repos/").await.unwrap()), ["repos/a/y"]);
     // Deleted keys can be created again, even conditionally.
-    s.put("repos/a/x", b"x2".to_vec(), Condition::IfAbsent)
-        .await
-        .unwrap();
+    s.put("repos/a/x", b"x2".to_vec(), Condition::IfAbsent).await.unwrap();
     assert_eq!(body_of(s, "repos/a/x").await.unwrap(), b"x2");
 }
 
@@ -415,11 +367,7 @@ async fn list_by_prefix_sorted(f: &Fixture) {
     let a = s.list("repos/a/").await.unwrap();
     assert_eq!(
         keys(&a),
-        [
-            "repos/a/manifest.json",
-            "repos/a/packs/1.pack",
-            "repos/a/packs/2.pack"
-        ]
+        ["repos/a/manifest.json", "repos/a/packs/1.pack", "repos/a/packs/2.pack"]
     );
     for o in &a {
         let body = objects.iter().find(|(k, _)| *k == o.key).unwrap().1;
@@ -500,10 +448,7 @@ async fn large_file_upload_download(f: &Fixture) {
     assert_precondition_failed(s.upload(k, &src, Condition::IfAbsent).await);
     let src2 = f.file("pack-2.pack");
     std::fs::write(&src2, harness::pseudo_random_bytes(SIZE + 12345, 2)).unwrap();
-    let etag2 = s
-        .upload(k, &src2, Condition::IfMatch(etag.clone()))
-        .await
-        .unwrap();
+    let etag2 = s.upload(k, &src2, Condition::IfMatch(etag.clone())).await.unwrap();
     assert_ne!(etag2, etag);
     assert_precondition_failed(s.upload(k, &src, Condition::IfMatch(etag.clone())).await);
     let info = s.download(k, &dest).await.unwrap();
@@ -539,16 +484,8 @@ async fn small_file_upload_conditions(f: &Fixture) {
         "upload and get agree on the ETag"
     );
     // An uploaded object and a put one of the same content have the same ETag.
-    assert_eq!(
-        s.put("same", b"index a".to_vec(), Condition::Always)
-            .await
-            .unwrap(),
-        e1
-    );
-    let e2 = s
-        .upload(k, &b, Condition::IfMatch(e1.clone()))
-        .await
-        .unwrap();
+    assert_eq!(s.put("same", b"index a".to_vec(), Condition::Always).await.unwrap(), e1);
+    let e2 = s.upload(k, &b, Condition::IfMatch(e1.clone())).await.unwrap();
     assert_precondition_failed(s.upload(k, &a, Condition::IfMatch(e1)).await);
     let got = s.get(k).await.unwrap().unwrap();
     assert_eq!((got.body.as_slice(), got.etag), (&b"index b"[..], e2));
@@ -566,16 +503,7 @@ async fn invalid_keys_refused(f: &Fixture) {
     let src = f.file("src");
     std::fs::write(&src, b"x").unwrap();
     let dest = f.file("dest");
-    for key in [
-        "../x",
-        "/abs",
-        "a//b",
-        "",
-        "a/./b",
-        "a/../../b",
-        "a\\b",
-        "trailing/",
-    ] {
+    for key in ["../x", "/abs", "a//b", "", "a/./b", "a/../../b", "a\\b", "trailing/"] {
         assert_invalid(s.get(key).await, key);
         assert_invalid(s.put(key, b"x".to_vec(), Condition::Always).await, key);
         assert_invalid(s.put(key, b"x".to_vec(), Condition::IfAbsent).await, key);
@@ -628,14 +556,8 @@ async fn fault_reply_lost_write_happened(f: &Fixture) {
     fault.inject(Rule::new(Op::Upload, Fault::ReplyLost));
     let src = f.file("pack");
     std::fs::write(&src, b"pack bytes").unwrap();
-    assert_unavailable(
-        s.upload("repos/a/packs/1.pack", &src, Condition::IfAbsent)
-            .await,
-    );
-    assert_eq!(
-        body_of(&*f.store, "repos/a/packs/1.pack").await.unwrap(),
-        b"pack bytes"
-    );
+    assert_unavailable(s.upload("repos/a/packs/1.pack", &src, Condition::IfAbsent).await);
+    assert_eq!(body_of(&*f.store, "repos/a/packs/1.pack").await.unwrap(), b"pack bytes");
 
     assert_eq!(
         fault.calls(),
@@ -653,10 +575,7 @@ async fn fault_nth_error_and_counts(f: &Fixture) {
     let fault = Arc::new(FaultStore::new(f.store.clone()));
     let s: Arc<dyn ObjectStore> = fault.clone();
     for k in ["a/one", "b/two"] {
-        f.store
-            .put(k, k.as_bytes().to_vec(), Condition::Always)
-            .await
-            .unwrap();
+        f.store.put(k, k.as_bytes().to_vec(), Condition::Always).await.unwrap();
     }
 
     // The 2nd get of a key containing "two" fails; other gets, and other keys, are untouched.
@@ -676,15 +595,10 @@ async fn fault_nth_error_and_counts(f: &Fixture) {
         None,
         "an Error fault does not write"
     );
-    s.put("c/three", b"3".to_vec(), Condition::Always)
-        .await
-        .unwrap();
+    s.put("c/three", b"3".to_vec(), Condition::Always).await.unwrap();
 
     // A timeout takes its time, and does nothing either.
-    fault.inject(Rule::new(
-        Op::Delete,
-        Fault::Timeout(Duration::from_millis(200)),
-    ));
+    fault.inject(Rule::new(Op::Delete, Fault::Timeout(Duration::from_millis(200))));
     let t = Instant::now();
     assert_unavailable(s.delete("c/three").await);
     assert!(t.elapsed() >= Duration::from_millis(200));
@@ -770,8 +684,7 @@ fn subprocess_helper() {
         // Upload from a file (a FIFO the parent feeds, then kills us mid-way).
         "upload" => {
             let src = PathBuf::from(std::env::var("GITFERRY_STORE_SRC").unwrap());
-            rt.block_on(store.upload(&key, &src, Condition::Always))
-                .unwrap();
+            rt.block_on(store.upload(&key, &src, Condition::Always)).unwrap();
         }
         other => panic!("unknown helper mode {other}"),
     }
@@ -791,17 +704,12 @@ impl Drop for Helper {
 
 fn helper(mode: &str, root: &Path, key: &str) -> Command {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args([
-        "--exact",
-        "subprocess_helper",
-        "--nocapture",
-        "--test-threads=1",
-    ])
-    .env("GITFERRY_STORE_HELPER", mode)
-    .env("GITFERRY_STORE_ROOT", root)
-    .env("GITFERRY_STORE_KEY", key)
-    // Its own libtest report would only clutter ours; panics still show on stderr.
-    .stdout(Stdio::null());
+    cmd.args(["--exact", "subprocess_helper", "--nocapture", "--test-threads=1"])
+        .env("GITFERRY_STORE_HELPER", mode)
+        .env("GITFERRY_STORE_ROOT", root)
+        .env("GITFERRY_STORE_KEY", key)
+        // Its own libtest report would only clutter ours; panics still show on stderr.
+        .stdout(Stdio::null());
     cmd
 }
 
@@ -815,10 +723,7 @@ async fn increment(store: &FsStore, key: &str, n: u32) {
                 ),
                 None => (0, Condition::IfAbsent),
             };
-            match store
-                .put(key, (value + 1).to_string().into_bytes(), cond)
-                .await
-            {
+            match store.put(key, (value + 1).to_string().into_bytes(), cond).await {
                 Ok(_) => break,
                 Err(StoreError::PreconditionFailed { .. }) => continue,
                 Err(e) => panic!("{e}"),
@@ -834,31 +739,18 @@ async fn fs_lock_excludes_other_processes_and_dies_with_them() {
     let f = fs_fixture().await;
     let root = f.fs_root.clone().unwrap();
     let key = "repos/a/manifest.json";
-    let mut child = Helper(
-        helper("hold-lock", &root, key)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
+    let mut child = Helper(helper("hold-lock", &root, key).stdout(Stdio::piped()).spawn().unwrap());
     let mut out = BufReader::new(child.0.stdout.take().unwrap());
     let mut line = String::new();
     while line.trim() != LOCKED {
         line.clear();
-        assert_ne!(
-            out.read_line(&mut line).unwrap(),
-            0,
-            "helper exited before locking"
-        );
+        assert_ne!(out.read_line(&mut line).unwrap(), 0, "helper exited before locking");
     }
 
     let store = f.store.clone();
-    let write =
-        tokio::spawn(async move { store.put(key, b"mine".to_vec(), Condition::IfAbsent).await });
+    let write = tokio::spawn(async move { store.put(key, b"mine".to_vec(), Condition::IfAbsent).await });
     tokio::time::sleep(Duration::from_millis(700)).await;
-    assert!(
-        !write.is_finished(),
-        "the write waits for the other process's lock"
-    );
+    assert!(!write.is_finished(), "the write waits for the other process's lock");
     assert_eq!(f.store.get(key).await.unwrap(), None);
 
     drop(child); // killed: a crash, and the kernel drops its lock
@@ -887,10 +779,7 @@ async fn fs_conditional_writes_across_processes_lose_nothing() {
     let store = FsStore::new(root.clone());
     let (a, b) = (store.clone(), store.clone());
     tokio::join!(increment(&a, key, N), increment(&b, key, N));
-    assert!(
-        child.0.wait().unwrap().success(),
-        "helper process succeeded"
-    );
+    assert!(child.0.wait().unwrap().success(), "helper process succeeded");
     let value = String::from_utf8(body_of(&store, key).await.unwrap()).unwrap();
     assert_eq!(
         value,
@@ -913,13 +802,7 @@ async fn fs_crash_mid_write_leaves_no_partial_object() {
         .unwrap();
 
     let fifo = f.file("fifo");
-    assert!(
-        Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .unwrap()
-            .success()
-    );
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
     let child = Helper(
         helper("upload", &root, key)
             .env("GITFERRY_STORE_SRC", &fifo)
@@ -929,8 +812,7 @@ async fn fs_crash_mid_write_leaves_no_partial_object() {
     // Opening a FIFO blocks until the reader opens it: bound the wait in case the helper fails.
     let feed = tokio::task::spawn_blocking(move || {
         let mut pipe = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
-        pipe.write_all(&harness::pseudo_random_bytes(3 << 20, 3))
-            .unwrap();
+        pipe.write_all(&harness::pseudo_random_bytes(3 << 20, 3)).unwrap();
         pipe.flush().unwrap();
         pipe // kept open: the helper waits for more
     });
@@ -950,10 +832,7 @@ async fn fs_crash_mid_write_leaves_no_partial_object() {
         {
             break p.clone();
         }
-        assert!(
-            Instant::now() < deadline,
-            "the helper never started writing"
-        );
+        assert!(Instant::now() < deadline, "the helper never started writing");
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     drop(child); // killed mid-write
@@ -1003,10 +882,7 @@ async fn fs_remembered_etags_follow_other_writers() {
 async fn fs_reserved_names_refused() {
     let f = fs_fixture().await;
     for key in [".gitferry-locks/x", "a/.gitferry-tmp-123"] {
-        assert_invalid(
-            f.store.put(key, b"x".to_vec(), Condition::Always).await,
-            key,
-        );
+        assert_invalid(f.store.put(key, b"x".to_vec(), Condition::Always).await, key);
     }
     // Ordinary dot-files are fine.
     f.store
@@ -1021,10 +897,7 @@ async fn fs_reserved_names_refused() {
 #[tokio::test]
 async fn fs_key_that_is_a_directory_fails_cleanly() {
     let f = fs_fixture().await;
-    f.store
-        .put("a/b", b"x".to_vec(), Condition::Always)
-        .await
-        .unwrap();
+    f.store.put("a/b", b"x".to_vec(), Condition::Always).await.unwrap();
     let r = f.store.put("a", b"y".to_vec(), Condition::Always).await;
     assert!(matches!(r, Err(StoreError::Failed { .. })), "{r:?}");
     let r = f.store.put("a/b/c", b"y".to_vec(), Condition::Always).await;
@@ -1057,35 +930,23 @@ async fn s3_list_paginates() {
     for w in writers {
         w.await.unwrap();
     }
-    f.store
-        .put("other/x", vec![1], Condition::Always)
-        .await
-        .unwrap();
+    f.store.put("other/x", vec![1], Condition::Always).await.unwrap();
     let list = f.store.list("many/").await.unwrap();
     let expected: Vec<String> = (0..N).map(|i| format!("many/{i:05}")).collect();
-    assert_eq!(
-        keys(&list),
-        expected.iter().map(String::as_str).collect::<Vec<_>>()
-    );
+    assert_eq!(keys(&list), expected.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(f.store.list("").await.unwrap().len(), N + 1);
 }
 
 /// Stores with different prefixes share a bucket without seeing each other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_prefixes_isolate() {
-    let moto = tokio::task::spawn_blocking(MotoServer::start)
-        .await
-        .unwrap();
+    let moto = tokio::task::spawn_blocking(MotoServer::start).await.unwrap();
     let (client, bucket) = moto.client_with_bucket().await;
     let a = S3Store::new(client.clone(), &bucket, "env/a").unwrap();
     let b = S3Store::new(client.clone(), &bucket, "env/b/").unwrap();
     let whole = S3Store::new(client.clone(), &bucket, "").unwrap();
-    a.put("k", b"a".to_vec(), Condition::IfAbsent)
-        .await
-        .unwrap();
-    b.put("k", b"b".to_vec(), Condition::IfAbsent)
-        .await
-        .unwrap();
+    a.put("k", b"a".to_vec(), Condition::IfAbsent).await.unwrap();
+    b.put("k", b"b".to_vec(), Condition::IfAbsent).await.unwrap();
     assert_eq!(body_of(&a, "k").await.unwrap(), b"a");
     assert_eq!(body_of(&b, "k").await.unwrap(), b"b");
     assert_eq!(keys(&a.list("").await.unwrap()), ["k"]);
@@ -1100,9 +961,7 @@ async fn s3_prefixes_isolate() {
 async fn s3_errors_classified_without_credentials() {
     const KEY_ID: &str = "AKIAGITFERRYTESTKEY1";
     const SECRET: &str = "gitferry/Secret+Value/DoNotLeak0123456789";
-    let moto = tokio::task::spawn_blocking(MotoServer::start)
-        .await
-        .unwrap();
+    let moto = tokio::task::spawn_blocking(MotoServer::start).await.unwrap();
     let creds = aws_sdk_s3::config::Credentials::new(KEY_ID, SECRET, None, None, "test");
     let no_leak = |e: &StoreError| {
         let text = format!("{e} {e:?}");
@@ -1113,15 +972,11 @@ async fn s3_errors_classified_without_credentials() {
     };
 
     // A missing bucket: permanent.
-    let client =
-        aws_sdk_s3::Client::from_conf(moto.config().credentials_provider(creds.clone()).build());
+    let client = aws_sdk_s3::Client::from_conf(moto.config().credentials_provider(creds.clone()).build());
     let store = S3Store::new(client, "no-such-bucket", "").unwrap();
     for r in [
         store.get("k").await.map(|_| ()),
-        store
-            .put("k", b"x".to_vec(), Condition::IfAbsent)
-            .await
-            .map(|_| ()),
+        store.put("k", b"x".to_vec(), Condition::IfAbsent).await.map(|_| ()),
         store.list("").await.map(|_| ()),
     ] {
         match r {
@@ -1158,18 +1013,11 @@ async fn s3_errors_classified_without_credentials() {
 /// environment of this one (shared by concurrent tests) is left alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_from_env_honours_endpoint_override() {
-    let moto = tokio::task::spawn_blocking(MotoServer::start)
-        .await
-        .unwrap();
+    let moto = tokio::task::spawn_blocking(MotoServer::start).await.unwrap();
     let (client, bucket) = moto.client_with_bucket().await;
     for var in ["AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"] {
         let status = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "from_env_helper",
-                "--nocapture",
-                "--test-threads=1",
-            ])
+            .args(["--exact", "from_env_helper", "--nocapture", "--test-threads=1"])
             .env_remove("AWS_ENDPOINT_URL")
             .env_remove("AWS_ENDPOINT_URL_S3")
             .env_remove("AWS_PROFILE")

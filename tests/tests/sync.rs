@@ -11,9 +11,9 @@ use gitferry_core::metrics::{Metrics, Recorder};
 use gitferry_core::notify::Notifier;
 use gitferry_core::request::SyncRequest;
 use gitferry_core::status::State;
+use gitferry_core::store::ObjectStore;
 use gitferry_core::store::fault::FaultStore;
 use gitferry_core::store::fs::FsStore;
-use gitferry_core::store::ObjectStore;
 use gitferry_core::sync::{RepoOutcome, SyncManager, SyncOptions, Verdict};
 use harness::receiver::Receiver;
 use harness::{Proto, Servers, TempDir, Worktree, assert_fsck_clean, assert_refs_equal, git, mirrored_refs, refs};
@@ -85,7 +85,10 @@ impl World {
             self.url(proto, "src.git")
         );
         for (name, opts) in targets {
-            t.push_str(&format!("[[repos.app.targets]]\nurl = \"{}\"\n{opts}\n", self.url(proto, name)));
+            t.push_str(&format!(
+                "[[repos.app.targets]]\nurl = \"{}\"\n{opts}\n",
+                self.url(proto, name)
+            ));
         }
         t
     }
@@ -95,7 +98,8 @@ impl World {
     }
 
     async fn run(&self, m: &SyncManager, requests: &[SyncRequest]) -> gitferry_core::sync::BatchOutcome {
-        m.handle_batch(requests, Instant::now() + Duration::from_secs(120)).await
+        m.handle_batch(requests, Instant::now() + Duration::from_secs(120))
+            .await
     }
 }
 
@@ -115,7 +119,9 @@ async fn first_sync_mirrors_then_a_noop_writes_nothing() {
         let m = w.manager(&w.toml(proto, &[("dst.git", "")], ""));
         let out = w.run(&m, &[webhook("d-1")]).await;
         assert_eq!(out.verdicts, vec![Verdict::Done]);
-        let RepoOutcome::Synced(status) = &out.repos[0].outcome else { panic!("{:?}", out.repos) };
+        let RepoOutcome::Synced(status) = &out.repos[0].outcome else {
+            panic!("{:?}", out.repos)
+        };
         assert_eq!(status.state, State::Success, "{status:?}");
         assert_eq!(status.last_delivery_id.as_deref(), Some("d-1"));
         assert_eq!(status.targets["127.0.0.1"].state, State::Success);
@@ -129,7 +135,12 @@ async fn first_sync_mirrors_then_a_noop_writes_nothing() {
         w.store.reset_counts();
         let out = w.run(&m, &[poll(1)]).await;
         assert_eq!(out.repos[0].outcome, RepoOutcome::NoOp, "{proto:?}");
-        assert_eq!(w.store.calls().writes(), 0, "{proto:?}: a no-op writes nothing: {:?}", w.store.calls());
+        assert_eq!(
+            w.store.calls().writes(),
+            0,
+            "{proto:?}: a no-op writes nothing: {:?}",
+            w.store.calls()
+        );
         assert_eq!(w.recorder.total("Syncs", &[("Outcome", "noop")]), 1.0);
     }
 }
@@ -139,7 +150,9 @@ async fn ten_requests_for_one_repo_make_one_sync() {
     let w = World::new();
     let dst = w.target("dst.git");
     let m = w.manager(&w.toml(Proto::GitDaemon, &[("dst.git", "")], ""));
-    let requests: Vec<_> = (0..10).map(|i| if i % 2 == 0 { poll(i) } else { webhook(&format!("d{i}")) }).collect();
+    let requests: Vec<_> = (0..10)
+        .map(|i| if i % 2 == 0 { poll(i) } else { webhook(&format!("d{i}")) })
+        .collect();
     let out = w.run(&m, &requests).await;
     assert_eq!(out.repos.len(), 1);
     assert_eq!(out.repos[0].triggers.len(), 10);
@@ -148,8 +161,16 @@ async fn ten_requests_for_one_repo_make_one_sync() {
     let manifest = w.store.get("repos/app/manifest.json").await.unwrap().unwrap();
     let manifest: serde_json::Value = serde_json::from_slice(&manifest.body).unwrap();
     assert_eq!(manifest["generation"], 1, "one sync, one commit");
-    assert_eq!(w.recorder.total("Syncs", &[("Outcome", "success")]), 10.0, "every trigger is counted");
-    assert_eq!(w.receiver.wait_for(1, Duration::from_secs(5)).len(), 1, "one change notification");
+    assert_eq!(
+        w.recorder.total("Syncs", &[("Outcome", "success")]),
+        10.0,
+        "every trigger is counted"
+    );
+    assert_eq!(
+        w.receiver.wait_for(1, Duration::from_secs(5)).len(),
+        1,
+        "one change notification"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -158,12 +179,22 @@ async fn policy_filters_triggers() {
     w.target("dst.git");
     let m = w.manager(&w.toml(Proto::GitDaemon, &[("dst.git", "")], "sync_policy = \"webhook_only\""));
     let out = w.run(&m, &[poll(1)]).await;
-    assert!(matches!(out.repos[0].outcome, RepoOutcome::Skipped(_)), "{:?}", out.repos);
+    assert!(
+        matches!(out.repos[0].outcome, RepoOutcome::Skipped(_)),
+        "{:?}",
+        out.repos
+    );
     assert_eq!(out.verdicts, vec![Verdict::Done], "skipped requests are acknowledged");
     assert_eq!(w.store.calls().writes(), 0);
-    assert_eq!(w.recorder.total("Syncs", &[("Outcome", "skipped"), ("Trigger", "poll")]), 1.0);
+    assert_eq!(
+        w.recorder
+            .total("Syncs", &[("Outcome", "skipped"), ("Trigger", "poll")]),
+        1.0
+    );
     // Manual triggers always pass; unknown repos are dropped.
-    let out = w.run(&m, &[SyncRequest::manual("app", "op"), SyncRequest::poll("nope", 1)]).await;
+    let out = w
+        .run(&m, &[SyncRequest::manual("app", "op"), SyncRequest::poll("nope", 1)])
+        .await;
     assert!(matches!(out.repos[0].outcome, RepoOutcome::Synced(_)));
     assert!(matches!(out.repos[1].outcome, RepoOutcome::Skipped(_)));
 }
@@ -174,15 +205,32 @@ async fn one_failing_target_does_not_stop_the_other() {
         let w = World::new();
         let good = w.target("good.git");
         // "missing.git" is never created: the push fails with not-found (permanent).
-        let m = w.manager(&w.toml(proto, &[("good.git", "name = \"good\""), ("missing.git", "name = \"broken\"")], ""));
+        let m = w.manager(&w.toml(
+            proto,
+            &[("good.git", "name = \"good\""), ("missing.git", "name = \"broken\"")],
+            "",
+        ));
         let out = w.run(&m, &[poll(1)]).await;
-        let RepoOutcome::Synced(status) = &out.repos[0].outcome else { panic!("{:?}", out.repos) };
+        let RepoOutcome::Synced(status) = &out.repos[0].outcome else {
+            panic!("{:?}", out.repos)
+        };
         assert_refs_equal(&w.source, &good);
         assert_eq!(status.targets["good"].state, State::Success, "{proto:?}");
         assert_eq!(status.targets["broken"].state, State::Failed, "{proto:?}");
-        assert!(status.targets["broken"].last_error.as_deref().unwrap().contains("not found"), "{status:?}");
+        assert!(
+            status.targets["broken"]
+                .last_error
+                .as_deref()
+                .unwrap()
+                .contains("not found"),
+            "{status:?}"
+        );
         assert_eq!(status.state, State::Failed, "the repo shows the failure");
-        assert_eq!(out.verdicts, vec![Verdict::Done], "{proto:?}: permanent: recorded, not retried");
+        assert_eq!(
+            out.verdicts,
+            vec![Verdict::Done],
+            "{proto:?}: permanent: recorded, not retried"
+        );
         let failed = w.receiver.wait_for(2, Duration::from_secs(5));
         assert_eq!(w.receiver.events("failed").len(), 1, "{failed:?}");
     }
@@ -200,7 +248,9 @@ async fn source_force_push_keeps_the_overwritten_tip() {
     w.wt.push_all();
     w.receiver.clear();
     let out = w.run(&m, &[webhook("force-1")]).await;
-    let RepoOutcome::Synced(status) = &out.repos[0].outcome else { panic!("{:?}", out.repos) };
+    let RepoOutcome::Synced(status) = &out.repos[0].outcome else {
+        panic!("{:?}", out.repos)
+    };
     assert_refs_equal(&w.source, &dst);
     assert_eq!(status.overwritten.len(), 1, "{status:?}");
     let backup = &status.overwritten[0];
@@ -212,13 +262,20 @@ async fn source_force_push_keeps_the_overwritten_tip() {
     assert!(!refs(&dst).keys().any(|r| r.starts_with("refs/gitferry/")));
     let changed = w.receiver.wait_for(1, Duration::from_secs(5));
     let text = changed[0]["text"].as_str().unwrap();
-    assert!(text.contains("force-pushed") && text.contains("overwritten tip of refs/heads/main"), "{text}");
+    assert!(
+        text.contains("force-pushed") && text.contains("overwritten tip of refs/heads/main"),
+        "{text}"
+    );
     // It survives a cold restore (it is in the manifest).
     std::fs::remove_dir_all(&cache).unwrap();
     w.wt.commit_file("more.txt", b"more\n", "more");
     w.wt.push_all();
     w.run(&m, &[poll(2)]).await;
-    assert_eq!(refs(&cache).get(&backup.backup_ref), Some(&old_main), "backup restored from the store");
+    assert_eq!(
+        refs(&cache).get(&backup.backup_ref),
+        Some(&old_main),
+        "backup restored from the store"
+    );
     assert_fsck_clean(&cache);
 }
 
@@ -229,7 +286,10 @@ async fn divergence_keep_and_force() {
     let force = w.target("force.git");
     let m = w.manager(&w.toml(
         Proto::GitDaemon,
-        &[("keep.git", "name = \"keep\"\ndivergence = \"keep\""), ("force.git", "name = \"force\"")],
+        &[
+            ("keep.git", "name = \"keep\"\ndivergence = \"keep\""),
+            ("force.git", "name = \"force\""),
+        ],
         "",
     ));
     w.run(&m, &[poll(1)]).await;
@@ -249,7 +309,9 @@ async fn divergence_keep_and_force() {
     let src_feature_parent = git(&w.source, ["rev-parse", "refs/heads/feature~1"]);
     git(&w.source, ["update-ref", "refs/heads/feature", &src_feature_parent]);
     let out = w.run(&m, &[poll(2)]).await;
-    let RepoOutcome::Synced(status) = &out.repos[0].outcome else { panic!("{:?}", out.repos) };
+    let RepoOutcome::Synced(status) = &out.repos[0].outcome else {
+        panic!("{:?}", out.repos)
+    };
     // keep: feature left as someone else set it, reported; force: overwritten.
     assert_eq!(git(&keep, ["rev-parse", "refs/heads/feature"]), direct);
     assert_eq!(status.targets["keep"].diverged.len(), 1, "{status:?}");
@@ -279,8 +341,13 @@ async fn mass_deletion_guard_trips_and_alerts() {
     }
     w.receiver.clear();
     let out = w.run(&m, &[poll(2)]).await;
-    let RepoOutcome::Synced(status) = &out.repos[0].outcome else { panic!("{:?}", out.repos) };
-    assert!(status.guard.as_deref().unwrap().contains("max_delete_fraction"), "{status:?}");
+    let RepoOutcome::Synced(status) = &out.repos[0].outcome else {
+        panic!("{:?}", out.repos)
+    };
+    assert!(
+        status.guard.as_deref().unwrap().contains("max_delete_fraction"),
+        "{status:?}"
+    );
     assert_eq!(mirrored_refs(&dst), before, "nothing deleted on the target");
     let events = w.receiver.wait_for(1, Duration::from_secs(5));
     assert_eq!(w.receiver.events("guard_tripped").len(), 1, "{events:?}");
@@ -303,11 +370,18 @@ async fn a_failure_streak_notifies_once_and_recovery_once() {
     w.receiver.clear();
     for slot in 2..5 {
         let out = w.run(&m, &[poll(slot)]).await;
-        assert!(matches!(out.repos[0].outcome, RepoOutcome::Failed { transient: false, .. }), "{:?}", out.repos);
+        assert!(
+            matches!(out.repos[0].outcome, RepoOutcome::Failed { transient: false, .. }),
+            "{:?}",
+            out.repos
+        );
     }
     let status = m.status_book().get("app").await.unwrap().unwrap();
     assert_eq!((status.state, status.consecutive_failures), (State::Failed, 3));
-    assert!(status.last_error.as_deref().unwrap().contains("not found"), "{status:?}");
+    assert!(
+        status.last_error.as_deref().unwrap().contains("not found"),
+        "{status:?}"
+    );
     assert_eq!(w.receiver.wait_for(1, Duration::from_secs(5)).len(), 1);
     assert_eq!(w.receiver.events("failed").len(), 1, "notified once per streak");
     // Back, with a new commit: recovery is notified once.
@@ -329,15 +403,29 @@ async fn deadline_reached_records_a_terminal_status_and_retries() {
     w.target("dst.git");
     let m = w.manager(&w.toml(Proto::GitDaemon, &[("dst.git", "")], ""));
     // Less time than the margin: nothing may start.
-    let out = m.handle_batch(&[poll(1)], Instant::now() + Duration::from_millis(500)).await;
-    assert!(matches!(&out.verdicts[0], Verdict::Retry(r) if r.contains("deadline")), "{:?}", out.verdicts);
-    assert!(m.status_book().get("app").await.unwrap().is_none(), "nothing started, nothing written");
+    let out = m
+        .handle_batch(&[poll(1)], Instant::now() + Duration::from_millis(500))
+        .await;
+    assert!(
+        matches!(&out.verdicts[0], Verdict::Retry(r) if r.contains("deadline")),
+        "{:?}",
+        out.verdicts
+    );
+    assert!(
+        m.status_book().get("app").await.unwrap().is_none(),
+        "nothing started, nothing written"
+    );
     // Just enough to start (1 ms over the 2 s margin), so the margin is hit once the source
     // has been asked: Syncing → terminal Failed with the reason, and the request is retried.
-    let out = m.handle_batch(&[poll(2)], Instant::now() + Duration::from_millis(2_001)).await;
+    let out = m
+        .handle_batch(&[poll(2)], Instant::now() + Duration::from_millis(2_001))
+        .await;
     let status = m.status_book().get("app").await.unwrap().expect("status recorded");
     assert_eq!(status.state, State::Failed, "never left in Syncing: {status:?}");
-    assert!(status.last_error.as_deref().unwrap().contains("deadline reached"), "{status:?}");
+    assert!(
+        status.last_error.as_deref().unwrap().contains("deadline reached"),
+        "{status:?}"
+    );
     assert!(matches!(&out.verdicts[0], Verdict::Retry(_)), "{:?}", out.verdicts);
 }
 
@@ -379,13 +467,19 @@ async fn a_store_fault_at_every_call_of_a_sync_never_loses_state() {
             let out = w.run(&m, &[poll(100 + n)]).await;
             w.store.clear_faults();
             if let Some(status) = m.status_book().get("app").await.unwrap() {
-                assert_ne!(status.state, State::Syncing, "{fault:?} at call {n}: left Syncing ({out:?})");
+                assert_ne!(
+                    status.state,
+                    State::Syncing,
+                    "{fault:?} at call {n}: left Syncing ({out:?})"
+                );
             }
             assert_fsck_clean(&dst);
             // The retry converges (a lease left by a lost release expires or is ours).
             let mut converged = false;
             for attempt in 0..3 {
-                let out = w.run(&m, &[SyncRequest::manual("app", &format!("retry-{n}-{attempt}"))]).await;
+                let out = w
+                    .run(&m, &[SyncRequest::manual("app", &format!("retry-{n}-{attempt}"))])
+                    .await;
                 if mirrored_refs(&dst) == mirrored_refs(&w.source) && out.verdicts == vec![Verdict::Done] {
                     converged = true;
                     break;

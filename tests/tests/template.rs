@@ -93,8 +93,7 @@ fn to_json(v: serde_yaml::Value) -> Value {
 }
 
 fn parse(text: &str) -> Result<Value, String> {
-    let y: serde_yaml::Value =
-        serde_yaml::from_str(text).map_err(|e| format!("template.yaml does not parse: {e}"))?;
+    let y: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| format!("template.yaml does not parse: {e}"))?;
     Ok(to_json(y))
 }
 
@@ -106,10 +105,7 @@ struct Template<'a> {
 
 impl<'a> Template<'a> {
     fn resources(&self) -> impl Iterator<Item = (&'a String, &'a Value)> + 'a {
-        self.t["Resources"]
-            .as_object()
-            .into_iter()
-            .flat_map(|m| m.iter())
+        self.t["Resources"].as_object().into_iter().flat_map(|m| m.iter())
     }
 
     fn of_type(&self, ty: &'a str) -> impl Iterator<Item = (&'a String, &'a Value)> + 'a {
@@ -210,16 +206,8 @@ const ROUTES: [(&str, &str); 5] = [
 /// AWS metrics the dashboard and alarms may use, with the dimensions they take.
 const AWS_METRICS: &[(&str, &str, &[&str])] = &[
     ("AWS/SQS", "ApproximateAgeOfOldestMessage", &["QueueName"]),
-    (
-        "AWS/SQS",
-        "ApproximateNumberOfMessagesVisible",
-        &["QueueName"],
-    ),
-    (
-        "AWS/SQS",
-        "ApproximateNumberOfMessagesNotVisible",
-        &["QueueName"],
-    ),
+    ("AWS/SQS", "ApproximateNumberOfMessagesVisible", &["QueueName"]),
+    ("AWS/SQS", "ApproximateNumberOfMessagesNotVisible", &["QueueName"]),
     ("AWS/SQS", "NumberOfMessagesSent", &["QueueName"]),
     ("AWS/SQS", "NumberOfMessagesDeleted", &["QueueName"]),
     ("AWS/Lambda", "Errors", &["FunctionName"]),
@@ -270,14 +258,10 @@ fn check_functions(tpl: &Template, p: &mut Vec<String>) -> BTreeMap<String, Stri
     for (id, f) in tpl.of_type("AWS::Serverless::Function") {
         let md = &f["Metadata"];
         if md["BuildMethod"] != "rust-cargolambda" {
-            p.push(format!(
-                "{id}: Metadata.BuildMethod must be rust-cargolambda"
-            ));
+            p.push(format!("{id}: Metadata.BuildMethod must be rust-cargolambda"));
         }
         let Some(bin) = md["BuildProperties"]["Binary"].as_str() else {
-            p.push(format!(
-                "{id}: Metadata.BuildProperties.Binary must name the binary"
-            ));
+            p.push(format!("{id}: Metadata.BuildProperties.Binary must name the binary"));
             continue;
         };
         found.insert(bin.to_owned(), id.clone());
@@ -294,10 +278,7 @@ fn check_functions(tpl: &Template, p: &mut Vec<String>) -> BTreeMap<String, Stri
             .and_then(|n| tpl.parameter(n));
         match arch_param {
             Some(param)
-                if param["Default"] == "arm64"
-                    && as_list(&param["AllowedValues"])
-                        .iter()
-                        .any(|v| *v == "x86_64") => {}
+                if param["Default"] == "arm64" && as_list(&param["AllowedValues"]).iter().any(|v| *v == "x86_64") => {}
             _ => p.push(format!(
                 "{id}: Architectures must come from a parameter (default arm64, x86_64 allowed)"
             )),
@@ -308,7 +289,9 @@ fn check_functions(tpl: &Template, p: &mut Vec<String>) -> BTreeMap<String, Stri
     for (bin, needs) in FUNCTIONS {
         needed_by_someone.extend(needs.iter().copied());
         let Some(id) = found.get(bin) else {
-            p.push(format!("no AWS::Serverless::Function builds the binary {bin:?} (Metadata.BuildProperties.Binary)"));
+            p.push(format!(
+                "no AWS::Serverless::Function builds the binary {bin:?} (Metadata.BuildProperties.Binary)"
+            ));
             continue;
         };
         let f = tpl.resource(id);
@@ -317,14 +300,14 @@ fn check_functions(tpl: &Template, p: &mut Vec<String>) -> BTreeMap<String, Stri
         let set = |name: &str| vars.get(name).or_else(|| globals.get(name));
         for name in needs {
             if set(name).is_none() {
-                p.push(format!(
-                    "{id} ({bin}): environment variable {name} is not set"
-                ));
+                p.push(format!("{id} ({bin}): environment variable {name} is not set"));
             }
         }
         for name in vars.as_object().into_iter().flat_map(|m| m.keys()) {
             if name.starts_with("GITFERRY_") && !known.contains(name.as_str()) {
-                p.push(format!("{id} ({bin}): sets {name}, which no function reads (not in gitferry_lambda::ENV_VARS)"));
+                p.push(format!(
+                    "{id} ({bin}): sets {name}, which no function reads (not in gitferry_lambda::ENV_VARS)"
+                ));
             }
         }
     }
@@ -334,15 +317,9 @@ fn check_functions(tpl: &Template, p: &mut Vec<String>) -> BTreeMap<String, Stri
         ));
     }
     if let Some(id) = found.get("webhook") {
-        let max_body =
-            &tpl.resource(id)["Properties"]["Environment"]["Variables"]["GITFERRY_MAX_BODY"];
-        if tpl.number(max_body).map(|n| n.0)
-            != Some(gitferry_core::webhook::DEFAULT_MAX_BODY as f64)
-        {
-            p.push(
-                "GITFERRY_MAX_BODY should default to gitferry_core::webhook::DEFAULT_MAX_BODY"
-                    .into(),
-            );
+        let max_body = &tpl.resource(id)["Properties"]["Environment"]["Variables"]["GITFERRY_MAX_BODY"];
+        if tpl.number(max_body).map(|n| n.0) != Some(gitferry_core::webhook::DEFAULT_MAX_BODY as f64) {
+            p.push("GITFERRY_MAX_BODY should default to gitferry_core::webhook::DEFAULT_MAX_BODY".into());
         }
     }
     found
@@ -353,11 +330,7 @@ fn check_queue(tpl: &Template, sync: Option<&str>, p: &mut Vec<String>) {
     let f = tpl.resource(sync);
     // The trigger: an explicit event source mapping (SAM's `SQS` event would attach a managed
     // policy reading every queue in the account).
-    for (name, e) in f["Properties"]["Events"]
-        .as_object()
-        .into_iter()
-        .flat_map(|m| m.iter())
-    {
+    for (name, e) in f["Properties"]["Events"].as_object().into_iter().flat_map(|m| m.iter()) {
         if e["Type"] == "SQS" {
             p.push(format!(
                 "{sync}: event {name} is a SAM SQS event, which attaches AWSLambdaSQSQueueExecutionRole (Resource \"*\"); use an AWS::Lambda::EventSourceMapping"
@@ -386,7 +359,9 @@ fn check_queue(tpl: &Template, sync: Option<&str>, p: &mut Vec<String>) {
     }
     match tpl.number(&props["BatchSize"]) {
         Some((default, Some(max))) if default <= 10.0 && max <= 10.0 && default >= 1.0 => {}
-        other => p.push(format!("{esm_id}: BatchSize must be 1..=10 for a FIFO queue (found {other:?}; a parameter needs MaxValue ≤ 10)")),
+        other => p.push(format!(
+            "{esm_id}: BatchSize must be 1..=10 for a FIFO queue (found {other:?}; a parameter needs MaxValue ≤ 10)"
+        )),
     }
     if props.get("MaximumBatchingWindowInSeconds").is_some() {
         p.push(format!(
@@ -402,9 +377,7 @@ fn check_queue(tpl: &Template, sync: Option<&str>, p: &mut Vec<String>) {
     let q = tpl.resource(queue_id);
     let qp = &q["Properties"];
     if q["Type"] != "AWS::SQS::Queue" {
-        p.push(format!(
-            "{esm_id}: EventSourceArn {queue_id} is not an AWS::SQS::Queue"
-        ));
+        p.push(format!("{esm_id}: EventSourceArn {queue_id} is not an AWS::SQS::Queue"));
         return;
     }
     for (key, want) in [
@@ -425,14 +398,20 @@ fn check_queue(tpl: &Template, sync: Option<&str>, p: &mut Vec<String>) {
                 p.push(format!("{sync}: Timeout {timeout} exceeds Lambda's 900 s"));
             }
             if vis < 6.0 * timeout {
-                p.push(format!("{queue_id}: VisibilityTimeout {vis} is below 6 × the sync timeout ({timeout} s)"));
+                p.push(format!(
+                    "{queue_id}: VisibilityTimeout {vis} is below 6 × the sync timeout ({timeout} s)"
+                ));
             }
             let env = &f["Properties"]["Environment"]["Variables"]["GITFERRY_VISIBILITY_SECS"];
             if tpl.number(env).map(|n| n.0) != Some(vis) {
-                p.push(format!("{sync}: GITFERRY_VISIBILITY_SECS must equal {queue_id}.VisibilityTimeout ({vis})"));
+                p.push(format!(
+                    "{sync}: GITFERRY_VISIBILITY_SECS must equal {queue_id}.VisibilityTimeout ({vis})"
+                ));
             }
         }
-        _ => p.push(format!("{sync}.Timeout and {queue_id}.VisibilityTimeout must be literal numbers (so they can be checked)")),
+        _ => p.push(format!(
+            "{sync}.Timeout and {queue_id}.VisibilityTimeout must be literal numbers (so they can be checked)"
+        )),
     }
     let redrive = &qp["RedrivePolicy"];
     match target(&redrive["deadLetterTargetArn"]) {
@@ -442,27 +421,22 @@ fn check_queue(tpl: &Template, sync: Option<&str>, p: &mut Vec<String>) {
         )),
     }
     if tpl.number(&redrive["maxReceiveCount"]).is_none() {
-        p.push(format!(
-            "{queue_id}: RedrivePolicy.maxReceiveCount must be set"
-        ));
+        p.push(format!("{queue_id}: RedrivePolicy.maxReceiveCount must be set"));
     }
     // /tmp must hold the warm repositories the sync keeps.
     let storage = tpl
         .number(&tpl.function_prop(f, "EphemeralStorage")["Size"])
         .map(|n| n.0);
-    let keep =
-        gitferry_core::sync::SyncOptions::default().max_local_bytes as f64 / (1024.0 * 1024.0);
+    let keep = gitferry_core::sync::SyncOptions::default().max_local_bytes as f64 / (1024.0 * 1024.0);
     match storage {
         Some(mb) if mb > keep && mb <= 10240.0 => {}
-        other => p.push(format!("{sync}: EphemeralStorage.Size must exceed max_local_bytes ({keep} MB) and be ≤ 10240 (found {other:?})")),
+        other => p.push(format!(
+            "{sync}: EphemeralStorage.Size must exceed max_local_bytes ({keep} MB) and be ≤ 10240 (found {other:?})"
+        )),
     }
 }
 
-fn check_routes_and_schedule(
-    tpl: &Template,
-    functions: &BTreeMap<String, String>,
-    p: &mut Vec<String>,
-) {
+fn check_routes_and_schedule(tpl: &Template, functions: &BTreeMap<String, String>, p: &mut Vec<String>) {
     let events = |bin: &str| -> Vec<&Value> {
         functions
             .get(bin)
@@ -483,9 +457,7 @@ fn check_routes_and_schedule(
         .collect();
     for (method, path) in ROUTES {
         if !routes.contains(&(method.to_owned(), path.to_owned())) {
-            p.push(format!(
-                "webhook function: HTTP API route {method} {path} is missing"
-            ));
+            p.push(format!("webhook function: HTTP API route {method} {path} is missing"));
         }
     }
     let tick = format!("rate({} minute)", gitferry_core::poll::TICK_SECS / 60);
@@ -565,22 +537,14 @@ fn check_iam(tpl: &Template, functions: &BTreeMap<String, String>, p: &mut Vec<S
                 }
                 for r in as_list(&s["Resource"]) {
                     if r == "*" {
-                        p.push(format!(
-                            "{id}: statement {} grants Resource \"*\"",
-                            s["Sid"]
-                        ));
+                        p.push(format!("{id}: statement {} grants Resource \"*\"", s["Sid"]));
                     }
                 }
             }
         }
         for a in &actions {
-            if !allowed
-                .get(bin.as_str())
-                .is_some_and(|ok| ok.contains(&a.as_str()))
-            {
-                p.push(format!(
-                    "{id} ({bin}): action {a} is more than this function uses"
-                ));
+            if !allowed.get(bin.as_str()).is_some_and(|ok| ok.contains(&a.as_str())) {
+                p.push(format!("{id} ({bin}): action {a} is more than this function uses"));
             }
         }
     }
@@ -590,8 +554,7 @@ fn check_iam(tpl: &Template, functions: &BTreeMap<String, String>, p: &mut Vec<S
 /// sensitive is an echoed parameter, and no output shows a secret.
 fn check_secrets(tpl: &Template, p: &mut Vec<String>) {
     for (id, f) in tpl.of_type("AWS::Serverless::Function") {
-        let Some(token) = f["Properties"]["Environment"]["Variables"].get("GITFERRY_STATUS_TOKEN")
-        else {
+        let Some(token) = f["Properties"]["Environment"]["Variables"].get("GITFERRY_STATUS_TOKEN") else {
             continue;
         };
         let mut r = Vec::new();
@@ -604,23 +567,18 @@ fn check_secrets(tpl: &Template, p: &mut Vec<String>) {
         let mut s = Vec::new();
         strings(token, &mut s);
         if !s.iter().any(|s| s.contains("{{resolve:secretsmanager:")) {
-            p.push(format!("{id}: GITFERRY_STATUS_TOKEN must be a {{{{resolve:secretsmanager:…}}}} dynamic reference"));
+            p.push(format!(
+                "{id}: GITFERRY_STATUS_TOKEN must be a {{{{resolve:secretsmanager:…}}}} dynamic reference"
+            ));
         }
     }
-    for (name, param) in tpl.t["Parameters"]
-        .as_object()
-        .into_iter()
-        .flat_map(|m| m.iter())
-    {
+    for (name, param) in tpl.t["Parameters"].as_object().into_iter().flat_map(|m| m.iter()) {
         let lower = name.to_lowercase();
         // A value, not a reference to one: `StatusToken`, `DbPassword`, `WebhookSecret` (but
         // not `SecretsArn` or `SecretsRevision`).
-        let sensitive =
-            lower.contains("token") || lower.contains("password") || lower.ends_with("secret");
+        let sensitive = lower.contains("token") || lower.contains("password") || lower.ends_with("secret");
         if sensitive && param["NoEcho"] != json!(true) {
-            p.push(format!(
-                "parameter {name} looks sensitive and must be NoEcho"
-            ));
+            p.push(format!("parameter {name} looks sensitive and must be NoEcho"));
         }
     }
     let mut out = Vec::new();
@@ -650,9 +608,7 @@ fn substitute(tpl: &Template, body: &str) -> String {
             out.push_str(&format!("${{{literal}}}"));
         } else {
             match tpl.parameter(name) {
-                Some(param) if param["Type"] == "Number" => {
-                    out.push_str(&param["Default"].to_string())
-                }
+                Some(param) if param["Type"] == "Number" => out.push_str(&param["Default"].to_string()),
                 _ => out.push_str(&format!("<{name}>")),
             }
         }
@@ -667,9 +623,7 @@ fn search_metric(expr: &str) -> Option<(String, String, Vec<String>)> {
     let start = expr.find("SEARCH(")?;
     let s = &expr[start..];
     let schema = &s[s.find('{')? + 1..s.find('}')?];
-    let mut parts = schema
-        .split(',')
-        .map(|x| x.trim().trim_matches('"').to_owned());
+    let mut parts = schema.split(',').map(|x| x.trim().trim_matches('"').to_owned());
     let namespace = parts.next()?;
     let dims: Vec<String> = parts.collect();
     let key = "MetricName=";
@@ -692,11 +646,7 @@ fn check_dashboard(tpl: &Template, p: &mut Vec<String>) -> Vec<MetricUse> {
         let body = &d["Properties"]["DashboardBody"];
         let text = match body.get("Fn::Sub") {
             Some(Value::String(s)) => s.clone(),
-            Some(Value::Array(a)) => a
-                .first()
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned(),
+            Some(Value::Array(a)) => a.first().and_then(Value::as_str).unwrap_or_default().to_owned(),
             _ => body.as_str().unwrap_or_default().to_owned(),
         };
         let json: Value = match serde_json::from_str(&substitute(tpl, &text)) {
@@ -721,18 +671,14 @@ fn check_dashboard(tpl: &Template, p: &mut Vec<String>) -> Vec<MetricUse> {
                 if let Some(expr) = options.and_then(|o| o["expression"].as_str()) {
                     if expr.contains("SEARCH(") {
                         match search_metric(expr) {
-                            Some((namespace, name, dims)) if !name.is_empty() => {
-                                uses.push(MetricUse {
-                                    at: at.clone(),
-                                    namespace,
-                                    name,
-                                    dims: dims.into_iter().map(|d| (d, "*".into())).collect(),
-                                    stat: None,
-                                })
-                            }
-                            _ => p.push(format!(
-                                "{at}: SEARCH expression without MetricName=\"…\": {expr}"
-                            )),
+                            Some((namespace, name, dims)) if !name.is_empty() => uses.push(MetricUse {
+                                at: at.clone(),
+                                namespace,
+                                name,
+                                dims: dims.into_iter().map(|d| (d, "*".into())).collect(),
+                                stat: None,
+                            }),
+                            _ => p.push(format!("{at}: SEARCH expression without MetricName=\"…\": {expr}")),
                         }
                     }
                     continue;
@@ -751,10 +697,7 @@ fn check_dashboard(tpl: &Template, p: &mut Vec<String>) -> Vec<MetricUse> {
                     p.push(format!("{at}: cannot read metric row {row}"));
                     continue;
                 }
-                let dims = fields[2..]
-                    .chunks(2)
-                    .map(|c| (c[0].clone(), c[1].clone()))
-                    .collect();
+                let dims = fields[2..].chunks(2).map(|c| (c[0].clone(), c[1].clone())).collect();
                 let stat = options
                     .and_then(|o| o["stat"].as_str())
                     .map(str::to_owned)
@@ -876,45 +819,28 @@ fn check_metrics(
                     ));
                 }
             }
-        } else if let Some((_, _, dims)) = AWS_METRICS
-            .iter()
-            .find(|(ns, n, _)| *ns == u.namespace && *n == u.name)
-        {
+        } else if let Some((_, _, dims)) = AWS_METRICS.iter().find(|(ns, n, _)| *ns == u.namespace && *n == u.name) {
             for (dim, _) in &u.dims {
                 if !dims.contains(&dim.as_str()) {
-                    p.push(format!(
-                        "{}: {}/{} has no dimension {dim}",
-                        u.at, u.namespace, u.name
-                    ));
+                    p.push(format!("{}: {}/{} has no dimension {dim}", u.at, u.namespace, u.name));
                 }
             }
         } else {
-            p.push(format!(
-                "{}: unknown metric {}/{}",
-                u.at, u.namespace, u.name
-            ));
+            p.push(format!("{}: unknown metric {}/{}", u.at, u.namespace, u.name));
         }
     }
     // What the dashboard must show (issue 9).
     let has = |ns: &str, name: &str, pred: &dyn Fn(&MetricUse) -> bool| {
-        dashboard
-            .iter()
-            .any(|u| u.namespace == ns && u.name == name && pred(u))
+        dashboard.iter().any(|u| u.namespace == ns && u.name == name && pred(u))
     };
-    let dim_is = |d: &'static str, v: &'static str| {
-        move |u: &MetricUse| u.dims.iter().any(|(k, x)| k == d && x == v)
-    };
+    let dim_is = |d: &'static str, v: &'static str| move |u: &MetricUse| u.dims.iter().any(|(k, x)| k == d && x == v);
     for outcome in ["success", "noop", "failed"] {
         if !has(NAMESPACE, "Syncs", &dim_is("Outcome", outcome)) {
-            p.push(format!(
-                "dashboard: syncs by outcome must show Outcome={outcome}"
-            ));
+            p.push(format!("dashboard: syncs by outcome must show Outcome={outcome}"));
         }
     }
     for stat in ["p50", "p99"] {
-        if !has(NAMESPACE, "SyncDuration", &|u| {
-            u.stat.as_deref() == Some(stat)
-        }) {
+        if !has(NAMESPACE, "SyncDuration", &|u| u.stat.as_deref() == Some(stat)) {
             p.push(format!("dashboard: sync duration {stat} is missing"));
         }
     }
@@ -937,9 +863,7 @@ fn check_metrics(
     for metric in ["Errors", "Throttles"] {
         for id in functions.values() {
             let want = format!("<{id}>");
-            if !has("AWS/Lambda", metric, &|u| {
-                u.dims.iter().any(|(_, v)| *v == want)
-            }) {
+            if !has("AWS/Lambda", metric, &|u| u.dims.iter().any(|(_, v)| *v == want)) {
                 p.push(format!("dashboard: Lambda {metric} of {id} is missing"));
             }
         }
@@ -947,21 +871,17 @@ fn check_metrics(
     // The alarms issue 9 asks for.
     let alarm = |pred: &dyn Fn(&MetricUse) -> bool| alarms.iter().any(pred);
     if !alarm(&|u| {
-        u.name == "ApproximateNumberOfMessagesVisible"
-            && u.dims.iter().any(|(_, v)| v.contains("DeadLetter"))
+        u.name == "ApproximateNumberOfMessagesVisible" && u.dims.iter().any(|(_, v)| v.contains("DeadLetter"))
     }) {
         p.push("alarms: dead-letter queue not empty is missing".into());
     }
-    if !alarm(&|u| u.name == "Syncs" && u.dims.iter().any(|(k, v)| k == "Outcome" && v == "failed"))
-    {
+    if !alarm(&|u| u.name == "Syncs" && u.dims.iter().any(|(k, v)| k == "Outcome" && v == "failed")) {
         p.push("alarms: sync failures is missing".into());
     }
     if !alarm(&|u| u.name == "ApproximateAgeOfOldestMessage") {
         p.push("alarms: age of oldest message is missing".into());
     }
-    if !alarm(&|u| {
-        u.name == "Syncs" && u.dims.iter().any(|(k, v)| k == "Outcome" && v == "success")
-    }) {
+    if !alarm(&|u| u.name == "Syncs" && u.dims.iter().any(|(k, v)| k == "Outcome" && v == "success")) {
         p.push("alarms: the no-successful-sync watchdog is missing".into());
     }
 }
@@ -971,11 +891,7 @@ fn check_metrics(
 #[test]
 fn template_matches_the_code() {
     let problems = check(&read("template.yaml"));
-    assert!(
-        problems.is_empty(),
-        "template.yaml:\n  {}",
-        problems.join("\n  ")
-    );
+    assert!(problems.is_empty(), "template.yaml:\n  {}", problems.join("\n  "));
 }
 
 #[test]
@@ -1113,7 +1029,10 @@ fn breaking_the_template_is_caught() {
 
 #[test]
 fn short_form_tags_parse() {
-    let v = parse("A: !Ref X\nB: !GetAtt Q.Arn\nC: !Sub 'x-${Y}'\nD: !If [C, 1, !Ref AWS::NoValue]\nE: !Join ['', [a, b]]\n").unwrap();
+    let v = parse(
+        "A: !Ref X\nB: !GetAtt Q.Arn\nC: !Sub 'x-${Y}'\nD: !If [C, 1, !Ref AWS::NoValue]\nE: !Join ['', [a, b]]\n",
+    )
+    .unwrap();
     assert_eq!(v["A"], json!({"Ref": "X"}));
     assert_eq!(v["B"], json!({"Fn::GetAtt": ["Q", "Arn"]}));
     assert_eq!(v["C"], json!({"Fn::Sub": "x-${Y}"}));
@@ -1128,8 +1047,7 @@ fn short_form_tags_parse() {
 fn example_config_is_valid_and_its_secrets_are_documented() {
     let text = read("infra/mirrors.toml");
     let secrets: BTreeMap<String, Value> =
-        serde_json::from_str(&read("infra/secrets.example.json"))
-            .expect("secrets.example.json is a JSON object");
+        serde_json::from_str(&read("infra/secrets.example.json")).expect("secrets.example.json is a JSON object");
     let asked = std::cell::RefCell::new(BTreeSet::new());
     let env = |name: &str| {
         asked.borrow_mut().insert(name.to_owned());
@@ -1137,10 +1055,7 @@ fn example_config_is_valid_and_its_secrets_are_documented() {
     };
     let config = gitferry_core::config::Config::parse(&text, Path::new("infra/mirrors.toml"), &env)
         .unwrap_or_else(|e| panic!("infra/mirrors.toml is not a valid configuration:\n{e}"));
-    assert!(
-        config.repos.len() >= 2,
-        "the example shows several repositories"
-    );
+    assert!(config.repos.len() >= 2, "the example shows several repositories");
     for name in asked.borrow().iter() {
         assert!(
             secrets.contains_key(name),
@@ -1152,8 +1067,6 @@ fn example_config_is_valid_and_its_secrets_are_documented() {
         "the example secret holds the status token the template resolves"
     );
     // Without its secrets the file is refused, naming each missing variable.
-    let err =
-        gitferry_core::config::Config::parse(&text, Path::new("infra/mirrors.toml"), &|_| None)
-            .unwrap_err();
+    let err = gitferry_core::config::Config::parse(&text, Path::new("infra/mirrors.toml"), &|_| None).unwrap_err();
     assert!(err.to_string().contains("GITHUB_TOKEN"), "{err}");
 }

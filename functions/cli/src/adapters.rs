@@ -33,7 +33,9 @@ pub async fn store(spec: &str) -> Result<Arc<dyn ObjectStore>, String> {
 
 pub async fn queue(spec: &str, store: Arc<dyn ObjectStore>) -> Result<Arc<dyn Queue>, String> {
     if spec == "memory" {
-        let q = PersistentQueue::open(store, 10).await.map_err(|e| format!("--queue memory: {e}"))?;
+        let q = PersistentQueue::open(store, 10)
+            .await
+            .map_err(|e| format!("--queue memory: {e}"))?;
         return Ok(Arc::new(q));
     }
     if let Some(rest) = spec.strip_prefix("sqs://") {

@@ -36,11 +36,23 @@ pub async fn run() -> Result<(), String> {
         let r = repo::open_or_init_bare(&src).map_err(|e| e.to_string())?;
         let mut tip = None;
         for i in 1..=3 {
-            tip = Some(commit(&r, tip, &format!("notes.txt:change {i}\n"), &format!("change {i}"))?);
+            tip = Some(commit(
+                &r,
+                tip,
+                &format!("notes.txt:change {i}\n"),
+                &format!("change {i}"),
+            )?);
         }
         let tip = tip.expect("three commits");
         let feature = commit(&r, Some(tip), "feature.txt:a feature\n", "a feature")?;
-        set_refs(&r, &[("refs/heads/main", tip), ("refs/heads/feature", feature), ("refs/tags/v1.0", tip)])
+        set_refs(
+            &r,
+            &[
+                ("refs/heads/main", tip),
+                ("refs/heads/feature", feature),
+                ("refs/tags/v1.0", tip),
+            ],
+        )
     })
     .await?;
     let tgt = target.clone();
@@ -83,7 +95,10 @@ pub async fn run() -> Result<(), String> {
     println!("serving on {base}");
     let book = StatusBook::new(running.store.clone());
     let first = wait_for(&book, |s| s.state == State::Success, "the startup sync").await?;
-    println!("startup reconciliation mirrored the source ({} refs)", first.source_refs);
+    println!(
+        "startup reconciliation mirrored the source ({} refs)",
+        first.source_refs
+    );
 
     step("committing to the source, then delivering a signed GitHub push webhook");
     let src = source.clone();
@@ -118,7 +133,10 @@ pub async fn run() -> Result<(), String> {
         .await
         .map_err(|e| format!("delivering the webhook: {e}"))?;
     let code = reply.status().as_u16();
-    println!("POST /webhook/github → {code} {}", reply.text().await.unwrap_or_default());
+    println!(
+        "POST /webhook/github → {code} {}",
+        reply.text().await.unwrap_or_default()
+    );
     if code != 202 {
         return Err(format!("the webhook was not accepted ({code})"));
     }
@@ -150,7 +168,10 @@ pub async fn run() -> Result<(), String> {
     for (name, t) in &target_refs.refs {
         println!("{} {name}", t.id);
     }
-    println!("\nOK: the target is an exact mirror of the source ({:.1}s)", started.elapsed().as_secs_f64());
+    println!(
+        "\nOK: the target is an exact mirror of the source ({:.1}s)",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
@@ -163,15 +184,17 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, String> + Sen
 }
 
 /// Write `path:content` as a one-file change on top of `parent`'s tree; returns the commit.
-fn commit(r: &gix::Repository, parent: Option<gix::ObjectId>, change: &str, message: &str) -> Result<gix::ObjectId, String> {
+fn commit(
+    r: &gix::Repository,
+    parent: Option<gix::ObjectId>,
+    change: &str,
+    message: &str,
+) -> Result<gix::ObjectId, String> {
     use gix::objs::tree::{Entry, EntryKind};
     let (path, content) = change.split_once(':').expect("path:content");
     let mut entries: Vec<Entry> = match parent {
         Some(p) => {
-            let tree = r
-                .find_commit(p)
-                .and_then(|c| c.tree())
-                .map_err(|e| e.to_string())?;
+            let tree = r.find_commit(p).and_then(|c| c.tree()).map_err(|e| e.to_string())?;
             tree.decode()
                 .map_err(|e| e.to_string())?
                 .entries
@@ -259,7 +282,9 @@ async fn wait_for(
 
 /// A one-route HTTP server on loopback recording the notifications it receives.
 async fn receiver(into: Arc<Mutex<Vec<serde_json::Value>>>) -> Result<std::net::SocketAddr, String> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let app = axum::Router::new().route(
         "/notify",

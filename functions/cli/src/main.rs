@@ -77,7 +77,9 @@ enum Command {
     /// verifies the target equals the source.
     Demo,
     /// Sync one repository now, in this process, and wait for the result.
-    #[command(after_help = "Examples:\n  gitferry sync app\n  gitferry sync app --config /etc/gitferry/mirrors.toml --json")]
+    #[command(
+        after_help = "Examples:\n  gitferry sync app\n  gitferry sync app --config /etc/gitferry/mirrors.toml --json"
+    )]
     Sync {
         repo: String,
         #[command(flatten)]
@@ -215,7 +217,12 @@ async fn run(command: Command) -> ExitCode {
             excludes,
             no_prune,
             atomic,
-        } => mirror(source, target, cache_dir, json, progress, refs, excludes, no_prune, atomic).await,
+        } => {
+            mirror(
+                source, target, cache_dir, json, progress, refs, excludes, no_prune, atomic,
+            )
+            .await
+        }
     }
 }
 
@@ -251,7 +258,10 @@ async fn sync_now(repo: &str, at: &Where, json: bool) -> ExitCode {
     let who = std::env::var("USER").unwrap_or_else(|_| "cli".into());
     let request = SyncRequest::manual(repo, &who);
     let outcome = manager
-        .handle_batch(std::slice::from_ref(&request), Instant::now() + Duration::from_secs(6 * 3600))
+        .handle_batch(
+            std::slice::from_ref(&request),
+            Instant::now() + Duration::from_secs(6 * 3600),
+        )
         .await;
     let status = manager.status_book().get(repo).await.ok().flatten();
     if json {
@@ -302,7 +312,11 @@ async fn status(repo: Option<&str>, at: &Where, json: bool) -> ExitCode {
             } else {
                 print!("{}", table::render(&all, gitferry_core::request::now_ms()));
             }
-            if all.iter().any(|s| s.state == State::Failed) { ExitCode::from(1) } else { ExitCode::SUCCESS }
+            if all.iter().any(|s| s.state == State::Failed) {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            }
         }
         Err(e) => fail(&format!("reading status: {e}")),
     }
@@ -331,11 +345,22 @@ async fn enqueue_all(config: &Path, server: &str) -> ExitCode {
             }
             Err(e) => {
                 failed += 1;
-                eprintln!("{repo}: {}", if e.is_connect() { format!("cannot reach {server}") } else { e.to_string() });
+                eprintln!(
+                    "{repo}: {}",
+                    if e.is_connect() {
+                        format!("cannot reach {server}")
+                    } else {
+                        e.to_string()
+                    }
+                );
             }
         }
     }
-    if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) }
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -361,7 +386,11 @@ async fn mirror(
     let patterns = if refs.is_empty() && excludes.is_empty() {
         RefPatterns::default()
     } else {
-        let include = if refs.is_empty() { RefPatterns::default().include } else { refs };
+        let include = if refs.is_empty() {
+            RefPatterns::default().include
+        } else {
+            refs
+        };
         match RefPatterns::new(include, excludes) {
             Ok(p) => p,
             Err(e) => return fail_err(&e),

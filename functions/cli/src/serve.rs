@@ -96,7 +96,12 @@ pub async fn start(opts: ServeOptions) -> Result<Running, String> {
             tracing::error!(error = %e, "HTTP server failed");
         }
     });
-    let workers = tokio::spawn(gitferry_core::server::run(manager, queue.clone(), opts.workers, shutdown_rx));
+    let workers = tokio::spawn(gitferry_core::server::run(
+        manager,
+        queue.clone(),
+        opts.workers,
+        shutdown_rx,
+    ));
     let handle = tokio::spawn(async move {
         let _ = workers.await;
         let _ = http.await;
@@ -133,7 +138,12 @@ async fn handle(State(api): State<Arc<Api>>, request: axum::extract::Request) ->
     let limit = api.max_body;
     let body = match axum::body::to_bytes(body, limit + 1).await {
         Ok(b) if b.len() <= limit => b,
-        _ => return to_axum(api::Response::json(413, serde_json::json!({ "error": format!("body larger than {limit} bytes") }))),
+        _ => {
+            return to_axum(api::Response::json(
+                413,
+                serde_json::json!({ "error": format!("body larger than {limit} bytes") }),
+            ));
+        }
     };
     let headers: Vec<(String, String)> = parts
         .headers

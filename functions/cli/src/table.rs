@@ -10,9 +10,17 @@ pub fn render(statuses: &[RepoStatus], now: u64) -> String {
         State::Success => "ok",
         State::Failed => "FAILED",
     };
-    let mut rows = vec![["REPO", "STATE", "LAST SUCCESS", "LAG", "TARGETS", "LAST ERROR"].map(String::from).to_vec()];
+    let mut rows = vec![
+        ["REPO", "STATE", "LAST SUCCESS", "LAG", "TARGETS", "LAST ERROR"]
+            .map(String::from)
+            .to_vec(),
+    ];
     for s in statuses {
-        let targets: Vec<String> = s.targets.iter().map(|(n, t)| format!("{n}:{}", state(t.state))).collect();
+        let targets: Vec<String> = s
+            .targets
+            .iter()
+            .map(|(n, t)| format!("{n}:{}", state(t.state)))
+            .collect();
         let mut st = state(s.state).to_owned();
         if s.consecutive_failures > 1 {
             st.push_str(&format!(" x{}", s.consecutive_failures));
@@ -26,14 +34,24 @@ pub fn render(statuses: &[RepoStatus], now: u64) -> String {
             st,
             ago(s.last_success_at, now),
             lag(s, now),
-            if targets.is_empty() { "-".into() } else { targets.join(" ") },
+            if targets.is_empty() {
+                "-".into()
+            } else {
+                targets.join(" ")
+            },
             error,
         ]);
     }
-    let widths: Vec<usize> = (0..6).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..6)
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
     let mut out = String::new();
     for r in rows {
-        let line: Vec<String> = r.iter().enumerate().map(|(i, cell)| format!("{cell:<w$}", w = widths[i])).collect();
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, cell)| format!("{cell:<w$}", w = widths[i]))
+            .collect();
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
     }

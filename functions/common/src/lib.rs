@@ -151,7 +151,9 @@ impl Env {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(gitferry_core::webhook::DEFAULT_MAX_BODY),
             visibility: Duration::from_secs(
-                get("GITFERRY_VISIBILITY_SECS").and_then(|v| v.parse().ok()).unwrap_or(5400),
+                get("GITFERRY_VISIBILITY_SECS")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(5400),
             ),
         })
     }
@@ -193,7 +195,13 @@ impl Runtime {
             // Read at run time from the secret, so rotating it needs no redeploy.
             env.status_token = Some(Secret::new("GITFERRY_STATUS_TOKEN", token.clone()));
         }
-        Ok(Runtime::with_parts(env, Arc::new(store), Arc::new(queue), secrets, Metrics::new(Arc::new(Emf::stdout()))))
+        Ok(Runtime::with_parts(
+            env,
+            Arc::new(store),
+            Arc::new(queue),
+            secrets,
+            Metrics::new(Arc::new(Emf::stdout())),
+        ))
     }
 
     /// Build from given parts (tests, or other front ends).
@@ -234,7 +242,8 @@ impl Runtime {
             l.checked = Instant::now();
             return Ok((l.config.clone(), l.digest.clone()));
         }
-        let text = String::from_utf8(object.body).map_err(|_| SetupError::Config("configuration is not UTF-8".into()))?;
+        let text =
+            String::from_utf8(object.body).map_err(|_| SetupError::Config("configuration is not UTF-8".into()))?;
         let lookup = |name: &str| std::env::var(name).ok().or_else(|| self.secrets.get(name).cloned());
         let config = Config::parse(&text, std::path::Path::new(&self.env.config_key), &lookup)
             .map_err(|e| SetupError::Config(e.to_string()))?;
@@ -254,15 +263,15 @@ impl Runtime {
 async fn load_secrets(arn: &str) -> Result<HashMap<String, String>, SetupError> {
     let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
     let client = aws_sdk_secretsmanager::Client::new(&sdk);
-    let out = client
-        .get_secret_value()
-        .secret_id(arn)
-        .send()
-        .await
-        .map_err(|e| SetupError::Aws(format!("reading secrets: {}", aws_sdk_secretsmanager::error::DisplayErrorContext(e))))?;
+    let out = client.get_secret_value().secret_id(arn).send().await.map_err(|e| {
+        SetupError::Aws(format!(
+            "reading secrets: {}",
+            aws_sdk_secretsmanager::error::DisplayErrorContext(e)
+        ))
+    })?;
     let text = out.secret_string().unwrap_or("{}");
-    let map: HashMap<String, serde_json::Value> =
-        serde_json::from_str(text).map_err(|_| SetupError::Config("the secrets secret must be a JSON object".into()))?;
+    let map: HashMap<String, serde_json::Value> = serde_json::from_str(text)
+        .map_err(|_| SetupError::Config("the secrets secret must be a JSON object".into()))?;
     Ok(map
         .into_iter()
         .filter_map(|(k, v)| v.as_str().map(|s| (k, s.to_owned())))
@@ -277,7 +286,10 @@ pub async fn webhook(rt: &Runtime, event: ApiGatewayV2httpRequest) -> ApiGateway
         Ok((c, _)) => c,
         Err(e) => {
             tracing::error!(error = %e, "configuration unavailable");
-            return response(api::Response::json(503, serde_json::json!({ "error": "configuration unavailable" })));
+            return response(api::Response::json(
+                503,
+                serde_json::json!({ "error": "configuration unavailable" }),
+            ));
         }
     };
     let api = Api {
@@ -294,7 +306,12 @@ pub async fn webhook(rt: &Runtime, event: ApiGatewayV2httpRequest) -> ApiGateway
         None => Vec::new(),
         Some(b) if event.is_base64_encoded => match base64_decode(b) {
             Some(bytes) => bytes,
-            None => return response(api::Response::json(400, serde_json::json!({ "error": "body is not valid base64" }))),
+            None => {
+                return response(api::Response::json(
+                    400,
+                    serde_json::json!({ "error": "body is not valid base64" }),
+                ));
+            }
         },
         Some(b) => b.as_bytes().to_vec(),
     };
@@ -323,7 +340,8 @@ pub async fn webhook(rt: &Runtime, event: ApiGatewayV2httpRequest) -> ApiGateway
 fn response(r: api::Response) -> ApiGatewayV2httpResponse {
     let mut out = ApiGatewayV2httpResponse::default();
     out.status_code = i64::from(r.status);
-    out.headers.insert("content-type", r.content_type.parse().expect("valid header value"));
+    out.headers
+        .insert("content-type", r.content_type.parse().expect("valid header value"));
     out.body = Some(Body::Text(String::from_utf8_lossy(&r.body).into_owned()));
     out.is_base64_encoded = false;
     out
@@ -352,7 +370,12 @@ pub async fn poll(rt: &Runtime, now_secs: u64) -> Result<gitferry_core::poll::Ti
     .await
     .map_err(|e| SetupError::Aws(e.to_string()))?;
     rt.metrics.polls_enqueued(tick.polled + tick.reconciled);
-    tracing::info!(probed = tick.probed, polled = tick.polled, reconciled = tick.reconciled, "poll tick");
+    tracing::info!(
+        probed = tick.probed,
+        polled = tick.polled,
+        reconciled = tick.reconciled,
+        "poll tick"
+    );
     Ok(tick)
 }
 
@@ -453,7 +476,9 @@ pub async fn sync(
             // Without this a returned record waits out the whole visibility timeout (and
             // blocks its FIFO group that long): retry after 5 s × 2^n instead.
             if let Some(q) = &extend
-                && let Err(e) = q.retry(&r.receipt, gitferry_core::server::backoff(r.receive_count)).await
+                && let Err(e) = q
+                    .retry(&r.receipt, gitferry_core::server::backoff(r.receive_count))
+                    .await
             {
                 tracing::warn!(message_id = %r.id, error = %e, "could not shorten the retry delay");
             }

@@ -11,10 +11,12 @@ async fn main() -> Result<(), Error> {
     let rt = gitferry_lambda::Runtime::init().await?;
     let sqs = Arc::new(gitferry_lambda::sqs_queue(&rt).await);
     let (rt, sqs) = (&rt, &sqs);
-    lambda_runtime::run(service_fn(move |event: LambdaEvent<gitferry_lambda::SqsEvent>| async move {
-        let deadline = gitferry_lambda::deadline_from(event.context.deadline);
-        let owner = format!("lambda:{}", event.context.request_id);
-        Ok::<_, Error>(gitferry_lambda::sync(rt, event.payload, deadline, &owner, Some(sqs.clone())).await)
-    }))
+    lambda_runtime::run(service_fn(
+        move |event: LambdaEvent<gitferry_lambda::SqsEvent>| async move {
+            let deadline = gitferry_lambda::deadline_from(event.context.deadline);
+            let owner = format!("lambda:{}", event.context.request_id);
+            Ok::<_, Error>(gitferry_lambda::sync(rt, event.payload, deadline, &owner, Some(sqs.clone())).await)
+        },
+    ))
     .await
 }

@@ -8,8 +8,10 @@ async fn main() -> Result<(), Error> {
     lambda_runtime::tracing::init_default_subscriber();
     let rt = gitferry_lambda::Runtime::init().await?;
     let rt = &rt;
-    lambda_runtime::run(service_fn(move |event: LambdaEvent<gitferry_lambda::ApiRequest>| async move {
-        Ok::<_, Error>(gitferry_lambda::webhook(rt, event.payload).await)
-    }))
+    lambda_runtime::run(service_fn(
+        move |event: LambdaEvent<gitferry_lambda::ApiRequest>| async move {
+            Ok::<_, Error>(gitferry_lambda::webhook(rt, event.payload).await)
+        },
+    ))
     .await
 }

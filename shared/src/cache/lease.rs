@@ -65,7 +65,10 @@ pub struct Lease {
 
 impl std::fmt::Debug for Lease {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Lease").field("key", &self.key).field("lost", &self.is_lost()).finish()
+        f.debug_struct("Lease")
+            .field("key", &self.key)
+            .field("lost", &self.is_lost())
+            .finish()
     }
 }
 
@@ -185,7 +188,11 @@ impl Lease {
     /// someone else holds it: `LeaseLost`.
     async fn write_own(&self, state: &(LeaseRecord, String), record: &LeaseRecord) -> Result<String, CacheError> {
         let body = serde_json::to_vec(record).expect("lease serialises");
-        match self.store.put(&self.key, body.clone(), Condition::IfMatch(state.1.clone())).await {
+        match self
+            .store
+            .put(&self.key, body.clone(), Condition::IfMatch(state.1.clone()))
+            .await
+        {
             Ok(etag) => return Ok(etag),
             Err(StoreError::PreconditionFailed { .. }) => {}
             Err(e) => return Err(e.into()),
@@ -261,10 +268,14 @@ impl Drop for Lease {
 /// that no longer runs can be taken at once instead of waiting for its TTL: after a crash and
 /// restart, the repo resumes immediately.
 fn local_holder_is_dead(owner: &str) -> bool {
-    let Some((host, pid)) = owner.rsplit_once(':') else { return false };
+    let Some((host, pid)) = owner.rsplit_once(':') else {
+        return false;
+    };
     let Ok(pid) = pid.parse::<u32>() else { return false };
     let this_host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned());
-    matches!(this_host, Ok(h) if h == host) && pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+    matches!(this_host, Ok(h) if h == host)
+        && pid != std::process::id()
+        && !std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
 /// The lease of `repo` as stored (for status), if any.

@@ -282,8 +282,12 @@ impl RepoCache {
         }
         self.invalidate_local()?;
         let path = self.path.clone();
-        blocking(move || repo::open_or_init_bare(&path).map(|_| ()).map_err(|e| CacheError::Local(e.to_string())))
-            .await?;
+        blocking(move || {
+            repo::open_or_init_bare(&path)
+                .map(|_| ())
+                .map_err(|e| CacheError::Local(e.to_string()))
+        })
+        .await?;
         let pack_dir = self.path.join("objects").join("pack");
         let local = local_packs(&pack_dir)?;
         let wanted: BTreeSet<&str> = snap.manifest.packs.iter().map(|p| p.name.as_str()).collect();
@@ -317,7 +321,10 @@ impl RepoCache {
         let tmp_idx = pack_dir.join(format!(".incoming-{name}.idx"));
         let corrupt = |what: String| CacheError::Corrupt { what };
         let mut bytes = 0;
-        for (key, tmp) in [(keys::pack(&self.repo, name), &tmp_pack), (keys::index(&self.repo, name), &tmp_idx)] {
+        for (key, tmp) in [
+            (keys::pack(&self.repo, name), &tmp_pack),
+            (keys::index(&self.repo, name), &tmp_idx),
+        ] {
             match self.store.download(&key, tmp).await {
                 Ok(info) => bytes += info.size,
                 Err(StoreError::NotFound { .. }) => {
@@ -380,8 +387,14 @@ impl RepoCache {
         };
         for pack in &uploads {
             for (key, file) in [
-                (keys::pack(&self.repo, &pack.name), pack_dir.join(format!("pack-{}.pack", pack.name))),
-                (keys::index(&self.repo, &pack.name), pack_dir.join(format!("pack-{}.idx", pack.name))),
+                (
+                    keys::pack(&self.repo, &pack.name),
+                    pack_dir.join(format!("pack-{}.pack", pack.name)),
+                ),
+                (
+                    keys::index(&self.repo, &pack.name),
+                    pack_dir.join(format!("pack-{}.idx", pack.name)),
+                ),
             ] {
                 // Content-addressed: an object already under this name (a retried upload) is the
                 // same bytes, or a damaged copy that this replaces.
@@ -407,13 +420,20 @@ impl RepoCache {
         let etag = match self.store.put(&key, body, condition).await {
             Ok(etag) => etag,
             Err(StoreError::PreconditionFailed { .. }) => {
-                return Err(CacheError::Conflict { repo: self.repo.clone() });
+                return Err(CacheError::Conflict {
+                    repo: self.repo.clone(),
+                });
             }
             Err(e) => return Err(e.into()),
         };
         // Only now that the manifest no longer names them may old packs go.
         let current: BTreeSet<&str> = manifest.packs.iter().map(|p| p.name.as_str()).collect();
-        for old in snap.manifest.packs.iter().filter(|p| !current.contains(p.name.as_str())) {
+        for old in snap
+            .manifest
+            .packs
+            .iter()
+            .filter(|p| !current.contains(p.name.as_str()))
+        {
             for key in [keys::pack(&self.repo, &old.name), keys::index(&self.repo, &old.name)] {
                 if let Err(e) = self.store.delete(&key).await {
                     // Harmless garbage; the next compaction of this repo retries nothing, so say so.
@@ -468,7 +488,9 @@ fn local_packs(pack_dir: &Path) -> Result<BTreeMap<String, PackRef>, CacheError>
     };
     for entry in entries.flatten() {
         let file = entry.file_name().to_string_lossy().into_owned();
-        let Some(name) = file.strip_prefix("pack-").and_then(|f| f.strip_suffix(".idx")) else { continue };
+        let Some(name) = file.strip_prefix("pack-").and_then(|f| f.strip_suffix(".idx")) else {
+            continue;
+        };
         let pack = pack_dir.join(format!("pack-{name}.pack"));
         let Ok(meta) = std::fs::metadata(&pack) else { continue };
         let objects = gix_pack::index::File::at(entry.path(), gix::hash::Kind::Sha1)
@@ -497,7 +519,8 @@ fn remove_pack_files(pack_dir: &Path, name: &str) {
 fn verify_pack(pack: &Path, idx: &Path, expected: &str) -> Result<(), CacheError> {
     let corrupt = |what: String| CacheError::Corrupt { what };
     let interrupt = AtomicBool::new(false);
-    let data = gix_pack::data::File::at(pack, gix::hash::Kind::Sha1).map_err(|e| corrupt(format!("pack {expected}: {e}")))?;
+    let data =
+        gix_pack::data::File::at(pack, gix::hash::Kind::Sha1).map_err(|e| corrupt(format!("pack {expected}: {e}")))?;
     let actual = data
         .verify_checksum(&mut gix::progress::Discard, &interrupt)
         .map_err(|e| corrupt(format!("pack {expected}: {e}")))?;
@@ -505,12 +528,16 @@ fn verify_pack(pack: &Path, idx: &Path, expected: &str) -> Result<(), CacheError
     if named != Some(actual) {
         return Err(corrupt(format!("pack {expected} has checksum {actual}")));
     }
-    let index = gix_pack::index::File::at(idx, gix::hash::Kind::Sha1).map_err(|e| corrupt(format!("index {expected}: {e}")))?;
+    let index =
+        gix_pack::index::File::at(idx, gix::hash::Kind::Sha1).map_err(|e| corrupt(format!("index {expected}: {e}")))?;
     index
         .verify_checksum(&mut gix::progress::Discard, &interrupt)
         .map_err(|e| corrupt(format!("index {expected}: {e}")))?;
     if named != Some(index.pack_checksum()) {
-        return Err(corrupt(format!("index {expected} belongs to pack {}", index.pack_checksum())));
+        return Err(corrupt(format!(
+            "index {expected} belongs to pack {}",
+            index.pack_checksum()
+        )));
     }
     Ok(())
 }

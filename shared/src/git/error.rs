@@ -74,7 +74,11 @@ impl Error {
     }
 
     pub fn class(&self) -> ErrorClass {
-        if self.is_transient() { ErrorClass::Transient } else { ErrorClass::Permanent }
+        if self.is_transient() {
+            ErrorClass::Transient
+        } else {
+            ErrorClass::Permanent
+        }
     }
 
     pub(crate) fn local(path: &std::path::Path, message: impl std::fmt::Display) -> Error {
@@ -106,7 +110,11 @@ impl Error {
                 401 | 403 => Error::Auth { remote: name, message },
                 404 | 410 => Error::NotFound { remote: name, message },
                 408 | 429 | 500..=599 => Error::Network { remote: name, message },
-                _ => Error::Remote { remote: name, message, transient: false },
+                _ => Error::Remote {
+                    remote: name,
+                    message,
+                    transient: false,
+                },
             };
         }
         if is_not_found_text(&message) || err.is_not_found() {
@@ -116,11 +124,19 @@ impl Error {
             return Error::Network { remote: name, message };
         }
         if err.is_unsupported() || err.is_validation() {
-            return Error::Remote { remote: name, message, transient: false };
+            return Error::Remote {
+                remote: name,
+                message,
+                transient: false,
+            };
         }
         // Unknown: protocol hiccups (truncated streams, unexpected EOF) are usually a dying
         // connection; let the queue retry them rather than giving up on the mirror.
-        Error::Remote { remote: name, message, transient: true }
+        Error::Remote {
+            remote: name,
+            message,
+            transient: true,
+        }
     }
 
     /// Classify an I/O error that happened while talking to `remote`.
@@ -133,7 +149,11 @@ impl Error {
                 401 | 403 => Error::Auth { remote: name, message },
                 404 | 410 => Error::NotFound { remote: name, message },
                 408 | 429 | 500..=599 => Error::Network { remote: name, message },
-                _ => Error::Remote { remote: name, message, transient: false },
+                _ => Error::Remote {
+                    remote: name,
+                    message,
+                    transient: false,
+                },
             };
         }
         match err.kind() {

@@ -79,7 +79,11 @@ pub fn mirror_fetch(
     };
     repo::apply_ref_updates(cache, &prunes, source.head.as_deref(), "gitferry: prune")?;
 
-    let after = if prunes.is_empty() { current } else { repo::read_refs(cache, &options.refs, Peel::No)? };
+    let after = if prunes.is_empty() {
+        current
+    } else {
+        repo::read_refs(cache, &options.refs, Peel::No)?
+    };
     let deltas = refs::diff(&before.ids(), &after.ids(), |old, new| {
         repo::is_ancestor(cache, old, new)
     });
@@ -135,7 +139,10 @@ fn fetch_network(
         )
         .map_err(gix_err)?;
     let source = lsremote::ref_state_from_advertisement(&prepare.ref_map().remote_refs, patterns)?;
-    let up_to_date = source.refs.iter().all(|(name, t)| before.refs.get(name).map(|b| b.id) == Some(t.id));
+    let up_to_date = source
+        .refs
+        .iter()
+        .all(|(name, t)| before.refs.get(name).map(|b| b.id) == Some(t.id));
     if up_to_date || prepare.ref_map().mappings.iter().all(|m| m.local.is_none()) {
         // The cache has every ref already (or the source has none): no negotiation, no pack,
         // and no ref transaction — a no-op touches nothing on disk.

@@ -43,15 +43,13 @@ pub fn copy_objects(
 /// other packs (objects reachable from no ref are dropped). Returns the new pack's name
 /// (its checksum), or `None` for a repository without objects.
 pub fn repack_all(repo: &gix::Repository, interrupt: &AtomicBool) -> Result<Option<String>, CopyError> {
-    let refs = super::repo::read_refs(
-        repo,
-        &super::refs::RefPatterns::everything(),
-        super::repo::Peel::No,
-    )
-    .map_err(|e| CopyError::Index {
-        path: repo.path().display().to_string(),
-        message: e.to_string(),
-    })?;
+    let refs =
+        super::repo::read_refs(repo, &super::refs::RefPatterns::everything(), super::repo::Peel::No).map_err(|e| {
+            CopyError::Index {
+                path: repo.path().display().to_string(),
+                message: e.to_string(),
+            }
+        })?;
     let tips: Vec<ObjectId> = refs.refs.values().map(|t| t.id).collect();
     if tips.is_empty() {
         return Ok(None);

@@ -57,7 +57,10 @@ pub(crate) fn ref_state_from_advertisement(refs: &[Ref], patterns: &RefPatterns)
     let mut state = RefState::default();
     for r in refs {
         match r {
-            Ref::Symbolic { full_ref_name, target, .. } | Ref::Unborn { full_ref_name, target }
+            Ref::Symbolic {
+                full_ref_name, target, ..
+            }
+            | Ref::Unborn { full_ref_name, target }
                 if full_ref_name == "HEAD" =>
             {
                 state.head = validate_ref_name(target).ok();

@@ -12,12 +12,12 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use super::Error;
 use super::fetch::{FetchOptions, mirror_fetch};
 use super::push::{PushOptions, RefResult, push};
 use super::refs::{DeltaCounts, RefDelta, RefPatterns};
 use super::remote::Remote;
 use super::repo::{self, Peel};
-use super::Error;
 
 /// Receives one line of progress text (for humans).
 pub type ProgressFn = Arc<dyn Fn(&str) + Send + Sync>;
@@ -78,7 +78,12 @@ pub fn cache_path(cache_dir: &Path, source: &Remote) -> PathBuf {
 }
 
 /// Mirror `source` to `target` through a bare cache under `cache_dir`.
-pub fn mirror(source: &Remote, target: &Remote, cache_dir: &Path, options: &MirrorOptions) -> Result<MirrorSummary, Error> {
+pub fn mirror(
+    source: &Remote,
+    target: &Remote,
+    cache_dir: &Path,
+    options: &MirrorOptions,
+) -> Result<MirrorSummary, Error> {
     let started = Instant::now();
     let say = |line: String| {
         if let Some(p) = &options.progress {
@@ -108,7 +113,10 @@ pub fn mirror(source: &Remote, target: &Remote, cache_dir: &Path, options: &Mirr
         bytes: outcome.bytes,
     };
     if fetch.up_to_date {
-        say(format!("cache is up to date with {source} ({} refs)", outcome.source.len()));
+        say(format!(
+            "cache is up to date with {source} ({} refs)",
+            outcome.source.len()
+        ));
     } else {
         say(format!(
             "fetched {} objects ({}), {} ref change(s)",
@@ -170,7 +178,10 @@ impl MirrorSummary {
     /// A short report for terminals.
     pub fn human(&self) -> String {
         let counts = |c: &DeltaCounts| {
-            format!("{} created, {} updated, {} forced, {} deleted", c.created, c.updated, c.forced, c.deleted)
+            format!(
+                "{} created, {} updated, {} forced, {} deleted",
+                c.created, c.updated, c.forced, c.deleted
+            )
         };
         let mut out = format!(
             "mirrored {} -> {} in {:.2}s\n",
@@ -216,5 +227,9 @@ pub fn human_bytes(n: u64) -> String {
         v /= 1024.0;
         unit += 1;
     }
-    if unit == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[unit]) }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
 }

@@ -44,7 +44,10 @@ fn cache_sizes(repo: &gix::Repository) -> (usize, usize) {
         })
         .unwrap_or(0);
     let packs = usize::try_from(packs).unwrap_or(usize::MAX);
-    ((packs / 2).clamp(4 << 20, 32 << 20), (packs / 4).clamp(2 << 20, 16 << 20))
+    (
+        (packs / 2).clamp(4 << 20, 32 << 20),
+        (packs / 4).clamp(2 << 20, 16 << 20),
+    )
 }
 
 /// What was written.
@@ -99,7 +102,12 @@ pub fn write_pack(
     interrupt: &AtomicBool,
 ) -> Result<PackStats, PackError> {
     let local = |e: gix::Error| PackError::Local(super::error::chain(&e));
-    let mut db: gix::odb::HandleArc = repo.objects.clone().into_inner().into_arc().map_err(|e| PackError::Local(e.to_string()))?;
+    let mut db: gix::odb::HandleArc = repo
+        .objects
+        .clone()
+        .into_inner()
+        .into_arc()
+        .map_err(|e| PackError::Local(e.to_string()))?;
     db.prevent_pack_unload();
     db.ignore_replacements = true;
     // A fresh handle has no caches: without a delta-base cache every tree lookup during counting
@@ -110,18 +118,27 @@ pub fn write_pack(
     db.set_object_cache(move || Box::new(gix_pack::cache::object::MemoryCappedHashmap::new(object_cache)));
     let started = std::time::Instant::now();
     let counts = count_objects(repo, &db, tips, haves, also_has, interrupt)?;
-    tracing::debug!(objects = counts.len(), elapsed_ms = started.elapsed().as_millis() as u64, "counted objects to pack");
+    tracing::debug!(
+        objects = counts.len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "counted objects to pack"
+    );
     let mut out = CountingWriter { inner: out, count: 0 };
     if counts.is_empty() {
         write_empty_pack(repo.object_hash(), &mut out)?;
-        return Ok(PackStats { objects: 0, bytes: out.count });
+        return Ok(PackStats {
+            objects: 0,
+            bytes: out.count,
+        });
     }
     if let Some(c) = counts.iter().find(|c| !gix_pack::Find::contains(&db, &c.id)) {
-        return Err(PackError::Local(format!("object {} is missing from the local repository", c.id)));
+        return Err(PackError::Local(format!(
+            "object {} is missing from the local repository",
+            c.id
+        )));
     }
     let num_entries = counts.len();
-    let header_count =
-        u32::try_from(num_entries).map_err(|_| PackError::Local("more than 2^32 objects".into()))?;
+    let header_count = u32::try_from(num_entries).map_err(|_| PackError::Local("more than 2^32 objects".into()))?;
     let entries = output::entry::iter_from_counts(
         counts,
         db,
@@ -149,7 +166,9 @@ pub fn write_pack(
                 }
                 if !use_ofs_delta {
                     if let output::entry::Kind::DeltaRef { object_index } = e.kind {
-                        e.kind = output::entry::Kind::DeltaOid { id: written[object_index] };
+                        e.kind = output::entry::Kind::DeltaOid {
+                            id: written[object_index],
+                        };
                     }
                     written.push(e.id);
                 }
@@ -286,7 +305,11 @@ fn count_objects(
                     whole.push(id);
                     break;
                 }
-                None => return Err(PackError::Local(format!("object {id} is missing from the local repository"))),
+                None => {
+                    return Err(PackError::Local(format!(
+                        "object {id} is missing from the local repository"
+                    )));
+                }
             }
         }
     }
@@ -319,17 +342,24 @@ fn count_objects(
 
     let mut counts = Vec::new();
     let mut seen = HashSet::new();
-    let mut add = |ids: Vec<ObjectId>, expansion: ObjectExpansion, counts: &mut Vec<output::Count>| -> Result<(), PackError> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let mut input = ids.into_iter().map(Ok::<_, gix::Error>);
-        let (found, _) =
-            output::count::objects_unthreaded(db, &mut input, &gix::progress::Discard, interrupt, expansion)
-                .map_err(|e| if e.is_cancelled() { PackError::Interrupted } else { local(e) })?;
-        counts.extend(found.into_iter().filter(|c| !skip.contains(&c.id) && seen.insert(c.id)));
-        Ok(())
-    };
+    let mut add =
+        |ids: Vec<ObjectId>, expansion: ObjectExpansion, counts: &mut Vec<output::Count>| -> Result<(), PackError> {
+            if ids.is_empty() {
+                return Ok(());
+            }
+            let mut input = ids.into_iter().map(Ok::<_, gix::Error>);
+            let (found, _) =
+                output::count::objects_unthreaded(db, &mut input, &gix::progress::Discard, interrupt, expansion)
+                    .map_err(|e| {
+                        if e.is_cancelled() {
+                            PackError::Interrupted
+                        } else {
+                            local(e)
+                        }
+                    })?;
+            counts.extend(found.into_iter().filter(|c| !skip.contains(&c.id) && seen.insert(c.id)));
+            Ok(())
+        };
     let mut walked: Vec<ObjectId> = walked.into_iter().collect();
     walked.sort(); // deterministic packs for the same input
     add(walked, ObjectExpansion::TreeContents, &mut counts)?;

@@ -208,7 +208,9 @@ fn push_local(
     let all = RefPatterns::all();
     let target_all = repo::read_refs(&target, &all, Peel::No)?;
     let current = target_all.filtered(&options.refs).ids();
-    let commands = plan(desired, &current, options.prune, |old, new| repo::is_ancestor(repo, old, new));
+    let commands = plan(desired, &current, options.prune, |old, new| {
+        repo::is_ancestor(repo, old, new)
+    });
     let (commands, diverged) = withhold_diverged(commands, &current, options.keep_divergent.as_ref());
     let mut outcome = PushOutcome {
         atomic: options.atomic,
@@ -268,7 +270,10 @@ fn client_err(remote: &Remote, context: &str, e: &gix::protocol::transport::clie
         other => {
             let message = scrub(&format!("{context}: {}", super::error::chain(other)), remote);
             if gix::error::classify(other).is_unauthenticated() || gix::error::classify(other).is_permission_denied() {
-                Error::Auth { remote: remote.to_string(), message }
+                Error::Auth {
+                    remote: remote.to_string(),
+                    message,
+                }
             } else {
                 Error::Remote {
                     remote: remote.to_string(),
@@ -332,7 +337,9 @@ fn push_network(
     let all = RefPatterns::all();
     let target_all = lsremote::ref_state_from_advertisement(&advertised, &all)?;
     let current = target_all.filtered(&options.refs).ids();
-    let commands = plan(desired, &current, options.prune, |old, new| repo::is_ancestor(repo, old, new));
+    let commands = plan(desired, &current, options.prune, |old, new| {
+        repo::is_ancestor(repo, old, new)
+    });
     let (commands, diverged) = withhold_diverged(commands, &current, options.keep_divergent.as_ref());
     let atomic = options.atomic && offers("atomic");
     let mut outcome = PushOutcome {
@@ -413,7 +420,10 @@ fn push_network(
         Ok(stats) => stats,
         Err(SendError::Pack(PackError::Interrupted)) => return Err(Error::Interrupted),
         Err(SendError::Pack(PackError::Local(m))) => {
-            return Err(Error::Local { path: repo.path().display().to_string(), message: m });
+            return Err(Error::Local {
+                path: repo.path().display().to_string(),
+                message: m,
+            });
         }
         Err(SendError::Pack(PackError::Write(e)) | SendError::Io(e)) => {
             // The target hung up early: its own words (a report or fatal error) explain more
@@ -643,10 +653,27 @@ mod tests {
 
     #[test]
     fn keep_divergent_withholds_only_refs_someone_else_moved() {
-        let map = |v: &[(&str, u8)]| -> BTreeMap<String, ObjectId> { v.iter().map(|(n, i)| (n.to_string(), oid(*i))).collect() };
-        let current = map(&[("refs/heads/ours", 1), ("refs/heads/theirs", 9), ("refs/heads/gone", 5), ("refs/heads/ff", 7)]);
-        let last = map(&[("refs/heads/ours", 1), ("refs/heads/theirs", 2), ("refs/heads/gone", 4), ("refs/heads/ff", 6)]);
-        let desired = map(&[("refs/heads/ours", 3), ("refs/heads/theirs", 3), ("refs/heads/ff", 8), ("refs/heads/new", 1)]);
+        let map = |v: &[(&str, u8)]| -> BTreeMap<String, ObjectId> {
+            v.iter().map(|(n, i)| (n.to_string(), oid(*i))).collect()
+        };
+        let current = map(&[
+            ("refs/heads/ours", 1),
+            ("refs/heads/theirs", 9),
+            ("refs/heads/gone", 5),
+            ("refs/heads/ff", 7),
+        ]);
+        let last = map(&[
+            ("refs/heads/ours", 1),
+            ("refs/heads/theirs", 2),
+            ("refs/heads/gone", 4),
+            ("refs/heads/ff", 6),
+        ]);
+        let desired = map(&[
+            ("refs/heads/ours", 3),
+            ("refs/heads/theirs", 3),
+            ("refs/heads/ff", 8),
+            ("refs/heads/new", 1),
+        ]);
         // ff: 7 -> 8 is a fast-forward even though someone else moved it.
         let commands = plan(&desired, &current, true, |old, _| old == oid(7));
         let (keep, diverged) = withhold_diverged(commands, &current, Some(&last));
@@ -661,7 +688,8 @@ mod tests {
     #[test]
     fn progress_lines_are_dropped_from_messages() {
         let m = RemoteMessages {
-            text: b"Resolving deltas:  50% (1/2)\rResolving deltas: 100% (2/2), done.\nrefusing blocked branch\n".to_vec(),
+            text: b"Resolving deltas:  50% (1/2)\rResolving deltas: 100% (2/2), done.\nrefusing blocked branch\n"
+                .to_vec(),
             fatal: Vec::new(),
         };
         let r = Remote::parse("git://h/r").unwrap();

@@ -101,8 +101,7 @@ impl Default for RefPatterns {
 impl RefPatterns {
     pub fn new(include: Vec<String>, exclude: Vec<String>) -> Result<RefPatterns, Error> {
         for p in include.iter().chain(&exclude) {
-            if !p.starts_with("refs/") || p.contains("..") || p.contains(char::is_whitespace) || p.ends_with('/')
-            {
+            if !p.starts_with("refs/") || p.contains("..") || p.contains(char::is_whitespace) || p.ends_with('/') {
                 return Err(Error::InvalidRefPattern {
                     pattern: p.clone(),
                     reason: "patterns are full ref names under refs/, e.g. refs/heads/* or refs/tags/v*".into(),
@@ -228,7 +227,11 @@ pub fn diff(
             }),
             Some(&old) if old != new => out.push(RefDelta {
                 name: name.clone(),
-                kind: if is_fast_forward(old, new) { DeltaKind::Updated } else { DeltaKind::Forced },
+                kind: if is_fast_forward(old, new) {
+                    DeltaKind::Updated
+                } else {
+                    DeltaKind::Forced
+                },
                 old: Some(old),
                 new: Some(new),
             }),
@@ -369,14 +372,24 @@ mod tests {
 
     #[test]
     fn diff_classifies() {
-        let before: BTreeMap<_, _> = [("refs/heads/a", 1), ("refs/heads/b", 2), ("refs/heads/c", 3), ("refs/tags/t", 4)]
-            .into_iter()
-            .map(|(n, i)| (n.to_owned(), oid(i)))
-            .collect();
-        let after: BTreeMap<_, _> = [("refs/heads/a", 1), ("refs/heads/b", 5), ("refs/heads/c", 6), ("refs/heads/d", 7)]
-            .into_iter()
-            .map(|(n, i)| (n.to_owned(), oid(i)))
-            .collect();
+        let before: BTreeMap<_, _> = [
+            ("refs/heads/a", 1),
+            ("refs/heads/b", 2),
+            ("refs/heads/c", 3),
+            ("refs/tags/t", 4),
+        ]
+        .into_iter()
+        .map(|(n, i)| (n.to_owned(), oid(i)))
+        .collect();
+        let after: BTreeMap<_, _> = [
+            ("refs/heads/a", 1),
+            ("refs/heads/b", 5),
+            ("refs/heads/c", 6),
+            ("refs/heads/d", 7),
+        ]
+        .into_iter()
+        .map(|(n, i)| (n.to_owned(), oid(i)))
+        .collect();
         let d = diff(&before, &after, |old, _| old == oid(2));
         let kinds: Vec<_> = d.iter().map(|d| (d.name.as_str(), d.kind)).collect();
         assert_eq!(
@@ -393,16 +406,38 @@ mod tests {
 
     #[test]
     fn hostile_ref_names_are_refused() {
-        for bad in [&b"refs/heads/../../etc/passwd"[..], b"refs/heads/a..b", b"HEAD", b"refs/heads/x\0y", b"refs/heads/.hidden", b"/etc/passwd", b"refs/heads/a.lock", b"refs/heads/\xff"] {
-            assert!(validate_ref_name(bad).is_err(), "{:?} must be refused", String::from_utf8_lossy(bad));
+        for bad in [
+            &b"refs/heads/../../etc/passwd"[..],
+            b"refs/heads/a..b",
+            b"HEAD",
+            b"refs/heads/x\0y",
+            b"refs/heads/.hidden",
+            b"/etc/passwd",
+            b"refs/heads/a.lock",
+            b"refs/heads/\xff",
+        ] {
+            assert!(
+                validate_ref_name(bad).is_err(),
+                "{:?} must be refused",
+                String::from_utf8_lossy(bad)
+            );
         }
-        assert_eq!(validate_ref_name(b"refs/heads/feature/x").unwrap(), "refs/heads/feature/x");
+        assert_eq!(
+            validate_ref_name(b"refs/heads/feature/x").unwrap(),
+            "refs/heads/feature/x"
+        );
     }
 
     #[test]
     fn ref_state_json_roundtrip() {
         let mut s = RefState::default();
-        s.refs.insert("refs/tags/v1".into(), RefTarget { id: oid(1), peeled: Some(oid(2)) });
+        s.refs.insert(
+            "refs/tags/v1".into(),
+            RefTarget {
+                id: oid(1),
+                peeled: Some(oid(2)),
+            },
+        );
         s.head = Some("refs/heads/main".into());
         let json = serde_json::to_string(&s).unwrap();
         assert!(json.contains(&oid(1).to_hex().to_string()));

@@ -75,15 +75,16 @@ impl Remote {
         let is_url = input.contains("://");
         if !is_url {
             if looks_like_scp(input) {
-                return Err(invalid("scp-like ssh locations are not supported; use git://, http(s):// or a local path"));
+                return Err(invalid(
+                    "scp-like ssh locations are not supported; use git://, http(s):// or a local path",
+                ));
             }
             return Ok(Remote::local(PathBuf::from(input)));
         }
         let mut url = gix::url::parse(input).map_err(|_| invalid("not a valid git URL"))?;
         match url.scheme {
             gix::url::Scheme::File => {
-                let path = gix::path::from_bstring(url.path.clone())
-                    .map_err(|_| invalid("path is not valid UTF-8"))?;
+                let path = gix::path::from_bstring(url.path.clone()).map_err(|_| invalid("path is not valid UTF-8"))?;
                 return Ok(Remote::local(path));
             }
             gix::url::Scheme::Git | gix::url::Scheme::Http | gix::url::Scheme::Https => {}
@@ -174,7 +175,13 @@ impl Remote {
             .next()
             .unwrap_or("repo")
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect();
         if name.is_empty() || name.starts_with('.') {
             name.insert(0, 'r');
@@ -267,8 +274,13 @@ mod tests {
 
     #[test]
     fn local_paths_and_file_urls() {
-        assert!(matches!(Remote::parse("/srv/git/a.git").unwrap().location(), Location::Local(_)));
-        assert!(matches!(Remote::parse("file:///srv/git/a.git").unwrap().location(), Location::Local(p) if p == &PathBuf::from("/srv/git/a.git")));
+        assert!(matches!(
+            Remote::parse("/srv/git/a.git").unwrap().location(),
+            Location::Local(_)
+        ));
+        assert!(
+            matches!(Remote::parse("file:///srv/git/a.git").unwrap().location(), Location::Local(p) if p == &PathBuf::from("/srv/git/a.git"))
+        );
         assert!(Remote::parse("git@github.com:o/r.git").is_err());
         assert!(Remote::parse("ssh://git@github.com/o/r.git").is_err());
     }
@@ -277,7 +289,10 @@ mod tests {
     fn redact_url_handles_odd_input() {
         assert_eq!(redact_url("http://u:p@h/x"), "http://***@h/x");
         assert_eq!(redact_url("http://h/x@y"), "http://h/x@y");
-        assert_eq!(redact_url("see http://a:b@c:80/d and more"), "see http://***@c:80/d and more");
+        assert_eq!(
+            redact_url("see http://a:b@c:80/d and more"),
+            "see http://***@c:80/d and more"
+        );
         assert_eq!(redact_url("no url"), "no url");
     }
 

@@ -85,10 +85,7 @@ pub fn read_refs(repo: &gix::Repository, patterns: &RefPatterns, peel: Peel) -> 
             state.refs.insert(name, RefTarget { id, peeled });
         }
     }
-    state.head = repo
-        .head_name()
-        .map_err(err)?
-        .map(|n| n.as_bstr().to_string());
+    state.head = repo.head_name().map_err(err)?.map(|n| n.as_bstr().to_string());
     Ok(state)
 }
 

@@ -96,7 +96,10 @@ impl MemoryQueue {
                 break;
             }
             // A group whose head is in flight (and not yet timed out) is blocked.
-            if entries.front().is_some_and(|e| e.receipt.is_some() && e.visible_at > now) {
+            if entries
+                .front()
+                .is_some_and(|e| e.receipt.is_some() && e.visible_at > now)
+            {
                 continue;
             }
             for entry in entries.iter_mut() {
@@ -154,12 +157,16 @@ impl Queue for MemoryQueue {
                 continue;
             }
             state.dedup.insert(id, now + DEDUP_WINDOW);
-            state.groups.entry(r.group_id().to_owned()).or_default().push_back(Entry {
-                body: r.to_json(),
-                receipt: None,
-                visible_at: now,
-                receive_count: 0,
-            });
+            state
+                .groups
+                .entry(r.group_id().to_owned())
+                .or_default()
+                .push_back(Entry {
+                    body: r.to_json(),
+                    receipt: None,
+                    visible_at: now,
+                    receive_count: 0,
+                });
             sent.accepted += 1;
         }
         drop(state);
@@ -222,9 +229,13 @@ mod tests {
     #[tokio::test]
     async fn fifo_groups_deliver_in_order_one_batch_at_a_time() {
         let q = MemoryQueue::new(5);
-        q.send(&[SyncRequest::poll("a", 1), SyncRequest::poll("a", 2), SyncRequest::poll("b", 1)])
-            .await
-            .unwrap();
+        q.send(&[
+            SyncRequest::poll("a", 1),
+            SyncRequest::poll("a", 2),
+            SyncRequest::poll("b", 1),
+        ])
+        .await
+        .unwrap();
         let first = q.receive(10, VIS, NOW).await.unwrap();
         assert_eq!(first.len(), 3, "both of a (in order) and b");
         assert!(first[0].body.contains("\"slot\":1") && first[1].body.contains("\"slot\":2"));
@@ -259,7 +270,10 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(40)).await;
         let m2 = q.receive(1, short, NOW).await.unwrap();
         assert_eq!(m2[0].receive_count, 2);
-        assert!(q.ack(&m1[0].receipt).await.is_err(), "an expired receipt is no longer valid");
+        assert!(
+            q.ack(&m1[0].receipt).await.is_err(),
+            "an expired receipt is no longer valid"
+        );
         tokio::time::sleep(Duration::from_millis(40)).await;
         assert!(q.receive(1, short, NOW).await.unwrap().is_empty());
         assert_eq!(q.dead_letters().await.len(), 1);

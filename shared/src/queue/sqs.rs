@@ -28,7 +28,10 @@ pub struct SqsQueue {
 
 impl SqsQueue {
     pub fn new(client: Client, url: impl Into<String>) -> SqsQueue {
-        SqsQueue { client, url: url.into() }
+        SqsQueue {
+            client,
+            url: url.into(),
+        }
     }
 
     /// A client from the standard AWS configuration chain (region, credentials, and
@@ -105,7 +108,11 @@ impl Queue for SqsQueue {
                         .map(|f| format!("{}: {}", f.code(), f.message().unwrap_or_default()))
                         .collect();
                     let message = format!("{} message(s) not accepted: {}", failed.len(), reasons.join("; "));
-                    return Err(if sender_fault { QueueError::Failed(message) } else { QueueError::Unavailable(message) });
+                    return Err(if sender_fault {
+                        QueueError::Failed(message)
+                    } else {
+                        QueueError::Unavailable(message)
+                    });
                 }
                 pending.retain(|(id, _)| failed.contains(id));
                 tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;

@@ -85,11 +85,7 @@ impl Rule {
     }
 
     fn matches(&self, op: Op, key: &str) -> bool {
-        self.op.is_none_or(|o| o == op)
-            && self
-                .key_contains
-                .as_deref()
-                .is_none_or(|part| key.contains(part))
+        self.op.is_none_or(|o| o == op) && self.key_contains.as_deref().is_none_or(|part| key.contains(part))
     }
 }
 
@@ -247,14 +243,8 @@ impl ObjectStore for FaultStore {
         self.run(Op::Get, key, self.inner.get(key)).await
     }
 
-    async fn put(
-        &self,
-        key: &str,
-        body: Vec<u8>,
-        condition: Condition,
-    ) -> Result<String, StoreError> {
-        self.run(Op::Put, key, self.inner.put(key, body, condition))
-            .await
+    async fn put(&self, key: &str, body: Vec<u8>, condition: Condition) -> Result<String, StoreError> {
+        self.run(Op::Put, key, self.inner.put(key, body, condition)).await
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
@@ -266,17 +256,10 @@ impl ObjectStore for FaultStore {
     }
 
     async fn download(&self, key: &str, dest: &Path) -> Result<ObjectInfo, StoreError> {
-        self.run(Op::Download, key, self.inner.download(key, dest))
-            .await
+        self.run(Op::Download, key, self.inner.download(key, dest)).await
     }
 
-    async fn upload(
-        &self,
-        key: &str,
-        src: &Path,
-        condition: Condition,
-    ) -> Result<String, StoreError> {
-        self.run(Op::Upload, key, self.inner.upload(key, src, condition))
-            .await
+    async fn upload(&self, key: &str, src: &Path, condition: Condition) -> Result<String, StoreError> {
+        self.run(Op::Upload, key, self.inner.upload(key, src, condition)).await
     }
 }

@@ -90,9 +90,7 @@ pub struct FsStore {
 
 impl std::fmt::Debug for FsStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FsStore")
-            .field("root", &self.inner.root)
-            .finish()
+        f.debug_struct("FsStore").field("root", &self.inner.root).finish()
     }
 }
 
@@ -240,14 +238,8 @@ struct TempFile {
 impl TempFile {
     fn create(dir: &Path) -> io::Result<TempFile> {
         let path = dir.join(format!("{TMP_PREFIX}{}", uuid::Uuid::new_v4().simple()));
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)?;
-        Ok(TempFile {
-            path,
-            file: Some(file),
-        })
+        let file = OpenOptions::new().write(true).create_new(true).open(&path)?;
+        Ok(TempFile { path, file: Some(file) })
     }
 
     fn file(&mut self) -> &mut File {
@@ -308,15 +300,10 @@ impl Inner {
             Err(e) if e.kind() == ErrorKind::NotFound => {
                 let dir = path.parent().expect("lock dir");
                 self.ensure_dir(key, dir)?;
-                open()
-                    .map_err(|e| failed(key, format_args!("creating lock {}", path.display()), e))?
+                open().map_err(|e| failed(key, format_args!("creating lock {}", path.display()), e))?
             }
             Err(e) => {
-                return Err(failed(
-                    key,
-                    format_args!("opening lock {}", path.display()),
-                    e,
-                ));
+                return Err(failed(key, format_args!("opening lock {}", path.display()), e));
             }
         };
         file.lock()
@@ -343,9 +330,7 @@ impl Inner {
                 Ok(()) => {}
                 Err(e) if e.kind() == ErrorKind::AlreadyExists && d.is_dir() => continue,
                 Err(e) => {
-                    let what = if e.kind() == ErrorKind::AlreadyExists
-                        || e.kind() == ErrorKind::NotADirectory
-                    {
+                    let what = if e.kind() == ErrorKind::AlreadyExists || e.kind() == ErrorKind::NotADirectory {
                         "the key conflicts with an existing object (a key cannot also be a prefix \
                          directory of other keys in the local store)"
                             .to_string()
@@ -360,8 +345,7 @@ impl Inner {
                 Some(p) => p,
                 None => continue,
             };
-            sync_dir(parent)
-                .map_err(|e| failed(key, format_args!("syncing {}", parent.display()), e))?;
+            sync_dir(parent).map_err(|e| failed(key, format_args!("syncing {}", parent.display()), e))?;
         }
         Ok(())
     }
@@ -446,13 +430,8 @@ impl Inner {
     ) -> Result<(TempFile, String), StoreError> {
         let dir = path.parent().expect("object paths are under the root");
         self.ensure_dir(key, dir)?;
-        let mut temp = TempFile::create(dir).map_err(|e| {
-            failed(
-                key,
-                format_args!("creating a temporary file in {}", dir.display()),
-                e,
-            )
-        })?;
+        let mut temp = TempFile::create(dir)
+            .map_err(|e| failed(key, format_args!("creating a temporary file in {}", dir.display()), e))?;
         let (etag, _) = copy_hashing(src, temp.file()).map_err(|e| match e {
             CopyError::Read(e) => failed(key, format_args!("reading {src_name}"), e),
             CopyError::Write(e) => failed(key, format_args!("writing {}", temp.path.display()), e),
@@ -480,16 +459,11 @@ impl Inner {
             (Condition::IfMatch(_), None) => false,
         };
         if !holds {
-            return Err(StoreError::PreconditionFailed {
-                key: key.to_owned(),
-            });
+            return Err(StoreError::PreconditionFailed { key: key.to_owned() });
         }
         fs::rename(&temp.path, path).map_err(|e| {
-            let what = if e.kind() == ErrorKind::IsADirectory
-                || e.kind() == ErrorKind::DirectoryNotEmpty
-            {
-                "the key conflicts with a prefix directory of other keys in the local store"
-                    .to_string()
+            let what = if e.kind() == ErrorKind::IsADirectory || e.kind() == ErrorKind::DirectoryNotEmpty {
+                "the key conflicts with a prefix directory of other keys in the local store".to_string()
             } else {
                 format!("renaming into {}", path.display())
             };
@@ -511,8 +485,7 @@ impl Inner {
 
     fn upload(&self, key: &str, src: &Path, condition: &Condition) -> Result<String, StoreError> {
         let path = self.path(key)?;
-        let mut file = File::open(src)
-            .map_err(|e| failed(key, format_args!("opening {}", src.display()), e))?;
+        let mut file = File::open(src).map_err(|e| failed(key, format_args!("opening {}", src.display()), e))?;
         let (temp, etag) = self.stage(key, &path, &mut file, &src.display())?;
         drop(file);
         self.commit(key, &path, temp, etag, condition)
@@ -536,9 +509,7 @@ impl Inner {
         let mut file = match File::open(&path) {
             Ok(f) => f,
             Err(e) if is_absent(&e) => {
-                return Err(StoreError::NotFound {
-                    key: key.to_owned(),
-                });
+                return Err(StoreError::NotFound { key: key.to_owned() });
             }
             Err(e) => return Err(failed(key, format_args!("opening {}", path.display()), e)),
         };
@@ -546,12 +517,9 @@ impl Inner {
             .metadata()
             .map_err(|e| failed(key, format_args!("reading {}", path.display()), e))?;
         if !meta.is_file() {
-            return Err(StoreError::NotFound {
-                key: key.to_owned(),
-            });
+            return Err(StoreError::NotFound { key: key.to_owned() });
         }
-        let mut out = File::create(dest)
-            .map_err(|e| failed(key, format_args!("creating {}", dest.display()), e))?;
+        let mut out = File::create(dest).map_err(|e| failed(key, format_args!("creating {}", dest.display()), e))?;
         let (etag, size) = copy_hashing(&mut file, &mut out).map_err(|e| match e {
             CopyError::Read(e) => failed(key, format_args!("reading {}", path.display()), e),
             CopyError::Write(e) => failed(key, format_args!("writing {}", dest.display()), e),
@@ -582,19 +550,14 @@ impl Inner {
                 Err(e) => return Err(failed(prefix, format_args!("listing {}", dir.display()), e)),
             };
             for entry in entries {
-                let entry = entry
-                    .map_err(|e| failed(prefix, format_args!("listing {}", dir.display()), e))?;
+                let entry = entry.map_err(|e| failed(prefix, format_args!("listing {}", dir.display()), e))?;
                 let Ok(name) = entry.file_name().into_string() else {
                     continue; // not UTF-8: cannot be a key
                 };
                 if name.starts_with(RESERVED_PREFIX) {
                     continue; // locks, temporary files
                 }
-                let key = if rel.is_empty() {
-                    name
-                } else {
-                    format!("{rel}/{name}")
-                };
+                let key = if rel.is_empty() { name } else { format!("{rel}/{name}") };
                 let Ok(kind) = entry.file_type() else {
                     continue;
                 };
@@ -625,15 +588,9 @@ impl ObjectStore for FsStore {
         self.blocking(key, move |s| s.get(&k)).await
     }
 
-    async fn put(
-        &self,
-        key: &str,
-        body: Vec<u8>,
-        condition: Condition,
-    ) -> Result<String, StoreError> {
+    async fn put(&self, key: &str, body: Vec<u8>, condition: Condition) -> Result<String, StoreError> {
         let k = key.to_owned();
-        self.blocking(key, move |s| s.put(&k, &body, &condition))
-            .await
+        self.blocking(key, move |s| s.put(&k, &body, &condition)).await
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
@@ -651,15 +608,9 @@ impl ObjectStore for FsStore {
         self.blocking(key, move |s| s.download(&k, &dest)).await
     }
 
-    async fn upload(
-        &self,
-        key: &str,
-        src: &Path,
-        condition: Condition,
-    ) -> Result<String, StoreError> {
+    async fn upload(&self, key: &str, src: &Path, condition: Condition) -> Result<String, StoreError> {
         let (k, src) = (key.to_owned(), src.to_owned());
-        self.blocking(key, move |s| s.upload(&k, &src, &condition))
-            .await
+        self.blocking(key, move |s| s.upload(&k, &src, &condition)).await
     }
 }
 

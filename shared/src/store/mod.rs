@@ -59,7 +59,10 @@ pub enum StoreError {
 
 impl StoreError {
     pub fn is_transient(&self) -> bool {
-        matches!(self, StoreError::Unavailable { .. } | StoreError::PreconditionFailed { .. })
+        matches!(
+            self,
+            StoreError::Unavailable { .. } | StoreError::PreconditionFailed { .. }
+        )
     }
 }
 

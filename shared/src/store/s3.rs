@@ -82,11 +82,7 @@ impl std::fmt::Debug for S3Store {
 impl S3Store {
     /// A store on `bucket`, every key under `prefix` (`""` for none; a trailing `/` is
     /// optional). `Failed` if the bucket name is empty or the prefix is not a valid key.
-    pub fn new(
-        client: Client,
-        bucket: impl Into<String>,
-        prefix: &str,
-    ) -> Result<S3Store, StoreError> {
+    pub fn new(client: Client, bucket: impl Into<String>, prefix: &str) -> Result<S3Store, StoreError> {
         let bucket = bucket.into();
         if bucket.is_empty() {
             return Err(StoreError::Failed {
@@ -101,11 +97,7 @@ impl S3Store {
             validate_key(trimmed)?;
             format!("{trimmed}/")
         };
-        Ok(S3Store {
-            client,
-            bucket,
-            prefix,
-        })
+        Ok(S3Store { client, bucket, prefix })
     }
 
     /// A store configured from the environment: region and credentials from the standard AWS
@@ -117,11 +109,9 @@ impl S3Store {
     /// because `bucket.127.0.0.1` does not resolve. (A service-specific `endpoint_url` in a
     /// profile's `services` section is honoured by the SDK but not detected here.)
     pub async fn from_env(bucket: impl Into<String>, prefix: &str) -> Result<S3Store, StoreError> {
-        let sdk_config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .load()
-            .await;
-        let ignored = std::env::var("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS")
-            .is_ok_and(|v| v.eq_ignore_ascii_case("true"));
+        let sdk_config = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
+        let ignored =
+            std::env::var("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS").is_ok_and(|v| v.eq_ignore_ascii_case("true"));
         let overridden = sdk_config.endpoint_url().is_some()
             || (!ignored && std::env::var("AWS_ENDPOINT_URL_S3").is_ok_and(|v| !v.is_empty()));
         let config = aws_sdk_s3::config::Builder::from(&sdk_config)
@@ -152,42 +142,22 @@ impl S3Store {
         body: ByteStream,
         condition: &Condition,
     ) -> Result<String, StoreError> {
-        let mut req = self
-            .client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(s3_key)
-            .body(body);
+        let mut req = self.client.put_object().bucket(&self.bucket).key(s3_key).body(body);
         req = match condition {
             Condition::Always => req,
             Condition::IfMatch(etag) => req.if_match(quoted(etag)),
             Condition::IfAbsent => req.if_none_match("*"),
         };
-        let out = req
-            .send()
-            .await
-            .map_err(|e| write_error(key, condition, e))?;
+        let out = req.send().await.map_err(|e| write_error(key, condition, e))?;
         etag_of(key, out.e_tag())
     }
 
     /// The cheap up-front check of a multipart upload's condition (see the module docs).
-    async fn precheck(
-        &self,
-        key: &str,
-        s3_key: &str,
-        condition: &Condition,
-    ) -> Result<(), StoreError> {
+    async fn precheck(&self, key: &str, s3_key: &str, condition: &Condition) -> Result<(), StoreError> {
         if *condition == Condition::Always {
             return Ok(());
         }
-        let current = match self
-            .client
-            .head_object()
-            .bucket(&self.bucket)
-            .key(s3_key)
-            .send()
-            .await
-        {
+        let current = match self.client.head_object().bucket(&self.bucket).key(s3_key).send().await {
             Ok(out) => Some(etag_of(key, out.e_tag())?),
             Err(e) => match classify(key, e) {
                 StoreError::NotFound { .. } => None,
@@ -202,9 +172,7 @@ impl S3Store {
         if holds {
             Ok(())
         } else {
-            Err(StoreError::PreconditionFailed {
-                key: key.to_owned(),
-            })
+            Err(StoreError::PreconditionFailed { key: key.to_owned() })
         }
     }
 
@@ -231,9 +199,7 @@ impl S3Store {
                 message: "CreateMultipartUpload returned no upload id".into(),
             });
         };
-        let result = self
-            .upload_parts(key, s3_key, src, len, upload_id, condition)
-            .await;
+        let result = self.upload_parts(key, s3_key, src, len, upload_id, condition).await;
         if result.is_err() {
             let abort = self
                 .client
@@ -301,20 +267,13 @@ impl S3Store {
             .bucket(&self.bucket)
             .key(s3_key)
             .upload_id(upload_id)
-            .multipart_upload(
-                CompletedMultipartUpload::builder()
-                    .set_parts(Some(parts))
-                    .build(),
-            );
+            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build());
         req = match condition {
             Condition::Always => req,
             Condition::IfMatch(etag) => req.if_match(quoted(etag)),
             Condition::IfAbsent => req.if_none_match("*"),
         };
-        let out = req
-            .send()
-            .await
-            .map_err(|e| write_error(key, condition, e))?;
+        let out = req.send().await.map_err(|e| write_error(key, condition, e))?;
         etag_of(key, out.e_tag())
     }
 }
@@ -323,14 +282,7 @@ impl S3Store {
 impl ObjectStore for S3Store {
     async fn get(&self, key: &str) -> Result<Option<Object>, StoreError> {
         let s3_key = self.s3_key(key)?;
-        let out = match self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(&s3_key)
-            .send()
-            .await
-        {
+        let out = match self.client.get_object().bucket(&self.bucket).key(&s3_key).send().await {
             Ok(out) => out,
             Err(e) => {
                 return match classify(key, e) {
@@ -340,29 +292,19 @@ impl ObjectStore for S3Store {
             }
         };
         let etag = etag_of(key, out.e_tag())?;
-        let body = out
-            .body
-            .collect()
-            .await
-            .map_err(|e| StoreError::Unavailable {
-                key: key.to_owned(),
-                message: format!("reading the body: {}", DisplayErrorContext(&e)),
-            })?;
+        let body = out.body.collect().await.map_err(|e| StoreError::Unavailable {
+            key: key.to_owned(),
+            message: format!("reading the body: {}", DisplayErrorContext(&e)),
+        })?;
         Ok(Some(Object {
             body: body.into_bytes().to_vec(),
             etag,
         }))
     }
 
-    async fn put(
-        &self,
-        key: &str,
-        body: Vec<u8>,
-        condition: Condition,
-    ) -> Result<String, StoreError> {
+    async fn put(&self, key: &str, body: Vec<u8>, condition: Condition) -> Result<String, StoreError> {
         let s3_key = self.s3_key(key)?;
-        self.put_object(key, &s3_key, ByteStream::from(body), &condition)
-            .await
+        self.put_object(key, &s3_key, ByteStream::from(body), &condition).await
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
@@ -461,12 +403,7 @@ impl ObjectStore for S3Store {
         })
     }
 
-    async fn upload(
-        &self,
-        key: &str,
-        src: &Path,
-        condition: Condition,
-    ) -> Result<String, StoreError> {
+    async fn upload(&self, key: &str, src: &Path, condition: Condition) -> Result<String, StoreError> {
         let s3_key = self.s3_key(key)?;
         let len = tokio::fs::metadata(src)
             .await
@@ -476,16 +413,12 @@ impl ObjectStore for S3Store {
             })?
             .len();
         if len > MULTIPART_THRESHOLD {
-            return self
-                .upload_multipart(key, &s3_key, src, len, &condition)
-                .await;
+            return self.upload_multipart(key, &s3_key, src, len, &condition).await;
         }
-        let body = ByteStream::from_path(src)
-            .await
-            .map_err(|e| StoreError::Failed {
-                key: key.to_owned(),
-                message: format!("reading {}: {e}", src.display()),
-            })?;
+        let body = ByteStream::from_path(src).await.map_err(|e| StoreError::Failed {
+            key: key.to_owned(),
+            message: format!("reading {}: {e}", src.display()),
+        })?;
         self.put_object(key, &s3_key, body, &condition).await
     }
 }
@@ -539,10 +472,7 @@ where
                 "HTTP {status}{}{}{}",
                 if code.is_empty() { "" } else { " " },
                 code,
-                ctx.err()
-                    .message()
-                    .map(|m| format!(": {m}"))
-                    .unwrap_or_default()
+                ctx.err().message().map(|m| format!(": {m}")).unwrap_or_default()
             );
             classify_service(key, status, code, message)
         }
@@ -613,27 +543,15 @@ mod tests {
             c(409, "ConditionalRequestConflict"),
             StoreError::PreconditionFailed { .. }
         ));
-        assert!(matches!(
-            c(409, "BucketNotEmpty"),
-            StoreError::Failed { .. }
-        ));
+        assert!(matches!(c(409, "BucketNotEmpty"), StoreError::Failed { .. }));
         assert!(matches!(c(404, "NoSuchKey"), StoreError::NotFound { .. }));
         assert!(matches!(c(404, ""), StoreError::NotFound { .. }));
         assert!(matches!(c(404, "NoSuchBucket"), StoreError::Failed { .. }));
         assert!(matches!(c(503, "SlowDown"), StoreError::Unavailable { .. }));
-        assert!(matches!(
-            c(500, "InternalError"),
-            StoreError::Unavailable { .. }
-        ));
-        assert!(matches!(
-            c(400, "RequestTimeout"),
-            StoreError::Unavailable { .. }
-        ));
+        assert!(matches!(c(500, "InternalError"), StoreError::Unavailable { .. }));
+        assert!(matches!(c(400, "RequestTimeout"), StoreError::Unavailable { .. }));
         assert!(matches!(c(403, "AccessDenied"), StoreError::Failed { .. }));
-        assert!(matches!(
-            c(400, "InvalidRequest"),
-            StoreError::Failed { .. }
-        ));
+        assert!(matches!(c(400, "InvalidRequest"), StoreError::Failed { .. }));
     }
 
     #[test]
