@@ -30,6 +30,33 @@ pub mod receiver;
 
 pub use tempfile::TempDir;
 
+/// Run each listed async test case once per store adapter, as `fs::case` and `s3::case`. The
+/// calling test file defines `async fn fs_fixture()` and `async fn s3_fixture()` (a local
+/// directory and a fresh moto bucket) returning what the cases take by reference.
+#[macro_export]
+macro_rules! store_suite {
+    ($($case:ident),* $(,)?) => {
+        mod fs {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let f = super::fs_fixture().await;
+                    super::$case(&f).await;
+                }
+            )*
+        }
+        mod s3 {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let f = super::s3_fixture().await;
+                    super::$case(&f).await;
+                }
+            )*
+        }
+    };
+}
+
 /// Build a `git` command with an isolated, reproducible environment.
 pub fn git_cmd(dir: &Path) -> Command {
     let mut cmd = Command::new("git");

@@ -66,31 +66,8 @@ async fn s3_fixture() -> Fixture {
     }
 }
 
-/// Each case becomes one test per adapter: `fs::case` and `s3::case`.
-macro_rules! suite {
-    ($($case:ident),* $(,)?) => {
-        mod fs {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    let f = super::fs_fixture().await;
-                    super::$case(&f).await;
-                }
-            )*
-        }
-        mod s3 {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    let f = super::s3_fixture().await;
-                    super::$case(&f).await;
-                }
-            )*
-        }
-    };
-}
-
-suite!(
+// Each case becomes one test per adapter: `fs::case` and `s3::case`.
+harness::store_suite!(
     cold_restore_equals_the_source,
     warm_restore_downloads_nothing,
     incremental_sync_uploads_only_the_delta,
