@@ -162,7 +162,8 @@ pub fn object_count(repo: &Path) -> u64 {
     field("count:") + field("in-pack:")
 }
 
-fn free_port() -> u16 {
+/// A port nobody listens on right now (bind to 0, read it back, release it).
+pub fn free_port() -> u16 {
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .expect("bind loopback")
         .local_addr()
@@ -473,6 +474,56 @@ impl Servers {
             Proto::GitDaemon => self.daemon.url(name),
             Proto::Http => self.http.url(name),
         }
+    }
+}
+
+impl Servers {
+    /// `n` sources `src{i}.git` with one commit each, `n` empty targets `dst{i}.git`, and a
+    /// `mirrors.toml` mirroring repo `r{i}` from the first to the second by local path, driven
+    /// by signed GitHub webhooks whose secret is in `$secret_env`. Returns the config text, the
+    /// sources and their worktrees (to push more).
+    pub fn webhook_repos(&self, n: usize, secret_env: &str) -> (String, Vec<PathBuf>, Vec<Worktree>) {
+        let mut config = String::from("default_sync_policy = \"webhook_only\"\n");
+        let (mut sources, mut worktrees) = (Vec::new(), Vec::new());
+        for r in 0..n {
+            let src = self.create_bare(&format!("src{r}.git"));
+            self.create_bare(&format!("dst{r}.git"));
+            let mut wt = Worktree::new(&src);
+            wt.commit_file("f.txt", format!("repo {r}\n").as_bytes(), "init");
+            wt.push_all();
+            config.push_str(&format!(
+                "[repos.r{r}]\nurl = \"{}\"\nwebhook = {{ provider = \"github\", secret_env = \"{secret_env}\" }}\n\
+                 [[repos.r{r}.targets]]\nurl = \"{}\"\n",
+                src.display(),
+                self.path(&format!("dst{r}.git")).display()
+            ));
+            sources.push(src);
+            worktrees.push(wt);
+        }
+        (config, sources, worktrees)
+    }
+}
+
+/// Wait until `GET {base}/healthz` answers (a freshly started `gitferry serve`), or panic with
+/// `log`'s content after `secs`.
+pub fn wait_healthy(base: &str, secs: u64, log: &Path) {
+    let until = Instant::now() + Duration::from_secs(secs);
+    let addr = base.trim_start_matches("http://");
+    loop {
+        if let Ok(mut s) = TcpStream::connect(addr) {
+            let _ = s.write_all(b"GET /healthz HTTP/1.0\r\n\r\n");
+            let mut answer = String::new();
+            let _ = std::io::Read::read_to_string(&mut s, &mut answer);
+            if answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200") {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < until,
+            "the server at {base} did not come up: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        thread::sleep(Duration::from_millis(20));
     }
 }
 

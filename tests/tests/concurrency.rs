@@ -3,13 +3,12 @@
 //! bursts. Every repository must end equal to its source, every manifest must record the
 //! source's final refs (no generation lost), and redeliveries must be deduplicated.
 
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use gitferry_core::config::Provider;
 use harness::moto::MotoServer;
-use harness::{Servers, Worktree, assert_fsck_clean, git, mirrored_refs};
+use harness::{Servers, assert_fsck_clean, git, mirrored_refs};
 
 const SECRET: &str = "shared-secret";
 const REPOS: usize = 50;
@@ -21,11 +20,7 @@ struct Server {
 }
 
 fn start(dir: &std::path::Path, n: usize, moto: &MotoServer, bucket: &str, queue_url: &str) -> Server {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = harness::free_port();
     let child = Command::new(harness::gitferry_bin())
         .args(["serve", "--config", "mirrors.toml", "--workers", "3"])
         .args(["--store", &format!("s3://{bucket}/shared")])
@@ -48,15 +43,7 @@ fn start(dir: &std::path::Path, n: usize, moto: &MotoServer, bucket: &str, queue
         .spawn()
         .unwrap();
     let base = format!("http://127.0.0.1:{port}");
-    let until = Instant::now() + Duration::from_secs(30);
-    while reqwest::blocking::get(format!("{base}/healthz")).is_err() {
-        assert!(
-            Instant::now() < until,
-            "serve {n} did not start: {}",
-            std::fs::read_to_string(dir.join(format!("serve-{n}.log"))).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    harness::wait_healthy(&base, 30, &dir.join(format!("serve-{n}.log")));
     Server { child, base }
 }
 
@@ -71,23 +58,7 @@ fn two_servers_one_bucket_one_queue_converge() {
     });
     let servers = Servers::start();
     let dir = tempfile::tempdir().unwrap();
-    let mut config = String::from("default_sync_policy = \"webhook_only\"\n");
-    let mut worktrees = Vec::new();
-    let mut sources: Vec<PathBuf> = Vec::new();
-    for r in 0..REPOS {
-        let src = servers.create_bare(&format!("src{r}.git"));
-        servers.create_bare(&format!("dst{r}.git"));
-        let mut wt = Worktree::new(&src);
-        wt.commit_file("f.txt", format!("repo {r}\n").as_bytes(), "init");
-        wt.push_all();
-        config.push_str(&format!(
-            "[repos.r{r}]\nurl = \"{}\"\nwebhook = {{ provider = \"github\", secret_env = \"S\" }}\n[[repos.r{r}.targets]]\nurl = \"{}\"\n",
-            src.display(),
-            servers.path(&format!("dst{r}.git")).display()
-        ));
-        worktrees.push(wt);
-        sources.push(src);
-    }
+    let (config, sources, mut worktrees) = servers.webhook_repos(REPOS, "S");
     std::fs::write(dir.path().join("mirrors.toml"), config).unwrap();
     let mut a = start(dir.path(), 1, &moto, &bucket, &queue_url);
     let mut b = start(dir.path(), 2, &moto, &bucket, &queue_url);

@@ -438,11 +438,7 @@ fn unreachable_source_is_transient_and_leaves_the_cache_untouched() {
         case.mirror();
         let before = refs(&case.cache_repo());
         // A port nobody listens on.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = harness::free_port();
         let url = match proto {
             Proto::GitDaemon => format!("git://127.0.0.1:{port}/src.git"),
             Proto::Http => format!("http://127.0.0.1:{port}/src.git"),

@@ -509,11 +509,7 @@ async fn fifo_partial_failure_returns_the_failed_group_in_order() {
         servers.create_bare(&format!("{repo}-dst.git"));
         Worktree::new(&src).build_history();
     }
-    let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let dead_port = harness::free_port();
     let mut toml = String::new();
     for repo in ["a", "c"] {
         toml.push_str(&format!(

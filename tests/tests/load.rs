@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gitferry_core::config::Provider;
-use harness::{Servers, Worktree};
+use harness::Servers;
 
 const SECRET: &str = "load-secret";
 
@@ -28,25 +28,9 @@ fn rss_kib(pid: u32) -> u64 {
 fn run(deliveries: usize, repos: usize, senders: usize) {
     let servers = Servers::start();
     let dir = tempfile::tempdir().unwrap();
-    let mut config = String::from("default_sync_policy = \"webhook_only\"\n");
-    for r in 0..repos {
-        let src = servers.create_bare(&format!("src{r}.git"));
-        servers.create_bare(&format!("dst{r}.git"));
-        let mut wt = Worktree::new(&src);
-        wt.commit_file("f.txt", format!("repo {r}\n").as_bytes(), "init");
-        wt.push_all();
-        config.push_str(&format!(
-            "[repos.r{r}]\nurl = \"{}\"\nwebhook = {{ provider = \"github\", secret_env = \"S\" }}\n[[repos.r{r}.targets]]\nurl = \"{}\"\n",
-            src.display(),
-            servers.path(&format!("dst{r}.git")).display()
-        ));
-    }
+    let (config, _sources, _worktrees) = servers.webhook_repos(repos, "S");
     std::fs::write(dir.path().join("mirrors.toml"), config).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = harness::free_port();
     let mut child = Command::new(harness::gitferry_bin())
         .args([
             "serve",
@@ -61,15 +45,13 @@ fn run(deliveries: usize, repos: usize, senders: usize) {
         .current_dir(dir.path())
         .env("S", SECRET)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::from(
+            std::fs::File::create(dir.path().join("serve.log")).unwrap(),
+        ))
         .spawn()
         .unwrap();
     let base = format!("http://127.0.0.1:{port}");
-    let until = Instant::now() + Duration::from_secs(20);
-    while reqwest::blocking::get(format!("{base}/healthz")).is_err() {
-        assert!(Instant::now() < until);
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    harness::wait_healthy(&base, 20, &dir.path().join("serve.log"));
 
     // Deliveries: ids 0..n; every 10th is a redelivery of the previous id.
     let next = Arc::new(Mutex::new(0usize));

@@ -36,11 +36,7 @@ async fn only_changed_repos_are_enqueued() {
         let src = servers.create_bare(&format!("{name}.git"));
         Worktree::new(&src).build_history();
     }
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let dead = harness::free_port();
     let text = format!(
         "poll_interval_secs = 60\n\
          [repos.a]\nurl = \"{}\"\n[[repos.a.targets]]\nurl = \"/tmp/nowhere/a\"\n\

@@ -49,11 +49,7 @@ fn no_secret_in_logs_status_store_notifications_or_metrics_and_no_ssrf() {
         servers.url(Proto::Http, "dst2.git"),
     );
     std::fs::write(dir.path().join("mirrors.toml"), config).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = harness::free_port();
     let log = dir.path().join("serve.log");
     let mut child = Command::new(harness::gitferry_bin())
         .args([

@@ -51,11 +51,8 @@ impl Setup {
 
     /// Start `gitferry serve` on a free port; returns the child and the base URL.
     fn serve(&self) -> (Child, String) {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = harness::free_port();
+        let log = self.dir.path().join(format!("serve-{port}.log"));
         let child = Command::new(harness::gitferry_bin())
             .args(["serve", "--config", "mirrors.toml", "--store"])
             .arg(self.store())
@@ -64,17 +61,11 @@ impl Setup {
             .env("APP_SECRET", SECRET)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(Stdio::from(
-                std::fs::File::create(self.dir.path().join(format!("serve-{port}.log"))).unwrap(),
-            ))
+            .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
             .spawn()
             .expect("gitferry serve starts");
         let base = format!("http://127.0.0.1:{port}");
-        let until = Instant::now() + Duration::from_secs(20);
-        while reqwest::blocking::get(format!("{base}/healthz")).is_err() {
-            assert!(Instant::now() < until, "serve did not come up");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        harness::wait_healthy(&base, 20, &log);
         (child, base)
     }
 

@@ -967,11 +967,7 @@ async fn s3_errors_classified_without_credentials() {
     }
 
     // Nobody listening: transient.
-    let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let dead_port = harness::free_port();
     let config = moto
         .config()
         .credentials_provider(creds)
