@@ -280,7 +280,10 @@ impl SyncManager {
             ));
         }
         for r in &followed {
-            self.metrics.queue_lag(repo, r.trigger.kind().as_str(), r.lag_ms(now));
+            let lag_ms = r.lag_ms(now);
+            // One line per request taken: traces a delivery to the sync that served it.
+            tracing::info!(repo, request = %r.dedup_id(), lag_ms, "request taken");
+            self.metrics.queue_lag(repo, r.trigger.kind().as_str(), lag_ms);
         }
         // The trigger shown in status: a webhook's delivery id is the most useful to trace.
         let primary = followed

@@ -527,6 +527,27 @@ pub fn wait_healthy(base: &str, secs: u64, log: &Path) {
     }
 }
 
+/// What `gitferry serve` logs (at `RUST_LOG=info`) say it took off the queue: how many times each
+/// request (by deduplication id) was taken, and how many syncs were put back for a retry.
+pub fn requests_taken(logs: &[PathBuf]) -> (BTreeMap<String, usize>, usize) {
+    let mut taken = BTreeMap::new();
+    let mut retries = 0;
+    for log in logs {
+        let text = std::fs::read_to_string(log).unwrap_or_else(|e| panic!("{}: {e}", log.display()));
+        for line in text.lines() {
+            if line.contains("sync will be retried") {
+                retries += 1;
+            }
+            if line.contains("request taken")
+                && let Some(id) = line.split("request=").nth(1).and_then(|t| t.split_whitespace().next())
+            {
+                *taken.entry(id.to_owned()).or_default() += 1;
+            }
+        }
+    }
+    (taken, retries)
+}
+
 /// A non-bare working repository used to author history and push it to a served bare repo.
 pub struct Worktree {
     pub path: PathBuf,

@@ -68,12 +68,13 @@ fn two_servers_one_bucket_one_queue_converge() {
     let client = reqwest::blocking::Client::new();
     let mut accepted = 0;
     for i in 0..DELIVERIES {
-        let repo = (i * 7) % REPOS;
+        // A redelivery repeats the previous delivery exactly: same id, same body.
+        let id = if i % 10 == 9 { i - 1 } else { i };
+        let repo = (id * 7) % REPOS;
         if i % 5 == 0 {
             worktrees[repo].commit_file("f.txt", format!("change {i}\n").as_bytes(), &format!("change {i}"));
             worktrees[repo].push_all();
         }
-        let id = if i % 10 == 9 { i - 1 } else { i };
         let body = serde_json::json!({ "ref": "refs/heads/main", "repository": { "clone_url": sources[repo].display().to_string() } })
             .to_string();
         let sig = gitferry_core::webhook::sign(Provider::Github, SECRET, body.as_bytes());
@@ -137,7 +138,29 @@ fn two_servers_one_bucket_one_queue_converge() {
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum::<f64>() as usize;
     }
-    println!("two servers, {REPOS} repos, {DELIVERIES} deliveries: converged; lease reclaims {reclaims}");
+    // Duplicates deduplicated, nothing lost: the requests the two servers took are exactly the
+    // 900 distinct deliveries (each once, unless its sync was retried).
+    let (mut taken, retries) =
+        harness::requests_taken(&[dir.path().join("serve-1.log"), dir.path().join("serve-2.log")]);
+    let expected: std::collections::BTreeSet<String> = (0..DELIVERIES)
+        .filter(|i| i % 10 != 9)
+        .map(|i| format!("wh:github:d-{i}:r{}", (i * 7) % REPOS))
+        .collect();
+    // (Each server's start-up reconciliation adds one `manual:` request per repo; not counted.)
+    taken.retain(|id, _| id.starts_with("wh:"));
+    let seen: std::collections::BTreeSet<String> = taken.keys().cloned().collect();
+    assert_eq!(seen, expected, "every distinct delivery taken, and nothing else");
+    let total: usize = taken.values().sum();
+    assert!(
+        total <= expected.len() + retries,
+        "{total} requests taken for {} distinct deliveries and {retries} retries: a duplicate got through",
+        expected.len()
+    );
+    println!(
+        "two servers, {REPOS} repos, {DELIVERIES} deliveries: converged; {} distinct requests taken \
+         ({total} takes, {retries} retries); lease reclaims {reclaims}",
+        expected.len()
+    );
     assert_eq!(reclaims, 0, "no worker died, so no lease had to be reclaimed");
     for s in [&mut a, &mut b] {
         assert!(

@@ -44,6 +44,7 @@ fn run(deliveries: usize, repos: usize, senders: usize) {
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .current_dir(dir.path())
         .env("S", SECRET)
+        .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::from(
             std::fs::File::create(dir.path().join("serve.log")).unwrap(),
@@ -155,6 +156,24 @@ fn run(deliveries: usize, repos: usize, senders: usize) {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
     assert_eq!(counted as usize, deliveries, "every delivery counted");
+    // Every distinct delivery was enqueued and taken; every redelivery was deduplicated.
+    let (taken, retries) = harness::requests_taken(&[dir.path().join("serve.log")]);
+    let expected: std::collections::BTreeSet<String> = (0..deliveries)
+        .filter(|i| i % 10 != 9)
+        .map(|i| format!("wh:github:load-{i}:r{}", i % repos))
+        .collect();
+    let seen: std::collections::BTreeSet<String> = taken.keys().filter(|id| id.starts_with("wh:")).cloned().collect();
+    assert_eq!(seen, expected, "every distinct delivery taken, and nothing else");
+    let takes: usize = taken
+        .iter()
+        .filter(|(id, _)| id.starts_with("wh:"))
+        .map(|(_, n)| n)
+        .sum();
+    assert!(
+        takes <= expected.len() + retries,
+        "{takes} takes for {} distinct deliveries and {retries} retries: a redelivery got through",
+        expected.len()
+    );
     let peak_kib = (*peak.lock().unwrap()).max(rss_kib(pid));
     assert!(
         Command::new("kill")
@@ -169,7 +188,7 @@ fn run(deliveries: usize, repos: usize, senders: usize) {
     l.sort();
     let pct = |p: f64| l[((l.len() as f64 * p) as usize).min(l.len() - 1)];
     println!(
-        "load: {deliveries} deliveries ({} redeliveries) from {senders} senders to {repos} repos in {:.2}s ({:.0}/s); \
+        "load: {deliveries} deliveries ({} redeliveries, {takes} requests taken) from {senders} senders to {repos} repos in {:.2}s ({:.0}/s); \
          webhook latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; serve peak RSS {:.1} MiB",
         deliveries / 10,
         elapsed.as_secs_f64(),
