@@ -24,11 +24,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+pub mod leaks;
 pub mod moto;
 pub mod proxy;
 pub mod receiver;
 
-pub use tempfile::TempDir;
+pub use leaks::TempDir;
+
+/// A temporary directory checked for leaked secrets when dropped (see [`leaks`]).
+pub fn tempdir() -> TempDir {
+    TempDir::new("gitferry-test-")
+}
 
 /// Run each listed async test case once per store adapter, as `fs::case` and `s3::case`. The
 /// calling test file defines `async fn fs_fixture()` and `async fn s3_fixture()` (a local
@@ -261,6 +267,9 @@ pub struct RequestLog {
 
 impl HttpBackend {
     pub fn start(root: &Path, auth: Option<BasicAuth>) -> HttpBackend {
+        if let Some(a) = &auth {
+            leaks::credentials(&a.user, &a.password);
+        }
         let server =
             Arc::new(tiny_http::Server::http(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).expect("bind http server"));
         let port = server.server_addr().to_ip().expect("ip listener").port();
@@ -441,10 +450,8 @@ impl Servers {
     }
 
     pub fn start_with_auth(auth: Option<BasicAuth>) -> Servers {
-        let dir = tempfile::Builder::new()
-            .prefix("gitferry-srv-")
-            .tempdir()
-            .expect("tempdir");
+        leaks::capture_logs();
+        let dir = TempDir::new("gitferry-srv-");
         let daemon = GitDaemon::start(dir.path());
         let http = HttpBackend::start(dir.path(), auth);
         Servers { daemon, http, dir }
@@ -527,10 +534,11 @@ pub fn wait_healthy(base: &str, secs: u64, log: &Path) {
     }
 }
 
-/// What `gitferry serve` logs (at `RUST_LOG=info`) say it took off the queue: how many times each
-/// request (by deduplication id) was taken, and how many syncs were put back for a retry.
-pub fn requests_taken(logs: &[PathBuf]) -> (BTreeMap<String, usize>, usize) {
-    let mut taken = BTreeMap::new();
+/// What `gitferry serve` logs (at `RUST_LOG=info`) say it took off the queue: for each request
+/// (by deduplication id) when it was taken, Unix ms, once per take; and how many syncs were put
+/// back for a retry.
+pub fn requests_taken(logs: &[PathBuf]) -> (BTreeMap<String, Vec<u64>>, usize) {
+    let mut taken: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     let mut retries = 0;
     for log in logs {
         let text = std::fs::read_to_string(log).unwrap_or_else(|e| panic!("{}: {e}", log.display()));
@@ -541,17 +549,49 @@ pub fn requests_taken(logs: &[PathBuf]) -> (BTreeMap<String, usize>, usize) {
             if line.contains("request taken")
                 && let Some(id) = line.split("request=").nth(1).and_then(|t| t.split_whitespace().next())
             {
-                *taken.entry(id.to_owned()).or_default() += 1;
+                let at = line.split_whitespace().next().and_then(rfc3339_ms).unwrap_or(0);
+                taken.entry(id.to_owned()).or_default().push(at);
             }
         }
     }
+    for times in taken.values_mut() {
+        times.sort();
+    }
     (taken, retries)
+}
+
+/// `2026-11-25T16:21:13.295537Z` (a tracing timestamp) as Unix milliseconds.
+pub fn rfc3339_ms(text: &str) -> Option<u64> {
+    let (date, time) = text.strip_suffix('Z')?.split_once('T')?;
+    let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
+    let mut t = hms.split(':').map(|p| p.parse::<i64>().ok());
+    let (hh, mm, ss) = (t.next()??, t.next()??, t.next()??);
+    let ms: i64 = format!("{frac:0<3}")[..3].parse().ok()?;
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(((days * 24 + hh) * 60 + mm) * 60_000 + ss * 1000 + ms).ok()
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as u64
 }
 
 /// A non-bare working repository used to author history and push it to a served bare repo.
 pub struct Worktree {
     pub path: PathBuf,
-    _dir: TempDir,
+    /// Test-authored content only: not checked for leaks.
+    _dir: tempfile::TempDir,
     counter: u64,
 }
 
@@ -711,4 +751,15 @@ pub fn gitferry_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
     profile_dir.join("gitferry")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn tracing_timestamps_parse_to_unix_ms() {
+        assert_eq!(super::rfc3339_ms("1970-01-01T00:00:01.5Z"), Some(1500));
+        assert_eq!(super::rfc3339_ms("2026-11-25T16:21:13.295537Z"), Some(1_795_623_673_295));
+        assert_eq!(super::rfc3339_ms("2000-02-29T00:00:00Z"), Some(951_782_400_000));
+        assert_eq!(super::rfc3339_ms("not a time"), None);
+    }
 }

@@ -45,6 +45,7 @@ impl MotoServer {
     /// Start a server and wait until it answers HTTP. Panics (asking for `make deps`) when the
     /// venv has no moto.
     pub fn start() -> MotoServer {
+        super::leaks::capture_logs();
         let bin = moto_server_bin();
         if !bin.is_file() {
             panic!(
@@ -189,8 +190,91 @@ impl MotoServer {
     }
 }
 
+impl MotoServer {
+    /// Every object of every bucket (except packs), as (`bucket/key`, text): what gitferry
+    /// stored, for the leak check. Plain HTTP: moto checks no signatures, and drop has no runtime.
+    pub fn stored_texts(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let Some(list) = http_get(self.port, "/") else {
+            return out;
+        };
+        for bucket in xml_values(&list, "Name") {
+            let mut token: Option<String> = None;
+            loop {
+                let mut path = format!("/{bucket}?list-type=2");
+                if let Some(t) = &token {
+                    path.push_str(&format!("&continuation-token={}", url_encode(t)));
+                }
+                let Some(page) = http_get(self.port, &path) else { break };
+                for key in xml_values(&page, "Key") {
+                    if key.ends_with(".pack") || key.ends_with(".idx") {
+                        continue;
+                    }
+                    let encoded: Vec<String> = key.split('/').map(url_encode).collect();
+                    if let Some(body) = http_get(self.port, &format!("/{bucket}/{}", encoded.join("/"))) {
+                        out.push((format!("{bucket}/{key}"), body));
+                    }
+                }
+                token = xml_values(&page, "NextContinuationToken").into_iter().next();
+                if token.is_none() {
+                    break;
+                }
+            }
+        }
+        out
+    }
+}
+
+/// `GET path` with HTTP/1.0; the body as text when the answer is 200.
+fn http_get(port: u16, path: &str) -> Option<String> {
+    let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n");
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).ok()?;
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    head.split(' ').nth(1).filter(|code| *code == "200")?;
+    Some(body.to_owned())
+}
+
+/// The text of every `<tag>…</tag>` (XML entities of keys decoded).
+fn xml_values(xml: &str, tag: &str) -> Vec<String> {
+    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+    xml.split(&open)
+        .skip(1)
+        .filter_map(|rest| rest.split_once(&close).map(|(v, _)| v))
+        .map(|v| {
+            v.replace("&lt;", "<")
+                .replace("&gt;", ">")
+                .replace("&quot;", "\"")
+                .replace("&apos;", "'")
+                .replace("&amp;", "&")
+        })
+        .collect()
+}
+
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
 impl Drop for MotoServer {
     fn drop(&mut self) {
+        // Nothing gitferry stored may hold a secret (see `leaks`).
+        super::leaks::at_teardown(|| {
+            for (what, text) in self.stored_texts() {
+                super::leaks::check(&format!("s3://{what}"), &text);
+            }
+        });
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

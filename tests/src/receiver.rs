@@ -19,6 +19,7 @@ pub struct Receiver {
 
 impl Receiver {
     pub fn start() -> Receiver {
+        super::leaks::capture_logs();
         let server = Arc::new(tiny_http::Server::http(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).expect("bind"));
         let port = server.server_addr().to_ip().expect("ip").port();
         let bodies = Arc::new(Mutex::new(Vec::new()));
@@ -78,6 +79,12 @@ impl Receiver {
 
 impl Drop for Receiver {
     fn drop(&mut self) {
+        // No notification may carry a secret (see `leaks`).
+        super::leaks::at_teardown(|| {
+            for body in self.bodies() {
+                super::leaks::check("a notification", &body.to_string());
+            }
+        });
         self.server.unblock();
         if let Some(t) = self.thread.take() {
             let _ = t.join();

@@ -40,7 +40,7 @@ struct Fixture {
 }
 
 fn tempdir(prefix: &str) -> TempDir {
-    tempfile::Builder::new().prefix(prefix).tempdir().expect("tempdir")
+    TempDir::new(prefix)
 }
 
 async fn fs_fixture() -> Fixture {

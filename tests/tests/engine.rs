@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 
 use gitferry_core::git::{self, DeltaKind, MirrorOptions, MirrorSummary, RefPatterns, Remote};
+use harness::leaks::CheckedOutput;
 use harness::{
     BasicAuth, Proto, Servers, TempDir, Worktree, assert_fsck_clean, assert_refs_equal, git, install_hook,
     mirrored_refs, refs,
@@ -37,7 +38,7 @@ impl Case {
             source,
             target,
             wt,
-            cache: tempfile::tempdir().unwrap(),
+            cache: harness::tempdir(),
         }
     }
 
@@ -286,7 +287,7 @@ fn target_hook_declining_one_ref_rejects_only_that_ref() {
             ])
             .arg(case.cache.path())
             .arg("--json")
-            .output()
+            .checked_output()
             .expect("gitferry runs");
         assert_eq!(
             cli.status.code(),
@@ -373,7 +374,7 @@ fn http_basic_auth_right_and_wrong_credentials() {
     let bad = case
         .servers
         .http
-        .url_with_userinfo("src.git", &auth.user, "wrong-password-123");
+        .url_with_userinfo("src.git", &auth.user, &harness::leaks::secret("wrong-password-123"));
     let err = git::mirror(
         &Remote::parse(&bad).unwrap(),
         &Remote::parse(&good("dst.git")).unwrap(),
@@ -396,10 +397,10 @@ fn http_basic_auth_right_and_wrong_credentials() {
         ])
         .arg(case.cache.path())
         .env("GITFERRY_SOURCE_USER", &auth.user)
-        .env("GITFERRY_SOURCE_TOKEN", "another-wrong-secret")
+        .env("GITFERRY_SOURCE_TOKEN", harness::leaks::secret("another-wrong-secret"))
         .env("GITFERRY_TARGET_USER", &auth.user)
         .env("GITFERRY_TARGET_TOKEN", &auth.password)
-        .output()
+        .checked_output()
         .unwrap();
     assert_eq!(cli.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&cli.stderr);
@@ -474,7 +475,7 @@ fn empty_source_mirrors_to_an_empty_target() {
         let servers = Servers::start();
         servers.create_bare("empty.git");
         servers.create_bare("dst.git");
-        let cache = tempfile::tempdir().unwrap();
+        let cache = harness::tempdir();
         let s = git::mirror(
             &Remote::parse(&servers.url(proto, "empty.git")).unwrap(),
             &Remote::parse(&servers.url(proto, "dst.git")).unwrap(),
@@ -494,7 +495,7 @@ fn local_paths_are_mirrored_natively() {
     let target = servers.create_bare("dst.git");
     let mut wt = Worktree::new(&source);
     wt.build_history();
-    let cache = tempfile::tempdir().unwrap();
+    let cache = harness::tempdir();
     let run = || {
         git::mirror(
             &Remote::parse(source.to_str().unwrap()).unwrap(),
@@ -548,7 +549,7 @@ fn cli_json_summary_and_usage_errors() {
             ])
             .arg(case.cache.path())
             .args(extra)
-            .output()
+            .checked_output()
             .unwrap()
     };
     let out = run(&["--json"]);
@@ -570,12 +571,18 @@ fn cli_json_summary_and_usage_errors() {
 
     let usage = std::process::Command::new(harness::gitferry_bin())
         .args(["mirror", "only-one-arg"])
-        .output()
+        .checked_output()
         .unwrap();
     assert_eq!(usage.status.code(), Some(2));
     let bad = std::process::Command::new(harness::gitferry_bin())
-        .args(["mirror", "ftp://user:pw-secret@h/x", "/tmp/x", "--cache-dir", "/tmp/y"])
-        .output()
+        .args([
+            "mirror",
+            &format!("ftp://user:{}@h/x", harness::leaks::secret("pw-secret")),
+            "/tmp/x",
+            "--cache-dir",
+            "/tmp/y",
+        ])
+        .checked_output()
         .unwrap();
     assert_eq!(bad.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&bad.stderr);

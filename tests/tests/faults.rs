@@ -31,7 +31,7 @@ fn cut_mid_fetch_at_many_offsets_never_corrupts_and_retry_converges() {
     let src = Remote::parse(&proxy.url("src.git")).unwrap();
     let dst = Remote::parse(&servers.daemon.url("dst.git")).unwrap();
     for offset in OFFSETS {
-        let cache = tempfile::tempdir().unwrap();
+        let cache = harness::tempdir();
         proxy.set(Plan {
             cut_downstream_after: Some(offset),
             ..Plan::default()
@@ -75,7 +75,7 @@ fn cut_mid_push_at_many_offsets_leaves_old_or_new_per_ref_and_retry_converges() 
         let name = format!("dst{i}.git");
         let target = servers.create_bare(&name);
         let dst = Remote::parse(&proxy.url(&name)).unwrap();
-        let cache = tempfile::tempdir().unwrap();
+        let cache = harness::tempdir();
         proxy.set(Plan {
             cut_upstream_after: Some(offset),
             ..Plan::default()
@@ -116,7 +116,7 @@ fn a_stalled_source_fails_instead_of_hanging_forever() {
         delay_per_chunk: Some(std::time::Duration::from_millis(2)),
         ..Plan::default()
     });
-    let cache = tempfile::tempdir().unwrap();
+    let cache = harness::tempdir();
     git::mirror(
         &Remote::parse(&proxy.url("src.git")).unwrap(),
         &Remote::parse(&servers.daemon.url("dst.git")).unwrap(),
@@ -208,7 +208,7 @@ fn ten_thousand_refs_mirror_and_noop() {
     std::io::Write::write_all(child.stdin.as_mut().unwrap(), script.as_bytes()).unwrap();
     assert!(child.wait().unwrap().success());
     harness::git(&source, ["pack-refs", "--all"]);
-    let cache = tempfile::tempdir().unwrap();
+    let cache = harness::tempdir();
     let src = Remote::parse(&servers.daemon.url("src.git")).unwrap();
     let dst = Remote::parse(&servers.daemon.url("dst.git")).unwrap();
     let started = std::time::Instant::now();

@@ -68,6 +68,9 @@ impl Aws {
             )
             .await
             .unwrap();
+        for s in [SECRET, TOKEN, "gitlab-token", "gitea-secret"] {
+            harness::leaks::secret(s);
+        }
         let env = Env::from_lookup(&|k| match k {
             "GITFERRY_BUCKET" => Some(self.bucket.clone()),
             "GITFERRY_QUEUE_URL" => Some(self.queue_url.clone()),

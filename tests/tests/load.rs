@@ -26,8 +26,9 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 fn run(deliveries: usize, repos: usize, senders: usize) {
+    harness::leaks::secret(SECRET);
     let servers = Servers::start();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = harness::tempdir();
     let (config, _sources, _worktrees) = servers.webhook_repos(repos, "S");
     std::fs::write(dir.path().join("mirrors.toml"), config).unwrap();
     let port = harness::free_port();
@@ -167,7 +168,7 @@ fn run(deliveries: usize, repos: usize, senders: usize) {
     let takes: usize = taken
         .iter()
         .filter(|(id, _)| id.starts_with("wh:"))
-        .map(|(_, n)| n)
+        .map(|(_, t)| t.len())
         .sum();
     assert!(
         takes <= expected.len() + retries,

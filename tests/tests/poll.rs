@@ -50,7 +50,7 @@ async fn only_changed_repos_are_enqueued() {
         servers.url(Proto::Http, "gone.git"),
     );
     let config = Config::parse(&text, std::path::Path::new("t.toml"), &|_| None).unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = harness::tempdir();
     let store = Arc::new(FaultStore::new(Arc::new(FsStore::new(dir.path().to_owned()))));
     let queue = MemoryQueue::new(5);
     let options = ProbeOptions {
@@ -107,7 +107,7 @@ async fn only_changed_repos_are_enqueued() {
 #[ignore = "the cost model: `make cost`"]
 async fn cost_model_for_idle_repos() {
     const N: usize = 100;
-    let _ = tracing_subscriber::fmt().with_env_filter("warn").try_init();
+    harness::leaks::capture_logs();
     const INTERVAL: u64 = 300;
     let servers = Servers::start();
     let mut text = format!("poll_interval_secs = {INTERVAL}\n");
@@ -122,7 +122,7 @@ async fn cost_model_for_idle_repos() {
         ));
     }
     let config = Config::parse(&text, std::path::Path::new("cost.toml"), &|_| None).unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = harness::tempdir();
     let store = Arc::new(FaultStore::new(Arc::new(FsStore::new(dir.path().to_owned()))));
     let queue = MemoryQueue::new(5);
     let t0 = 1_800_000_000u64;

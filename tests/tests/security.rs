@@ -25,6 +25,9 @@ fn scan(what: &str, text: &str) {
 
 #[test]
 fn no_secret_in_logs_status_store_notifications_or_metrics_and_no_ssrf() {
+    for s in [PASSWORD, WRONG_PASSWORD, HOOK_SECRET, STATUS_TOKEN] {
+        harness::leaks::secret(s);
+    }
     let auth = BasicAuth {
         user: "mirror-bot".into(),
         password: PASSWORD.into(),
@@ -36,7 +39,7 @@ fn no_secret_in_logs_status_store_notifications_or_metrics_and_no_ssrf() {
     Worktree::new(&source).build_history();
     let receiver = Receiver::start();
     let canary = Receiver::start();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = harness::tempdir();
     let src_url = servers.url(Proto::Http, "src.git");
     let config = format!(
         "[notify]\ngeneric_webhook_url_env = \"NOTIFY\"\n\

@@ -6,6 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use gitferry_core::config::Provider;
+use harness::leaks::CheckedOutput;
 use harness::{Proto, Servers, TempDir, Worktree, assert_fsck_clean, assert_refs_equal, git, install_hook};
 
 const SECRET: &str = "serve-test-secret";
@@ -27,7 +28,8 @@ impl Setup {
         let target = servers.create_bare("dst.git");
         let mut wt = Worktree::new(&source);
         wt.build_history();
-        let dir = tempfile::tempdir().unwrap();
+        harness::leaks::secret(SECRET);
+        let dir = harness::tempdir();
         let config = format!(
             "[repos.app]\nurl = \"{}\"\nwebhook = {{ provider = \"github\", secret_env = \"APP_SECRET\" }}\n\
              [[repos.app.targets]]\nurl = \"{}\"\nname = \"mirror\"\n",
@@ -257,7 +259,7 @@ fn status_page_renders_in_headless_chromium() {
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .arg("--dump-dom")
         .arg(format!("{base}/"))
-        .output()
+        .checked_output()
         .unwrap();
     let html = String::from_utf8_lossy(&dom.stdout);
     assert!(
@@ -281,7 +283,7 @@ fn status_page_renders_in_headless_chromium() {
 
 #[test]
 fn demo_runs_offline_from_a_clean_home_in_under_a_minute() {
-    let home = tempfile::tempdir().unwrap();
+    let home = harness::tempdir();
     let started = Instant::now();
     let out = Command::new(harness::gitferry_bin())
         .arg("demo")
@@ -290,7 +292,7 @@ fn demo_runs_offline_from_a_clean_home_in_under_a_minute() {
         .env("PATH", "/usr/bin:/bin")
         .env("TMPDIR", home.path())
         .current_dir(home.path())
-        .output()
+        .checked_output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
@@ -319,7 +321,7 @@ fn check_config_status_and_sync_commands() {
             .args(args)
             .current_dir(s.dir.path())
             .env("APP_SECRET", SECRET)
-            .output()
+            .checked_output()
             .unwrap()
     };
     let ok = run(&["check-config", "mirrors.toml"]);

@@ -35,7 +35,7 @@ impl World {
         let source = servers.create_bare("src.git");
         let mut wt = Worktree::new(&source);
         wt.build_history();
-        let store_dir = tempfile::tempdir().unwrap();
+        let store_dir = harness::tempdir();
         let store = Arc::new(FaultStore::new(Arc::new(FsStore::new(store_dir.path().to_owned()))));
         World {
             servers,
@@ -43,7 +43,7 @@ impl World {
             wt,
             store,
             _store_dir: store_dir,
-            work: tempfile::tempdir().unwrap(),
+            work: harness::tempdir(),
             receiver: Receiver::start(),
             recorder: Arc::new(Recorder::default()),
         }

@@ -1,0 +1,294 @@
+//! No secret leaves gitferry: the whole suite is scanned, not one test.
+//!
+//! Every secret a test hands to gitferry is registered here ([`secret`], or implicitly by
+//! [`super::HttpBackend`] for its basic-auth password), together with the forms in which it
+//! could leak without being spelled out (base64 of `user:password` as in an `Authorization`
+//! header, percent-encoding as in a URL). What gitferry produces is then checked against every
+//! registered secret of the test binary:
+//!
+//! * in-process logs: [`capture_logs`] installs a tracing subscriber (debug level, every target)
+//!   whose writer checks each formatted line; the harness's entry points call it, so every test
+//!   that starts a server, a moto or a work directory has its library logs checked;
+//! * files: [`TempDir`] (a temporary directory) checks every file under it when dropped —
+//!   logs, statuses, manifests, the saved queue, git configs — except git objects and packs and
+//!   the files the test itself wrote with a secret in them ([`allow`]); [`super::Servers`] does
+//!   the same for its repositories;
+//! * notifications: [`super::receiver::Receiver`] checks every body when dropped;
+//! * S3: [`super::moto::MotoServer`] checks every object of every bucket when dropped;
+//! * child processes: [`CheckedOutput::checked_output`] runs a command and checks its output.
+//!
+//! A leak found in a log line is recorded and fails the test at its next teardown (a panic in
+//! the middle of library code would hide where it came from); every other check panics at once
+//! with the place and the leaked secret masked. Teardown checks are skipped when the test is
+//! already failing, so the first failure stays the one reported.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Mutex, Once};
+
+use base64::Engine;
+
+/// Secrets shorter than this are not registered: `test` (moto's dummy key) is everywhere.
+const MIN_LEN: usize = 8;
+
+static SECRETS: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+static ALLOWED: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
+static LOG_LEAKS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Register `value` as a secret and return it (`const`s cannot register themselves, so tests
+/// write `let token = harness::leaks::secret(TOKEN);` or call it once before use).
+pub fn secret(value: &str) -> String {
+    if value.len() >= MIN_LEN {
+        let mut set = SECRETS.lock().unwrap();
+        set.insert(value.to_owned());
+        let encoded = percent_encode(value);
+        if encoded != value {
+            set.insert(encoded);
+        }
+    }
+    value.to_owned()
+}
+
+/// Register the credentials of a basic-auth user: the password, and `user:password` as it
+/// appears base64-encoded in an `Authorization` header.
+pub fn credentials(user: &str, password: &str) {
+    secret(password);
+    let header = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    secret(&header);
+}
+
+/// A file the test wrote with a secret in it on purpose (an input, such as a secrets file given
+/// to the CLI): not a leak.
+pub fn allow(path: &Path) {
+    ALLOWED.lock().unwrap().insert(path.to_owned());
+}
+
+fn percent_encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// The registered secret `text` contains, if any.
+pub fn find(text: &str) -> Option<String> {
+    SECRETS
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|s| text.contains(s.as_str()))
+        .cloned()
+}
+
+fn mask(secret: &str) -> String {
+    format!("{}…({} chars)", &secret[..3.min(secret.len())], secret.len())
+}
+
+/// Panic if `text` (what gitferry produced, described by `what`) contains a registered secret.
+pub fn check(what: &str, text: &str) {
+    if let Some(s) = find(text) {
+        let at = text.find(&s).unwrap_or(0);
+        let from = text[..at].char_indices().rev().nth(80).map_or(0, |(i, _)| i);
+        let context = text[from..at].to_owned();
+        panic!("secret {} leaked into {what}, after: {context:?}", mask(&s));
+    }
+}
+
+/// Check every file under `dir` except git objects and packs, and allowed inputs.
+pub fn check_tree(dir: &Path) {
+    let allowed = ALLOWED.lock().unwrap().clone();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(kind) = entry.file_type() else { continue };
+            if kind.is_dir() {
+                if path.file_name().is_some_and(|n| n == "objects") {
+                    continue;
+                }
+                stack.push(path);
+            } else if kind.is_file() && !allowed.contains(&path) {
+                let skip = path
+                    .extension()
+                    .is_some_and(|e| e == "pack" || e == "idx" || e == "rev" || e == "keep");
+                if skip {
+                    continue;
+                }
+                if let Ok(bytes) = std::fs::read(&path) {
+                    check(&path.display().to_string(), &String::from_utf8_lossy(&bytes));
+                }
+            }
+        }
+    }
+}
+
+/// [`Command::output`] that also checks stdout and stderr for secrets: for every command whose
+/// output gitferry produced (`use harness::leaks::CheckedOutput;`, then `.checked_output()`).
+pub trait CheckedOutput {
+    fn checked_output(&mut self) -> std::io::Result<Output>;
+}
+
+impl CheckedOutput for Command {
+    fn checked_output(&mut self) -> std::io::Result<Output> {
+        let out = self.output()?;
+        check(
+            &format!("stdout of {:?}", self.get_program()),
+            &String::from_utf8_lossy(&out.stdout),
+        );
+        check(
+            &format!("stderr of {:?}", self.get_program()),
+            &String::from_utf8_lossy(&out.stderr),
+        );
+        Ok(out)
+    }
+}
+
+/// Panic if a log line leaked a secret since the last call (teardowns call this).
+pub fn assert_no_log_leaks() {
+    let leaks: Vec<String> = std::mem::take(&mut *LOG_LEAKS.lock().unwrap());
+    assert!(leaks.is_empty(), "secrets leaked into logs: {leaks:#?}");
+}
+
+/// For teardown code: check unless the thread is already panicking.
+pub(crate) fn at_teardown(f: impl FnOnce()) {
+    if !std::thread::panicking() {
+        assert_no_log_leaks();
+        f();
+    }
+}
+
+/// Install (once per test binary) a tracing subscriber that formats every event at debug level
+/// and checks it for secrets; nothing is printed unless `GITFERRY_TEST_LOG` is set.
+pub fn capture_logs() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("debug"))
+            .with_ansi(false)
+            .with_writer(|| LineChecker(Vec::new()))
+            .try_init();
+    });
+}
+
+/// Buffers one formatted event, checks it when dropped.
+struct LineChecker(Vec<u8>);
+
+impl Write for LineChecker {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for LineChecker {
+    fn drop(&mut self) {
+        let line = String::from_utf8_lossy(&self.0);
+        if let Some(s) = find(&line) {
+            let shown = line.replace(&s, &mask(&s));
+            LOG_LEAKS.lock().unwrap().push(shown.trim_end().to_owned());
+        }
+        if std::env::var_os("GITFERRY_TEST_LOG").is_some() {
+            let _ = std::io::stderr().write_all(&self.0);
+        }
+    }
+}
+
+/// A temporary directory whose files are checked for secrets when it is dropped (the harness's
+/// `TempDir`).
+pub struct TempDir(Option<tempfile::TempDir>);
+
+impl TempDir {
+    /// A new directory named `{prefix}…` under the system's temporary directory (and log
+    /// capture on).
+    pub fn new(prefix: &str) -> TempDir {
+        capture_logs();
+        let dir = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir()
+            .expect("temporary directory");
+        TempDir(Some(dir))
+    }
+
+    pub fn path(&self) -> &Path {
+        self.0.as_ref().expect("present until dropped").path()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let dir = self.0.take().expect("dropped once");
+        at_teardown(|| check_tree(dir.path()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn panic_text(result: std::thread::Result<()>) -> String {
+        let payload = result.expect_err("the leak is caught");
+        payload
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default()
+    }
+
+    // One test: the leak registries are global, and parallel tests would drain each other's.
+    #[test]
+    fn leaks_are_found_in_every_form_and_place() {
+        secret("pw-unit-1/+x");
+        credentials("bot", "pw-unit-2-abc");
+        assert!(find("token pw-unit-1/+x here").is_some());
+        assert!(find("url http://u:pw-unit-1%2F%2Bx@h/").is_some());
+        let header = base64::engine::general_purpose::STANDARD.encode("bot:pw-unit-2-abc");
+        assert!(find(&format!("Authorization: Basic {header}")).is_some());
+        assert!(find("nothing here").is_none());
+        secret("test"); // too short to register
+        assert!(find("test").is_none());
+
+        // A file under a work dir fails its teardown, without printing the secret.
+        secret("pw-unit-3-file");
+        let text = panic_text(std::panic::catch_unwind(|| {
+            let dir = TempDir::new("leaks-");
+            std::fs::create_dir_all(dir.path().join("state")).unwrap();
+            std::fs::write(dir.path().join("state/status.json"), "{\"e\":\"pw-unit-3-file\"}").unwrap();
+        }));
+        assert!(
+            text.contains("status.json") && !text.contains("pw-unit-3-file"),
+            "{text}"
+        );
+        // Git objects and allowed inputs are not scanned.
+        let dir = TempDir::new("leaks-");
+        std::fs::create_dir_all(dir.path().join("x.git/objects")).unwrap();
+        std::fs::write(dir.path().join("x.git/objects/blob"), "pw-unit-3-file").unwrap();
+        std::fs::write(dir.path().join("secrets.json"), "pw-unit-3-file").unwrap();
+        allow(&dir.path().join("secrets.json"));
+        drop(dir);
+
+        // A log line fails the next teardown, once.
+        secret("pw-unit-4-log");
+        tracing::warn!(url = "http://u:pw-unit-4-log@h/", "oops");
+        let text = panic_text(std::panic::catch_unwind(assert_no_log_leaks));
+        assert!(text.contains("oops") && !text.contains("pw-unit-4-log"), "{text}");
+        assert_no_log_leaks();
+
+        // Child process output.
+        let text = panic_text(std::panic::catch_unwind(|| {
+            let _ = Command::new("echo").arg("pw-unit-1/+x").checked_output();
+        }));
+        assert!(text.contains("stdout of \"echo\""), "{text}");
+    }
+}
