@@ -39,25 +39,19 @@ pub struct RefIssue {
 
 /// One target's side of the last sync.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+// Every field defaults: statuses written by older versions (fewer fields) still load.
+#[serde(default)]
 pub struct TargetStatus {
     pub state: State,
-    #[serde(default)]
     pub last_attempt_at: Option<u64>,
-    #[serde(default)]
     pub last_success_at: Option<u64>,
-    #[serde(default)]
     pub last_error: Option<String>,
-    #[serde(default)]
     pub error_class: Option<ErrorClass>,
-    #[serde(default)]
     pub consecutive_failures: u32,
     /// Refs changed on the target by the last sync.
-    #[serde(default)]
     pub refs_changed: usize,
-    #[serde(default)]
     pub rejected: Vec<RefIssue>,
     /// Refs left as they are because someone else moved them (`divergence = "keep"`).
-    #[serde(default)]
     pub diverged: Vec<RefIssue>,
 }
 
@@ -72,46 +66,31 @@ pub struct Backup {
 
 /// `status.json`: everything an operator asks about a repository.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+// Every field defaults: statuses written by older versions (fewer fields) still load.
+#[serde(default)]
 pub struct RepoStatus {
     pub repo: String,
     pub state: State,
-    #[serde(default)]
     pub started_at: Option<u64>,
-    #[serde(default)]
     pub finished_at: Option<u64>,
-    #[serde(default)]
     pub last_success_at: Option<u64>,
     /// When the source last changed (a sync that moved refs).
-    #[serde(default)]
     pub last_change_at: Option<u64>,
-    #[serde(default)]
     pub last_error: Option<String>,
-    #[serde(default)]
     pub error_class: Option<ErrorClass>,
-    #[serde(default)]
     pub consecutive_failures: u32,
-    #[serde(default)]
     pub last_trigger: Option<TriggerKind>,
-    #[serde(default)]
     pub last_delivery_id: Option<String>,
     /// Refs the source has (within the repo's patterns).
-    #[serde(default)]
     pub source_refs: usize,
     /// The changes of the last sync that changed something (at most 50).
-    #[serde(default)]
     pub last_changes: Vec<RefDelta>,
-    #[serde(default)]
     pub targets: BTreeMap<String, TargetStatus>,
-    #[serde(default)]
     pub overwritten: Vec<Backup>,
     /// Set while the mass-deletion guard holds back a prune.
-    #[serde(default)]
     pub guard: Option<String>,
-    #[serde(default)]
     pub lease: Option<LeaseRecord>,
-    #[serde(default)]
     pub duration_ms: Option<u64>,
-    #[serde(default)]
     pub updated_at: u64,
 }
 

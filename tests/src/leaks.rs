@@ -65,7 +65,8 @@ pub fn allow(path: &Path) {
     ALLOWED.lock().unwrap().insert(path.to_owned());
 }
 
-fn percent_encode(value: &str) -> String {
+/// Every byte but `A-Za-z0-9-._~` as `%XX` (a URL path segment or query value).
+pub(crate) fn percent_encode(value: &str) -> String {
     value
         .bytes()
         .map(|b| {

@@ -758,7 +758,10 @@ mod tests {
     #[test]
     fn tracing_timestamps_parse_to_unix_ms() {
         assert_eq!(super::rfc3339_ms("1970-01-01T00:00:01.5Z"), Some(1500));
-        assert_eq!(super::rfc3339_ms("2026-11-25T16:21:13.295537Z"), Some(1_795_623_673_295));
+        assert_eq!(
+            super::rfc3339_ms("2026-11-25T16:21:13.295537Z"),
+            Some(1_795_623_673_295)
+        );
         assert_eq!(super::rfc3339_ms("2000-02-29T00:00:00Z"), Some(951_782_400_000));
         assert_eq!(super::rfc3339_ms("not a time"), None);
     }

@@ -39,12 +39,8 @@ struct Fixture {
     _root: Option<TempDir>,
 }
 
-fn tempdir(prefix: &str) -> TempDir {
-    TempDir::new(prefix)
-}
-
 async fn fs_fixture() -> Fixture {
-    let root = tempdir("gitferry-cache-store-");
+    let root = TempDir::new("gitferry-cache-store-");
     Fixture {
         store: Arc::new(FsStore::new(root.path().join("store"))),
         _moto: None,
@@ -197,7 +193,7 @@ struct Synced {
 
 impl Worker {
     fn new(store: Arc<dyn ObjectStore>, repo: &str) -> Worker {
-        let dir = tempdir("gitferry-cache-work-");
+        let dir = TempDir::new("gitferry-cache-work-");
         Worker {
             cache: RepoCache::new(store, dir.path(), repo),
             _dir: dir,
@@ -787,7 +783,7 @@ fn copy_dir(from: &Path, to: &Path) {
 
 /// Put `repo` in the store at the state of the local copy `template` (a commit of a copy).
 async fn seed_repo(store: &Arc<dyn ObjectStore>, template: &Path, repo: &str) -> TempDir {
-    let dir = tempdir("gitferry-cache-seed-");
+    let dir = TempDir::new("gitferry-cache-seed-");
     copy_dir(template, &dir.path().join(format!("{repo}.git")));
     let c = RepoCache::new(store.clone(), dir.path(), repo);
     c.commit(&Snapshot::default(), local_state(c.path()))
@@ -1145,7 +1141,7 @@ async fn sync_manager_rebuilds_a_corrupt_cache_from_the_source(f: &Fixture) {
             ));
         }
         let config = Config::parse(&toml, Path::new("test.toml"), &|_| None).unwrap_or_else(|e| panic!("{e}"));
-        let work = tempdir("gitferry-cache-mgr-");
+        let work = TempDir::new("gitferry-cache-mgr-");
         let m = SyncManager::new(
             Arc::new(config),
             f.store.clone(),
@@ -1247,9 +1243,9 @@ async fn local_repo(store: &Arc<dyn ObjectStore>, work: &Path, name: &str) -> Re
 /// one in `keep` and nothing that is not a repository; a warm restore counts as a use.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn evict_lru_keeps_the_budget_and_the_kept_repos() {
-    let store_dir = tempdir("gitferry-cache-store-");
+    let store_dir = TempDir::new("gitferry-cache-store-");
     let store: Arc<dyn ObjectStore> = Arc::new(FsStore::new(store_dir.path().to_owned()));
-    let work = tempdir("gitferry-cache-work-");
+    let work = TempDir::new("gitferry-cache-work-");
     let w = work.path();
     let [a, b, c] = [
         local_repo(&store, w, "a").await,

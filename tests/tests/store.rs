@@ -40,17 +40,13 @@ impl Fixture {
     }
 }
 
-fn tempdir(prefix: &str) -> TempDir {
-    TempDir::new(prefix)
-}
-
 async fn fs_fixture() -> Fixture {
-    let root = tempdir("gitferry-store-");
+    let root = TempDir::new("gitferry-store-");
     let store_root = root.path().join("store");
     Fixture {
         store: Arc::new(FsStore::new(store_root.clone())),
         fs_root: Some(store_root),
-        scratch: tempdir("gitferry-scratch-"),
+        scratch: TempDir::new("gitferry-scratch-"),
         _moto: None,
         _root: Some(root),
     }
@@ -66,7 +62,7 @@ async fn s3_fixture() -> Fixture {
     Fixture {
         store: Arc::new(store),
         fs_root: None,
-        scratch: tempdir("gitferry-scratch-"),
+        scratch: TempDir::new("gitferry-scratch-"),
         _moto: Some(moto),
         _root: None,
     }
