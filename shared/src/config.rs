@@ -126,6 +126,16 @@ pub struct TargetConfig {
     pub divergence: Divergence,
 }
 
+impl TargetConfig {
+    /// The key of this target's refs in the cache manifest: its URL (credentials redacted), not
+    /// its name. Names default to the host, so pointing a target at another repository on the
+    /// same host keeps the name; keyed by name, the new target would inherit the old one's
+    /// recorded refs — a sync would call it up to date and never push to it.
+    pub fn state_key(&self) -> String {
+        self.remote.to_string()
+    }
+}
+
 /// How deliveries for a repo are authenticated.
 #[derive(Clone, Debug, PartialEq)]
 pub struct WebhookConfig {

@@ -683,6 +683,7 @@ impl SyncManager {
         let mut target_refs = snapshot.manifest.targets.clone();
         for target in &config.targets {
             let name = target.name.clone();
+            let key = target.state_key();
             if let Err(f) =
                 deadline_check(&format!("pushing to {name}")).and_then(|_| lease.check().map_err(Failure::from))
             {
@@ -699,7 +700,7 @@ impl SyncManager {
                 snapshot
                     .manifest
                     .targets
-                    .get(&name)
+                    .get(&key)
                     .map(|refs| {
                         refs.iter()
                             .filter_map(|(n, id)| ObjectId::from_hex(id.as_bytes()).ok().map(|id| (n.clone(), id)))
@@ -724,7 +725,7 @@ impl SyncManager {
                     work.stats.pushed += outcome.bytes;
                     work.stats.refs_changed += outcome.applied().count();
                     target_refs.insert(
-                        name.clone(),
+                        key.clone(),
                         outcome
                             .target_after()
                             .into_iter()
@@ -767,7 +768,7 @@ impl SyncManager {
             work.targets.insert(name, finish);
         }
         // Forget targets that are no longer configured.
-        target_refs.retain(|t, _| config.targets.iter().any(|c| &c.name == t));
+        target_refs.retain(|t, _| config.targets.iter().any(|c| &c.state_key() == t));
 
         // Commit the cache (compacting first if packs piled up).
         lease.check()?;
@@ -844,7 +845,7 @@ fn is_noop(advertised: &RefState, snapshot: &Snapshot, config: &RepoConfig) -> b
     config
         .targets
         .iter()
-        .all(|t| snapshot.manifest.targets.get(&t.name) == Some(&wanted))
+        .all(|t| snapshot.manifest.targets.get(&t.state_key()) == Some(&wanted))
 }
 
 /// A webhook naming a commit (`after` at `git_ref`) that the manifest already records on the
@@ -863,10 +864,14 @@ fn static_commit_recorded(trigger: &SyncTrigger, snapshot: &Snapshot, config: &R
     }
     let at_source = snapshot.manifest.source.refs.get(git_ref).map(|t| t.id.to_string());
     at_source.as_deref() == Some(after.as_str())
-        && config
-            .targets
-            .iter()
-            .all(|t| snapshot.manifest.targets.get(&t.name).and_then(|r| r.get(git_ref)) == Some(after))
+        && config.targets.iter().all(|t| {
+            snapshot
+                .manifest
+                .targets
+                .get(&t.state_key())
+                .and_then(|r| r.get(git_ref))
+                == Some(after)
+        })
 }
 
 fn evict(options: &SyncOptions, cache: &RepoCache) {

@@ -120,7 +120,8 @@ pub struct Manifest {
     /// `refs/gitferry/overwritten/...` backups of tips the source force-pushed or deleted.
     #[serde(default)]
     pub backups: BTreeMap<String, String>,
-    /// Per target: the refs we last know it has (what we pushed and it accepted).
+    /// Per target, by its URL (`TargetConfig::state_key`): the refs we last know it has (what we
+    /// pushed and it accepted).
     #[serde(default)]
     pub targets: BTreeMap<String, BTreeMap<String, String>>,
     pub updated_at: u64,
