@@ -1,5 +1,5 @@
 //! A loopback TCP proxy that breaks connections on purpose: cut after N bytes in either
-//! direction, stall, or slow every read. Put it in front of a git server to check that a
+//! direction (a clean close, or a reset), stall, or slow every read. Put it in front of a git server to check that a
 //! transfer interrupted at any point leaves no corrupt repository and a retry converges.
 
 use std::io::{Read, Write};
@@ -16,6 +16,8 @@ pub struct Plan {
     pub cut_upstream_after: Option<u64>,
     /// Close both sides after this many bytes server → client.
     pub cut_downstream_after: Option<u64>,
+    /// Cut with a TCP reset (RST: `ECONNRESET` on the peers) instead of a clean close (FIN).
+    pub reset: bool,
     /// Sleep this long before forwarding anything server → client (a stalled server).
     pub stall: Option<Duration>,
     /// Sleep this long after every chunk (a slow link).
@@ -87,25 +89,35 @@ fn proxy(client: TcpStream, upstream: SocketAddr, plan: Plan) {
         return;
     };
     let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-    let up_plan = plan.clone();
-    let up = thread::spawn(move || pump(c2, s2, up_plan.cut_upstream_after, None, up_plan.delay_per_chunk));
-    pump(
-        server,
-        client,
-        plan.cut_downstream_after,
-        plan.stall,
-        plan.delay_per_chunk,
-    );
+    let aborted = Arc::new(AtomicBool::new(false));
+    let (up_plan, up_aborted) = (plan.clone(), aborted.clone());
+    let up = thread::spawn(move || {
+        let cut = up_plan.cut_upstream_after;
+        pump(c2, s2, cut, &up_plan, None, &up_aborted)
+    });
+    pump(server, client, plan.cut_downstream_after, &plan, plan.stall, &aborted);
     let _ = up.join();
+    // The last handles close here: with linger 0 after a reset cut, that close sends the RST.
+}
+
+/// Abort both connections: linger 0 makes the final close send RST instead of FIN, and
+/// shutting down the read side (which sends nothing) wakes the other pump's read.
+fn reset(a: &TcpStream, b: &TcpStream) {
+    for s in [a, b] {
+        let _ = socket2::SockRef::from(s).set_linger(Some(Duration::ZERO));
+        let _ = s.shutdown(Shutdown::Read);
+    }
 }
 
 fn pump(
     mut from: TcpStream,
     mut to: TcpStream,
     cut_after: Option<u64>,
+    plan: &Plan,
     stall: Option<Duration>,
-    delay: Option<Duration>,
+    aborted: &AtomicBool,
 ) {
+    let delay = plan.delay_per_chunk;
     if let Some(s) = stall {
         thread::sleep(s);
     }
@@ -122,8 +134,13 @@ fn pump(
         {
             n = (limit - total) as usize;
             let _ = to.write_all(&buf[..n]);
-            let _ = from.shutdown(Shutdown::Both);
-            let _ = to.shutdown(Shutdown::Both);
+            if plan.reset {
+                aborted.store(true, Ordering::SeqCst);
+                reset(&from, &to);
+            } else {
+                let _ = from.shutdown(Shutdown::Both);
+                let _ = to.shutdown(Shutdown::Both);
+            }
             return;
         }
         if to.write_all(&buf[..n]).is_err() {
@@ -134,5 +151,69 @@ fn pump(
             thread::sleep(d);
         }
     }
-    let _ = to.shutdown(Shutdown::Write);
+    if !aborted.load(Ordering::SeqCst) {
+        let _ = to.shutdown(Shutdown::Write);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server that writes 1 MiB to whoever connects.
+    fn chatty_server() -> u16 {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        thread::spawn(move || {
+            for mut conn in listener.incoming().flatten() {
+                thread::spawn(move || {
+                    let _ = conn.write_all(&vec![7u8; 1 << 20]);
+                });
+            }
+        });
+        port
+    }
+
+    /// Read until the end; the bytes read and how it ended.
+    fn read_all(port: u16) -> (usize, std::io::Result<()>) {
+        let mut conn = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = [0u8; 4096];
+        let mut total = 0;
+        loop {
+            match conn.read(&mut buf) {
+                Ok(0) => return (total, Ok(())),
+                Ok(n) => total += n,
+                Err(e) => return (total, Err(e)),
+            }
+        }
+    }
+
+    #[test]
+    fn cuts_close_cleanly_or_reset() {
+        let proxy = FaultProxy::start(chatty_server());
+        assert_eq!(read_all(proxy.port).0, 1 << 20, "no plan: everything passes");
+        proxy.set(Plan {
+            cut_downstream_after: Some(1000),
+            ..Plan::default()
+        });
+        let (n, end) = read_all(proxy.port);
+        assert_eq!(
+            (n, end.is_ok()),
+            (1000, true),
+            "a clean cut: EOF after exactly 1000 bytes"
+        );
+        proxy.set(Plan {
+            cut_downstream_after: Some(1000),
+            reset: true,
+            ..Plan::default()
+        });
+        let (n, end) = read_all(proxy.port);
+        assert!(n <= 1000, "{n}");
+        assert_eq!(
+            end.map_err(|e| e.kind()),
+            Err(std::io::ErrorKind::ConnectionReset),
+            "a reset cut"
+        );
+    }
 }

@@ -30,10 +30,12 @@ fn cut_mid_fetch_at_many_offsets_never_corrupts_and_retry_converges() {
     let proxy = FaultProxy::start(servers.daemon.port);
     let src = Remote::parse(&proxy.url("src.git")).unwrap();
     let dst = Remote::parse(&servers.daemon.url("dst.git")).unwrap();
-    for offset in OFFSETS {
+    for (i, offset) in OFFSETS.into_iter().enumerate() {
         let cache = harness::tempdir();
+        // Every other cut is a TCP reset rather than a clean close.
         proxy.set(Plan {
             cut_downstream_after: Some(offset),
+            reset: i % 2 == 1,
             ..Plan::default()
         });
         let before = mirrored_refs(&target);
@@ -78,6 +80,7 @@ fn cut_mid_push_at_many_offsets_leaves_old_or_new_per_ref_and_retry_converges() 
         let cache = harness::tempdir();
         proxy.set(Plan {
             cut_upstream_after: Some(offset),
+            reset: i % 2 == 1,
             ..Plan::default()
         });
         let wanted = mirrored_refs(&source);

@@ -490,3 +490,107 @@ async fn a_store_fault_at_every_call_of_a_sync_never_loses_state() {
         }
     }
 }
+
+/// A connection cut in the middle of the fetch (clean close) or of the push (TCP reset): the
+/// sync records `Failed` with a transient error and asks for a retry, the target holds old or new
+/// refs only (fsck clean), a failed fetch leaves the cache manifest as it was, and the retry
+/// converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_connections_record_a_transient_failure_and_the_retry_converges() {
+    use gitferry_core::git::ErrorClass;
+    use harness::proxy::{FaultProxy, Plan};
+    let w = World::new();
+    let proxy = FaultProxy::start(w.servers.daemon.port);
+    let direct = |name: &str| w.url(Proto::GitDaemon, name);
+    let cases = [
+        (
+            "mid-fetch",
+            Plan {
+                cut_downstream_after: Some(50_000),
+                ..Plan::default()
+            },
+            proxy.url("src.git"),
+            "dst1.git",
+            direct("dst1.git"),
+        ),
+        (
+            "mid-push",
+            Plan {
+                cut_upstream_after: Some(50_000),
+                reset: true,
+                ..Plan::default()
+            },
+            direct("src.git"),
+            "dst2.git",
+            proxy.url("dst2.git"),
+        ),
+    ];
+    for (case, plan, source_url, target_name, target_url) in cases {
+        let target = w.target(target_name);
+        let toml = format!("[repos.app]\nurl = \"{source_url}\"\n[[repos.app.targets]]\nurl = \"{target_url}\"\n");
+        let m = w.manager(&toml);
+        let manifest_before = w.store.get("repos/app/manifest.json").await.unwrap().map(|o| o.etag);
+        proxy.set(plan);
+        let out = w.run(&m, &[webhook(&format!("{case}-1"))]).await;
+        assert!(
+            matches!(out.verdicts[..], [Verdict::Retry(_)]),
+            "{case}: {:?} {:#?}",
+            out.verdicts,
+            out.repos
+        );
+        let status = m.status_book().get("app").await.unwrap().unwrap();
+        assert_eq!(status.state, State::Failed, "{case}: {status:?}");
+        assert_eq!(status.error_class, Some(ErrorClass::Transient), "{case}: {status:?}");
+        assert!(status.consecutive_failures >= 1, "{case}");
+        let wanted = mirrored_refs(&w.source);
+        for (name, id) in mirrored_refs(&target) {
+            assert_eq!(wanted.get(&name), Some(&id), "{case}: {name} is old (absent) or new");
+        }
+        assert_fsck_clean(&target);
+        if case == "mid-fetch" {
+            let manifest_after = w.store.get("repos/app/manifest.json").await.unwrap().map(|o| o.etag);
+            assert_eq!(manifest_after, manifest_before, "a failed fetch commits nothing");
+        }
+
+        proxy.clear();
+        let out = w.run(&m, &[webhook(&format!("{case}-2"))]).await;
+        assert_eq!(out.verdicts, vec![Verdict::Done], "{case}");
+        let status = m.status_book().get("app").await.unwrap().unwrap();
+        assert_eq!(status.state, State::Success, "{case}: {status:?}");
+        assert_eq!(status.consecutive_failures, 0, "{case}");
+        assert_refs_equal(&w.source, &target);
+        assert_fsck_clean(&target);
+    }
+}
+
+/// A target re-pointed at another repository keeps its name (names default to the host), but
+/// not its recorded state: the first sync after the change pushes everything to the new
+/// repository even though the source did not move — through the latest-commit check (a poll)
+/// and the static-commit check (a webhook naming a commit the manifest already has).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_re_pointed_under_the_same_name_is_pushed_to() {
+    let w = World::new();
+    let main = git(&w.source, ["rev-parse", "refs/heads/main"]);
+    for (i, name) in ["dst-a.git", "dst-b.git", "dst-c.git"].into_iter().enumerate() {
+        let dst = w.target(name);
+        let m = w.manager(&w.toml(Proto::GitDaemon, &[(name, "")], ""));
+        let request = if i == 2 {
+            SyncRequest::webhook(
+                "app",
+                gitferry_core::config::Provider::Github,
+                "d-static",
+                Some(main.clone()),
+                Some("refs/heads/main".into()),
+            )
+        } else {
+            poll(i as u64)
+        };
+        let out = w.run(&m, &[request]).await;
+        let RepoOutcome::Synced(status) = &out.repos[0].outcome else {
+            panic!("{name}: {:?}", out.repos)
+        };
+        assert_eq!(status.state, State::Success, "{name}");
+        assert!(status.targets.contains_key("127.0.0.1"), "same target name each time");
+        assert_refs_equal(&w.source, &dst);
+    }
+}
