@@ -271,10 +271,12 @@ fn parse(provider: Provider, d: &Delivery<'_>, json: &Value) -> Parsed {
             )
         }
     };
-    // Without a delivery id the body's digest stands in, so an identical redelivery still
-    // deduplicates.
+    // Without a usable delivery id the body's digest stands in, so an identical redelivery still
+    // deduplicates. Providers send UUIDs or numbers; anything else with spaces or control
+    // characters (a header-injection attempt: CR/LF, escape sequences) never reaches a log line,
+    // a status, a notification or the queue.
     let delivery_id = delivery_id
-        .filter(|id| !id.is_empty() && id.len() <= 200)
+        .filter(|id| !id.is_empty() && id.len() <= 200 && id.bytes().all(|b| b.is_ascii_graphic()))
         .map(str::to_owned)
         .unwrap_or_else(|| format!("body-{:016x}", crate::git::remote::fnv1a(d.body)));
     let git_ref = s(&json["ref"]).filter(|r| r.starts_with("refs/"));

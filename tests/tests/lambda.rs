@@ -667,4 +667,34 @@ async fn hostile_webhook_corpus_enqueues_nothing() {
         2,
         "only the last, valid delivery (two mirrors of one source): {queued:?}"
     );
+
+    // Header injection in a correctly signed delivery. CR/LF and escape characters cannot get
+    // through an HTTP parser (API Gateway's or hyper's), so what arrives is spaces, a forged
+    // header after them, markup: the delivery id is replaced by the body's digest; the event
+    // name is only ever echoed quoted.
+    let mut e = github("unused", "push", &body, SECRET);
+    e.headers.insert(
+        "x-github-delivery",
+        "d-9 X-Injected: yes <!channel> <script>".parse().unwrap(),
+    );
+    let r = gitferry_lambda::webhook(&rt, e).await;
+    assert_eq!(code(&r), 202, "{:?}", body_json(&r));
+    let reply = serde_json::to_string(&body_json(&r)).unwrap();
+    assert!(!reply.contains("Injected") && !reply.contains("<script>"), "{reply}");
+    let queued = aws.drain().await;
+    assert!(!queued.is_empty());
+    for m in queued {
+        let request = gitferry_core::request::SyncRequest::from_json(&m.body).unwrap();
+        let id = request.trigger.delivery_id().unwrap();
+        assert!(
+            id.starts_with("body-") && id.bytes().all(|b| b.is_ascii_graphic()),
+            "{id}"
+        );
+    }
+    let mut e = github("h8", "push", &body, SECRET);
+    e.headers
+        .insert("x-github-event", "push, X-Injected: yes".parse().unwrap());
+    let r = gitferry_lambda::webhook(&rt, e).await;
+    assert_eq!(code(&r), 202, "an unknown event is acknowledged and ignored");
+    assert!(aws.drain().await.is_empty(), "and nothing is queued");
 }
