@@ -701,3 +701,95 @@ fn refs_created_at_objects_the_target_has_send_an_empty_pack() {
         );
     }
 }
+
+/// A hostile server advertising ref names that are invalid or climb out of `refs/` (as a
+/// compromised or buggy host could): the listing is refused with a clear, permanent error (or,
+/// for names outside `refs/`, the name is not listed at all), and a mirror from it writes
+/// nothing. The server is a few lines of protocol v2 over git://.
+#[test]
+fn hostile_ref_names_in_an_advertisement_are_refused() {
+    use std::io::{Read, Write};
+    fn pkt(out: &mut Vec<u8>, line: &str) {
+        out.extend_from_slice(format!("{:04x}{line}", line.len() + 4).as_bytes());
+    }
+    let oid = "1234567890123456789012345678901234567890";
+    for bad in [
+        "refs/heads/../../../etc/passwd",
+        "refs/heads/a..b",
+        "refs/heads/x.lock",
+        "refs/heads/sp ace",
+        "refs/heads/ctl\u{7}",
+        "refs/tags/v1\\x",
+        "/etc/passwd",
+        "../../x",
+    ] {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let server = std::thread::spawn(move || {
+            // Serve every connection until told to stop.
+            listener.set_nonblocking(true).unwrap();
+            while !stopped.load(std::sync::atomic::Ordering::SeqCst) {
+                let Ok((mut conn, _)) = listener.accept() else {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                    continue;
+                };
+                conn.set_nonblocking(false).unwrap();
+                conn.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf); // the git-upload-pack request line
+                let mut out = Vec::new();
+                for l in ["version 2\n", "ls-refs\n", "fetch\n", "object-format=sha1\n"] {
+                    pkt(&mut out, l);
+                }
+                out.extend_from_slice(b"0000");
+                if conn.write_all(&out).is_err() {
+                    continue;
+                }
+                let _ = conn.read(&mut buf); // the ls-refs command
+                let mut out = Vec::new();
+                pkt(&mut out, &format!("{oid} refs/heads/main\n"));
+                pkt(&mut out, &format!("{oid} {bad}\n"));
+                out.extend_from_slice(b"0000");
+                let _ = conn.write_all(&out);
+                // Close gently: unread input at close would turn it into a reset.
+                let _ = conn.shutdown(std::net::Shutdown::Write);
+                while matches!(conn.read(&mut buf), Ok(n) if n > 0) {}
+            }
+        });
+        let src = Remote::parse(&format!("git://127.0.0.1:{port}/src.git")).unwrap();
+        match git::ls_remote(&src, &RefPatterns::default()) {
+            Err(err) => {
+                assert!(bad.starts_with("refs/"), "{bad}: {err}");
+                assert!(
+                    !err.is_transient(),
+                    "{bad}: a hostile advertisement is not retried: {err:?}"
+                );
+                let shown = err.to_string();
+                println!("{bad:?}: {shown}");
+                assert!(shown.contains("refus"), "{bad}: {shown}");
+                assert!(
+                    !shown.contains("[114, "),
+                    "{bad}: protocol lines shown as text: {shown}"
+                );
+            }
+            Ok(state) => {
+                assert!(!bad.starts_with("refs/"), "{bad} must be refused");
+                let names: Vec<&String> = state.refs.keys().collect();
+                assert_eq!(names, ["refs/heads/main"], "{bad}: only refs/ are listed");
+            }
+        }
+
+        let servers = Servers::start();
+        let target = servers.create_bare("dst.git");
+        let cache = harness::tempdir();
+        let dst = Remote::parse(&servers.daemon.url("dst.git")).unwrap();
+        git::mirror(&src, &dst, cache.path(), &options()).expect_err(bad);
+        assert!(mirrored_refs(&target).is_empty(), "{bad}: nothing pushed");
+        let escaped = cache.path().parent().unwrap().join("etc/passwd");
+        assert!(!escaped.exists(), "{bad}: nothing written outside the cache");
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        server.join().unwrap();
+    }
+}

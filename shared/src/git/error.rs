@@ -91,7 +91,7 @@ impl Error {
     /// Classify an error from gix's network stack talking to `remote`. `context` says what we
     /// were doing ("fetch", "push", "list refs").
     pub(crate) fn from_gix(remote: &Remote, context: &str, err: &gix::Error) -> Error {
-        let message = scrub(&format!("{context}: {}", chain(err)), remote);
+        let message = scrub(&format!("{context}: {}", bytes_as_text(&chain(err))), remote);
         let name = remote.to_string();
         if err.is_cancelled() {
             return Error::Interrupted;
@@ -165,6 +165,33 @@ impl Error {
     }
 }
 
+/// gix prints some raw protocol lines as byte lists (`[49, 50, 32, 114, …]`); show them as the
+/// text they are (`"12 r…"`), which is what a person reading a status needs.
+pub(crate) fn bytes_as_text(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(start) = rest.find('[') {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 1..];
+        let parsed = after.find(']').and_then(|end| {
+            let bytes: Option<Vec<u8>> = after[..end].split(", ").map(|n| n.parse::<u8>().ok()).collect();
+            bytes.filter(|b| b.len() >= 4).map(|b| (b, end))
+        });
+        match parsed {
+            Some((bytes, end)) => {
+                out.push_str(&format!("{:?}", String::from_utf8_lossy(&bytes)));
+                rest = &after[end + 1..];
+            }
+            None => {
+                out.push('[');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// The whole cause chain of an error on one line (each cause once).
 pub(crate) fn chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut out = err.to_string();
@@ -202,6 +229,18 @@ fn is_not_found_text(message: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn byte_lists_from_gix_are_shown_as_text() {
+        assert_eq!(
+            super::bytes_as_text("list refs: [49, 50, 32, 114, 101, 102] could not be parsed [1, 2]"),
+            "list refs: \"12 ref\" could not be parsed [1, 2]"
+        );
+        assert_eq!(
+            super::bytes_as_text("a [x] b [300, 1, 2, 3] ["),
+            "a [x] b [300, 1, 2, 3] ["
+        );
+    }
+
     use super::*;
 
     #[test]

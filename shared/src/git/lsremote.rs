@@ -20,7 +20,19 @@ pub fn ls_remote(remote: &Remote, patterns: &RefPatterns) -> Result<RefState, Er
         }
         Location::Network(_) => {
             let mut t = transport::open(remote, Protocol::V2)?;
-            let gix_err = |e: gix::Error| Error::from_gix(remote, "list refs", &e);
+            let gix_err = |e: gix::Error| {
+                let mapped = Error::from_gix(remote, "list refs", &e);
+                match mapped {
+                    // A ref line that does not parse came whole (pkt-line framing): the server
+                    // will send it again on every retry. Refuse it like an invalid ref name.
+                    Error::Remote { remote, message, .. } if e.is_corrupted() => Error::Remote {
+                        remote,
+                        message: format!("malformed ref advertisement, refused: {message}"),
+                        transient: false,
+                    },
+                    other => other,
+                }
+            };
             let mut handshake = gix::protocol::handshake(
                 &mut t,
                 Service::UploadPack,
