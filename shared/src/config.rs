@@ -812,3 +812,47 @@ webhook = { provider = "gitea", secret_env = "NOPE" }
         assert!(e.iter().any(|l| l.contains("between 0.0 and 1.0")), "{e:?}");
     }
 }
+
+#[cfg(test)]
+mod hostile {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigErrors> {
+        Config::parse(text, Path::new("hostile.toml"), &|_| Some("a-secret-value".into()))
+    }
+
+    #[test]
+    fn deeply_nested_values_are_an_error_not_a_stack_overflow() {
+        for depth in [1_000, 100_000] {
+            let text = format!("x = {}{}\n", "[".repeat(depth), "]".repeat(depth));
+            let e = parse(&text).expect_err("nested");
+            assert!(!e.errors.is_empty());
+            let text = format!("x = {}1{}\n", "{a=".repeat(depth), "}".repeat(depth));
+            parse(&text).expect_err("nested tables");
+        }
+    }
+
+    #[test]
+    fn garbage_and_huge_files_are_errors_quickly() {
+        let started = std::time::Instant::now();
+        let garbage: String = (0..200_000u32)
+            .map(|i| char::from_u32(i % 0x2000 + 1).unwrap_or('x'))
+            .collect();
+        parse(&garbage).expect_err("garbage");
+        let many: String = (0..5_000)
+            .map(|i| {
+                format!(
+                    "[repos.r{i}]\nurl = \"https://h/{i}.git\"\n[[repos.r{i}.targets]]\nurl = \"https://m/{i}.git\"\n"
+                )
+            })
+            .collect();
+        assert_eq!(parse(&many).expect("5,000 repos").repos.len(), 5_000);
+        let long_string = format!("[repos.a]\nurl = \"https://h/{}.git\"\n", "a".repeat(5 << 20));
+        let _ = parse(&long_string);
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+}
