@@ -56,6 +56,8 @@ pub struct SyncOptions {
     pub deadline_margin: Duration,
     /// Keep the local work directory under this size (LRU eviction).
     pub max_local_bytes: u64,
+    /// Orphaned pack objects younger than this are left alone ([`crate::cache::ORPHAN_AGE`]).
+    pub orphan_age: Duration,
 }
 
 impl Default for SyncOptions {
@@ -66,6 +68,7 @@ impl Default for SyncOptions {
             lease_ttl: Duration::from_secs(90),
             deadline_margin: Duration::from_secs(15),
             max_local_bytes: 8 << 30,
+            orphan_age: crate::cache::ORPHAN_AGE,
         }
     }
 }
@@ -783,6 +786,16 @@ impl SyncManager {
                 },
             )
             .await?;
+        let generation = committed.snapshot.manifest.generation;
+        if committed.written && (committed.packs_deleted > 0 || generation % crate::cache::GC_EVERY == 0) {
+            // Storage hygiene only: never fails the sync.
+            if let Err(e) = cache
+                .collect_garbage(&committed.snapshot.manifest, self.options.orphan_age)
+                .await
+            {
+                tracing::warn!(repo, error = %e, "could not collect orphaned pack objects");
+            }
+        }
         tracing::info!(
             repo,
             generation = committed.snapshot.manifest.generation,

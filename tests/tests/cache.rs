@@ -69,6 +69,7 @@ harness::store_suite!(
     incremental_sync_uploads_only_the_delta,
     noop_commit_writes_nothing,
     racing_workers_one_generation_wins_no_refs_lost,
+    orphaned_packs_of_a_lost_race_are_collected_once_old,
     lease_free_held_released,
     lease_stale_is_reclaimed_and_the_old_holder_stops,
     lease_heartbeat_keeps_a_long_sync_alive,
@@ -520,6 +521,65 @@ async fn racing_workers_one_generation_wins_no_refs_lost(f: &Fixture) {
     expected.extend(mirrored_refs(&two_path));
     assert!(expected.contains_key("refs/heads/topic-one") && expected.contains_key("refs/heads/topic-two"));
     assert_eq!(mirrored_refs(check.path()), expected, "no ref lost");
+    assert_fsck_clean(check.path());
+}
+
+/// The loser of a race leaves its uploaded pack behind, named by no manifest. Garbage
+/// collection leaves it while it is young (its commit might still be in flight) and deletes it
+/// once old enough — it alone: every pack the manifest names stays, and the repo restores.
+async fn orphaned_packs_of_a_lost_race_are_collected_once_old(f: &Fixture) {
+    let src = Source::new();
+    Worker::new(f.store.clone(), "app")
+        .sync(&src.url(), None)
+        .await
+        .expect("seed");
+    let (_, one) = src.fork("one.git", "topic-one");
+    let (_, two) = src.fork("two.git", "topic-two");
+    let w1 = Worker::new(f.store.clone(), "app");
+    let w2 = Worker::new(f.store.clone(), "app");
+    let (s1, _) = w1.restore().await.unwrap();
+    let (s2, _) = w2.restore().await.unwrap();
+    for (w, url) in [(&w1, &one), (&w2, &two)] {
+        w.cache.invalidate_local().unwrap();
+        fetch(w.path(), url, false).await;
+    }
+    let (r1, r2) = tokio::join!(
+        w1.cache.commit(&s1, local_state(w1.path())),
+        w2.cache.commit(&s2, local_state(w2.path())),
+    );
+    let winner = match (&r1, &r2) {
+        (Ok(_), Err(CacheError::Conflict { .. })) => &w1,
+        (Err(CacheError::Conflict { .. }), Ok(_)) => &w2,
+        other => panic!("exactly one commit must win: {other:?}"),
+    };
+    let current = winner.cache.load().await.unwrap();
+    let named = pack_keys("app", &current);
+    let stored = keys_under(&*f.store, "repos/app/packs/").await;
+    let orphans: Vec<&String> = stored.iter().filter(|k| !named.contains(k)).collect();
+    assert_eq!(orphans.len(), 2, "the loser's pack and index: {stored:?} vs {named:?}");
+
+    let young = winner
+        .cache
+        .collect_garbage(&current.manifest, cache::ORPHAN_AGE)
+        .await
+        .unwrap();
+    assert_eq!(young, 0, "young orphans are left alone");
+    assert_eq!(keys_under(&*f.store, "repos/app/packs/").await, stored);
+
+    let deleted = winner
+        .cache
+        .collect_garbage(&current.manifest, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(deleted, 2);
+    assert_eq!(
+        keys_under(&*f.store, "repos/app/packs/").await,
+        named,
+        "only the orphans went"
+    );
+    let check = Worker::new(f.store.clone(), "app");
+    check.restore().await.expect("the repository still restores");
+    assert_eq!(mirrored_refs(check.path()), mirrored_refs(winner.path()));
     assert_fsck_clean(check.path());
 }
 
@@ -1153,6 +1213,7 @@ async fn sync_manager_rebuilds_a_corrupt_cache_from_the_source(f: &Fixture) {
                 lease_ttl: Duration::from_secs(30),
                 deadline_margin: Duration::from_secs(2),
                 max_local_bytes: 1 << 30,
+                orphan_age: gitferry_core::cache::ORPHAN_AGE,
             },
         );
         (m, work)

@@ -326,6 +326,7 @@ async fn list_by_prefix_sorted(f: &Fixture) {
         ("top", b"t"),
     ];
     let mut etags = std::collections::HashMap::new();
+    let before = harness::now_ms();
     // Conditional and unconditional writes, so a local store creates locks and temporary
     // files along the way.
     for (i, (k, body)) in objects.iter().enumerate() {
@@ -342,6 +343,18 @@ async fn list_by_prefix_sorted(f: &Fixture) {
         keys(&a),
         ["repos/a/manifest.json", "repos/a/packs/1.pack", "repos/a/packs/2.pack"]
     );
+    // Listings say when each object was written (S3 has second precision).
+    let after = harness::now_ms();
+    for o in &a {
+        let at = o
+            .modified_ms
+            .unwrap_or_else(|| panic!("{}: no modification time", o.key));
+        assert!(
+            before - 1000 <= at && at <= after + 1000,
+            "{}: {at} not in {before}..{after}",
+            o.key
+        );
+    }
     for o in &a {
         let body = objects.iter().find(|(k, _)| *k == o.key).unwrap().1;
         assert_eq!(o.size, body.len() as u64, "{}", o.key);
@@ -407,7 +420,8 @@ async fn large_file_upload_download(f: &Fixture) {
         ObjectInfo {
             key: k.into(),
             size: SIZE as u64,
-            etag: etag.clone()
+            etag: etag.clone(),
+            modified_ms: info.modified_ms,
         }
     );
     assert_eq!(

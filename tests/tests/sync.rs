@@ -70,6 +70,7 @@ impl World {
                 lease_ttl: Duration::from_secs(30),
                 deadline_margin: Duration::from_secs(2),
                 max_local_bytes: 1 << 30,
+                orphan_age: Duration::ZERO,
             },
         )
     }
@@ -593,4 +594,46 @@ async fn a_target_re_pointed_under_the_same_name_is_pushed_to() {
         assert!(status.targets.contains_key("127.0.0.1"), "same target name each time");
         assert_refs_equal(&w.source, &dst);
     }
+}
+
+/// Orphaned pack objects (what a lost race or a failed delete leaves) are collected by a
+/// regular sync every `GC_EVERY` generations; nothing the manifest names is touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphaned_pack_objects_are_collected_by_regular_syncs() {
+    use gitferry_core::store::Condition;
+    let mut w = World::new();
+    let dst = w.target("dst.git");
+    let m = w.manager(&w.toml(Proto::GitDaemon, &[("dst.git", "")], ""));
+    let orphan = format!("repos/app/packs/{}.pack", "0".repeat(40));
+    w.store
+        .put(&orphan, b"left behind by a lost race".to_vec(), Condition::Always)
+        .await
+        .unwrap();
+    let exists = |store: Arc<FaultStore>, key: String| async move { store.get(&key).await.unwrap().is_some() };
+    for i in 1..=gitferry_core::cache::GC_EVERY {
+        if i > 1 {
+            w.wt.commit_file("f.txt", format!("change {i}\n").as_bytes(), &format!("change {i}"));
+            w.wt.push_all();
+        }
+        let out = w.run(&m, &[poll(i)]).await;
+        assert_eq!(out.verdicts, vec![Verdict::Done], "sync {i}");
+        let manifest = w.store.get("repos/app/manifest.json").await.unwrap().unwrap();
+        let manifest: serde_json::Value = serde_json::from_slice(&manifest.body).unwrap();
+        assert_eq!(manifest["generation"], i, "one generation per changing sync");
+        let still_there = exists(w.store.clone(), orphan.clone()).await;
+        assert_eq!(still_there, i < gitferry_core::cache::GC_EVERY, "after generation {i}");
+    }
+    // Every pack the manifest names is still stored, and the target is a mirror.
+    let manifest = w.store.get("repos/app/manifest.json").await.unwrap().unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(&manifest.body).unwrap();
+    for p in manifest["packs"].as_array().unwrap() {
+        let name = p["name"].as_str().unwrap();
+        for ext in ["pack", "idx"] {
+            assert!(
+                exists(w.store.clone(), format!("repos/app/packs/{name}.{ext}")).await,
+                "{name}.{ext}"
+            );
+        }
+    }
+    assert_refs_equal(&w.source, &dst);
 }

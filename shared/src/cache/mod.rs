@@ -48,6 +48,12 @@ use crate::store::{Condition, ObjectStore, StoreError};
 
 /// Compact when a repository has more packs than this.
 pub const MAX_PACKS: usize = 16;
+/// Collect orphaned pack objects after a compaction, and otherwise every this many generations.
+pub const GC_EVERY: u64 = 16;
+/// Pack objects the manifest does not name are deleted only when at least this old: a younger
+/// one may belong to a commit still in flight (a worker whose lease ran out, racing to a
+/// conditional manifest write it will lose — or, if ours lost, win). Far longer than any sync.
+pub const ORPHAN_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
 const MARKER: &str = "gitferry-state";
 /// The packs this local copy knows are intact in the store (one name a line).
 const STORED: &str = "gitferry-stored-packs";
@@ -437,7 +443,7 @@ impl RepoCache {
         {
             for key in [keys::pack(&self.repo, &old.name), keys::index(&self.repo, &old.name)] {
                 if let Err(e) = self.store.delete(&key).await {
-                    // Harmless garbage; the next compaction of this repo retries nothing, so say so.
+                    // Harmless garbage: `collect_garbage` finds it later.
                     tracing::warn!(key, error = %e, "could not delete an unreferenced pack");
                 }
             }
@@ -449,6 +455,40 @@ impl RepoCache {
         };
         self.write_marker(&outcome.snapshot)?;
         Ok(outcome)
+    }
+
+    /// Delete pack objects that `manifest` (the one just committed) does not name and that were
+    /// written at least `min_age` ago: what a commit that lost a race (`Conflict`) uploaded, or
+    /// what a compaction failed to delete. Objects of unknown age are kept. Returns how many
+    /// objects were deleted; a failed delete is logged and left for the next collection.
+    pub async fn collect_garbage(
+        &self,
+        manifest: &Manifest,
+        min_age: std::time::Duration,
+    ) -> Result<usize, CacheError> {
+        let named: BTreeSet<&str> = manifest.packs.iter().map(|p| p.name.as_str()).collect();
+        let prefix = format!("repos/{}/packs/", self.repo);
+        let cutoff = now_ms().saturating_sub(min_age.as_millis() as u64);
+        let mut deleted = 0;
+        for object in self.store.list(&prefix).await? {
+            let file = &object.key[prefix.len()..];
+            let name = file
+                .strip_suffix(".pack")
+                .or_else(|| file.strip_suffix(".idx"))
+                .unwrap_or(file);
+            let old_enough = object.modified_ms.is_some_and(|t| t <= cutoff);
+            if named.contains(name) || !old_enough {
+                continue;
+            }
+            match self.store.delete(&object.key).await {
+                Ok(()) => {
+                    tracing::info!(key = object.key, bytes = object.size, "deleted an orphaned pack object");
+                    deleted += 1;
+                }
+                Err(e) => tracing::warn!(key = object.key, error = %e, "could not delete an orphaned pack object"),
+            }
+        }
+        Ok(deleted)
     }
 
     /// Repack the local copy into a single pack if it has more than `max_packs`. Returns whether

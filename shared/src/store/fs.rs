@@ -352,7 +352,8 @@ impl Inner {
 
     /// The current object at `path`: its ETag and size, or `None` if there is none. Uses the
     /// memo when the file has not changed since it was last hashed.
-    fn current(&self, key: &str, path: &Path) -> Result<Option<(String, u64)>, StoreError> {
+    /// The object at `path`: (ETag, size, modification time in Unix ms), or `None` if absent.
+    fn current(&self, key: &str, path: &Path) -> Result<Option<(String, u64, Option<u64>)>, StoreError> {
         let mut file = match File::open(path) {
             Ok(f) => f,
             Err(e) if is_absent(&e) => return Ok(None),
@@ -364,12 +365,17 @@ impl Inner {
         if !meta.is_file() {
             return Ok(None);
         }
+        let modified = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_millis() as u64);
         let id = FileId::of(&meta);
         if let Some(id) = id
             && let Some((known, etag)) = self.memo.lock().expect("memo").get(path)
             && *known == id
         {
-            return Ok(Some((etag.clone(), meta.len())));
+            return Ok(Some((etag.clone(), meta.len(), modified)));
         }
         let (etag, size) = match copy_hashing(&mut file, &mut io::sink()) {
             Ok(r) => r,
@@ -379,7 +385,7 @@ impl Inner {
             }
         };
         self.remember(path, id, &etag);
-        Ok(Some((etag, size)))
+        Ok(Some((etag, size, modified)))
     }
 
     fn remember(&self, path: &Path, id: Option<FileId>, etag: &str) {
@@ -455,7 +461,7 @@ impl Inner {
         let holds = match (condition, self.current(key, path)?) {
             (Condition::Always, _) => true,
             (Condition::IfAbsent, current) => current.is_none(),
-            (Condition::IfMatch(expected), Some((etag, _))) => etag == *expected,
+            (Condition::IfMatch(expected), Some((etag, ..))) => etag == *expected,
             (Condition::IfMatch(_), None) => false,
         };
         if !holds {
@@ -531,6 +537,11 @@ impl Inner {
             key: key.to_owned(),
             size,
             etag,
+            modified_ms: meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_millis() as u64),
         })
     }
 
@@ -570,8 +581,13 @@ impl Inner {
                 } else if kind.is_file() && key.starts_with(prefix) && validate_key(&key).is_ok() {
                     let path = entry.path();
                     // Deleted since readdir: not listed.
-                    if let Some((etag, size)) = self.current(&key, &path)? {
-                        out.push(ObjectInfo { key, size, etag });
+                    if let Some((etag, size, modified_ms)) = self.current(&key, &path)? {
+                        out.push(ObjectInfo {
+                            key,
+                            size,
+                            etag,
+                            modified_ms,
+                        });
                     }
                 }
             }

@@ -28,6 +28,10 @@ pub struct ObjectInfo {
     pub key: String,
     pub size: u64,
     pub etag: String,
+    /// When the object was last written, Unix milliseconds, where the store says (listings).
+    /// Garbage collection uses it to leave young objects alone: they may belong to a commit
+    /// still in flight.
+    pub modified_ms: Option<u64>,
 }
 
 /// When a write may happen.

@@ -348,6 +348,7 @@ impl ObjectStore for S3Store {
                     key: key.to_owned(),
                     size: obj.size().unwrap_or(0).max(0) as u64,
                     etag: obj.e_tag().map(normalize_etag).unwrap_or_default(),
+                    modified_ms: unix_ms(obj.last_modified()),
                 });
             }
             match page.next_continuation_token() {
@@ -372,6 +373,7 @@ impl ObjectStore for S3Store {
             .await
             .map_err(|e| classify(key, e))?;
         let etag = etag_of(key, out.e_tag())?;
+        let modified_ms = unix_ms(out.last_modified());
         let expected = out.content_length().map(|n| n.max(0) as u64);
         let mut body = out.body;
         let write_err = |e: std::io::Error| StoreError::Failed {
@@ -400,6 +402,7 @@ impl ObjectStore for S3Store {
             key: key.to_owned(),
             size,
             etag,
+            modified_ms,
         })
     }
 
@@ -517,6 +520,11 @@ fn classify_service(key: String, status: u16, code: &str, message: String) -> St
         ) => StoreError::Unavailable { key, message },
         _ => StoreError::Failed { key, message },
     }
+}
+
+/// An S3 timestamp as Unix milliseconds (before 1970 or unreadable: unknown).
+fn unix_ms(t: Option<&aws_sdk_s3::primitives::DateTime>) -> Option<u64> {
+    t.and_then(|t| t.to_millis().ok()).and_then(|ms| u64::try_from(ms).ok())
 }
 
 #[cfg(test)]
