@@ -29,7 +29,9 @@
 //! restore would find it corrupt again.
 //!
 //! Packs accumulate one per changing sync; past [`MAX_PACKS`] they are compacted into one, the
-//! manifest switches to it, and only then are the old pack objects deleted.
+//! manifest switches to it, and only then are the old pack objects deleted. What is left behind
+//! anyway (a race's loser uploaded its pack and then got `Conflict`; a delete failed) is found by
+//! [`RepoCache::collect_garbage`]: pack objects no manifest names, older than [`ORPHAN_AGE`].
 
 pub mod lease;
 
