@@ -4,7 +4,7 @@
 //! holds no AWS types: storage and queues (later) are traits with adapters.
 //!
 //! * [`git`] — the pure-Rust git engine: ls-remote, mirror fetch with prune, push (a
-//!   receive-pack client), and the one-shot [`git::mirror`];
+//!   receive-pack client), and the one-shot [`git::mirror()`];
 //! * [`config`] — `mirrors.toml`, validated with errors naming file, line and field;
 //! * [`request`] — `SyncRequest`, the one message every trigger becomes;
 //! * [`store`] — object storage (S3, local directory, fault injection) behind one trait;

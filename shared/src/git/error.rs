@@ -4,7 +4,7 @@
 //! a remote that died mid-transfer) or *permanent* (retrying cannot help: bad URL, auth
 //! refused, repository not found, invalid refs). Callers decide retries from
 //! [`Error::is_transient`] alone. Messages never contain credentials: remotes are shown by their
-//! redacted URL and text from elsewhere is scrubbed (see [`super::remote::scrub`]).
+//! redacted URL and text from elsewhere is scrubbed (see `remote::scrub`).
 
 use super::remote::{Remote, scrub};
 

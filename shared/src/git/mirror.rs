@@ -61,7 +61,7 @@ pub struct PushSummary {
     pub remote_messages: Vec<String>,
 }
 
-/// The result of [`mirror`]. Shown as JSON (`--json`) or text ([`MirrorSummary::human`]).
+/// The result of [`mirror()`]. Shown as JSON (`--json`) or text ([`MirrorSummary::human`]).
 #[derive(Clone, Debug, Serialize)]
 pub struct MirrorSummary {
     pub source: String,
