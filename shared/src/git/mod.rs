@@ -8,7 +8,7 @@
 //! * [`refs`] — ref snapshots ([`RefState`]), patterns, and what changed ([`RefDelta`]);
 //! * [`ls_remote`] — a remote's refs without fetching;
 //! * [`fetch`] — mirror fetch into a bare cache, with prune;
-//! * [`push`] — a receive-pack client (plan, pack, report-status) and local-path pushes;
+//! * [`mod@push`] — a receive-pack client (plan, pack, report-status) and local-path pushes;
 //! * [`pack`] / [`local`] — streamed pack generation and local object copies;
 //! * [`mirror()`] — the one-shot porcelain behind `gitferry mirror`.
 //!
