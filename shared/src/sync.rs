@@ -700,10 +700,12 @@ impl SyncManager {
                 return Err(f);
             }
             let last_known: Option<BTreeMap<String, ObjectId>> = (target.divergence == Divergence::Keep).then(|| {
-                snapshot
-                    .manifest
-                    .targets
+                let recorded = &snapshot.manifest.targets;
+                // Manifests written before targets were keyed by URL have them by name: read
+                // that once, or every ref would look moved by someone else after the upgrade.
+                recorded
                     .get(&key)
+                    .or_else(|| recorded.get(&name))
                     .map(|refs| {
                         refs.iter()
                             .filter_map(|(n, id)| ObjectId::from_hex(id.as_bytes()).ok().map(|id| (n.clone(), id)))
@@ -715,7 +717,7 @@ impl SyncManager {
                 refs: config.refs.clone(),
                 prune,
                 atomic: false,
-                keep_divergent: last_known,
+                keep_divergent: last_known.clone(),
             };
             let (path, remote, desired) = (cache.path().to_owned(), target.remote.clone(), desired.clone());
             let pushed = blocking(move || {
@@ -727,13 +729,19 @@ impl SyncManager {
                 Ok(outcome) => {
                     work.stats.pushed += outcome.bytes;
                     work.stats.refs_changed += outcome.applied().count();
+                    let mut after = outcome.target_after();
+                    // A withheld ref is recorded as we last knew it, not as the other writer
+                    // left it: recording theirs would make it "known", and the next sync would
+                    // overwrite it after all.
+                    for d in &outcome.diverged {
+                        match last_known.as_ref().and_then(|k| k.get(&d.name)) {
+                            Some(id) => after.insert(d.name.clone(), *id),
+                            None => after.remove(&d.name),
+                        };
+                    }
                     target_refs.insert(
                         key.clone(),
-                        outcome
-                            .target_after()
-                            .into_iter()
-                            .map(|(n, id)| (n, id.to_string()))
-                            .collect(),
+                        after.into_iter().map(|(n, id)| (n, id.to_string())).collect(),
                     );
                     TargetFinish {
                         error: None,
@@ -787,8 +795,11 @@ impl SyncManager {
             )
             .await?;
         let generation = committed.snapshot.manifest.generation;
-        if committed.written && (committed.packs_deleted > 0 || generation % crate::cache::GC_EVERY == 0) {
-            // Storage hygiene only: never fails the sync.
+        if committed.written
+            && (committed.packs_deleted > 0 || generation % crate::cache::GC_EVERY == 0)
+            && lease.check().is_ok()
+        {
+            // Storage hygiene only: never fails the sync, and only while we hold the lease.
             if let Err(e) = cache
                 .collect_garbage(&committed.snapshot.manifest, self.options.orphan_age)
                 .await

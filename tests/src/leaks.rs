@@ -38,25 +38,23 @@ static ALLOWED: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
 static LOG_LEAKS: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
 /// Register `value` as a secret and return it (`const`s cannot register themselves, so tests
-/// write `let token = harness::leaks::secret(TOKEN);` or call it once before use).
+/// write `let token = harness::leaks::secret(TOKEN);` or call it once before use). Panics on a
+/// secret shorter than 8 bytes: it would match innocent text, and skipping it silently would
+/// leave it unchecked.
 pub fn secret(value: &str) -> String {
-    if value.len() >= MIN_LEN {
-        let mut set = SECRETS.lock().unwrap();
-        set.insert(value.to_owned());
-        let encoded = percent_encode(value);
-        if encoded != value {
-            set.insert(encoded);
-        }
-    }
+    assert!(
+        value.len() >= MIN_LEN,
+        "test secrets must be at least {MIN_LEN} bytes to be checked for leaks"
+    );
+    SECRETS.lock().unwrap().insert(value.to_owned());
     value.to_owned()
 }
 
 /// Register the credentials of a basic-auth user: the password, and `user:password` as it
-/// appears base64-encoded in an `Authorization` header.
+/// would appear base64-encoded without the `Basic ` that [`find`] looks behind.
 pub fn credentials(user: &str, password: &str) {
     secret(password);
-    let header = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-    secret(&header);
+    secret(&base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")));
 }
 
 /// A file the test wrote with a secret in it on purpose (an input, such as a secrets file given
@@ -79,18 +77,69 @@ pub(crate) fn percent_encode(value: &str) -> String {
         .collect()
 }
 
-/// The registered secret `text` contains, if any.
+/// The registered secret `text` contains, if any — spelled out, percent-encoded (any case, any
+/// subset of characters), escaped as `Debug` prints strings, or inside a base64 `Basic`
+/// credential (whatever the user name).
 pub fn find(text: &str) -> Option<String> {
-    SECRETS
-        .lock()
-        .unwrap()
+    let mut forms = vec![
+        text.to_owned(),
+        percent_decode(text),
+        text.replace("\\\"", "\"").replace("\\\\", "\\"),
+    ];
+    forms.extend(basic_credentials(text));
+    let secrets = SECRETS.lock().unwrap();
+    secrets
         .iter()
-        .find(|s| text.contains(s.as_str()))
+        .find(|s| forms.iter().any(|f| f.contains(s.as_str())))
         .cloned()
 }
 
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The decoded `user:password` of every `Basic <base64>` in `text`.
+fn basic_credentials(text: &str) -> Vec<String> {
+    text.match_indices("Basic ")
+        .filter_map(|(at, m)| {
+            let encoded: String = text[at + m.len()..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '/' | '='))
+                .collect();
+            base64::engine::general_purpose::STANDARD.decode(encoded).ok()
+        })
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .collect()
+}
+
 fn mask(secret: &str) -> String {
-    format!("{}…({} chars)", &secret[..3.min(secret.len())], secret.len())
+    let start: String = secret.chars().take(3).collect();
+    format!("{start}…({} chars)", secret.len())
+}
+
+/// `text` with every registered secret masked.
+fn masked(text: &str) -> String {
+    let mut out = text.to_owned();
+    for s in SECRETS.lock().unwrap().iter() {
+        out = out.replace(s.as_str(), &mask(s));
+    }
+    out
 }
 
 /// Panic if `text` (what gitferry produced, described by `what`) contains a registered secret.
@@ -98,7 +147,7 @@ pub fn check(what: &str, text: &str) {
     if let Some(s) = find(text) {
         let at = text.find(&s).unwrap_or(0);
         let from = text[..at].char_indices().rev().nth(80).map_or(0, |(i, _)| i);
-        let context = text[from..at].to_owned();
+        let context = masked(&text[from..at]);
         panic!("secret {} leaked into {what}, after: {context:?}", mask(&s));
     }
 }
@@ -172,11 +221,12 @@ pub(crate) fn at_teardown(f: impl FnOnce()) {
 pub fn capture_logs() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        let _ = tracing_subscriber::fmt()
+        tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::new("debug"))
             .with_ansi(false)
             .with_writer(|| LineChecker(Vec::new()))
-            .try_init();
+            .try_init()
+            .expect("no other tracing subscriber: logs would go unchecked for secrets");
     });
 }
 
@@ -196,9 +246,12 @@ impl Write for LineChecker {
 impl Drop for LineChecker {
     fn drop(&mut self) {
         let line = String::from_utf8_lossy(&self.0);
-        if let Some(s) = find(&line) {
-            let shown = line.replace(&s, &mask(&s));
-            LOG_LEAKS.lock().unwrap().push(shown.trim_end().to_owned());
+        if find(&line).is_some() {
+            let shown = masked(line.trim_end());
+            // Said at once (not captured by the test harness), so a leak from a background
+            // thread after the last teardown is still seen; the next teardown fails on it.
+            let _ = writeln!(std::io::stderr(), "SECRET LEAKED into a log line: {shown}");
+            LOG_LEAKS.lock().unwrap().push(shown);
         }
         if std::env::var_os("GITFERRY_TEST_LOG").is_some() {
             let _ = std::io::stderr().write_all(&self.0);
@@ -257,8 +310,18 @@ mod tests {
         let header = base64::engine::general_purpose::STANDARD.encode("bot:pw-unit-2-abc");
         assert!(find(&format!("Authorization: Basic {header}")).is_some());
         assert!(find("nothing here").is_none());
-        secret("test"); // too short to register
-        assert!(find("test").is_none());
+        assert!(
+            std::panic::catch_unwind(|| secret("test")).is_err(),
+            "too short to check"
+        );
+        // Partly percent-encoded (as the url crate does), any user name in a Basic header,
+        // Debug-escaped.
+        assert!(find("http://u:pw-unit-1%2F+x@h/").is_some());
+        assert!(find("http://u:pw-unit-1%2f%2bx@h/").is_some());
+        let other = base64::engine::general_purpose::STANDARD.encode("x-access-token:pw-unit-2-abc");
+        assert!(find(&format!("authorization: Basic {other}")).is_some());
+        secret("pw-\"q\\-unit");
+        assert!(find(&format!("{:?}", "pw-\"q\\-unit")).is_some());
 
         // A file under a work dir fails its teardown, without printing the secret.
         secret("pw-unit-3-file");

@@ -79,15 +79,15 @@ impl Receiver {
 
 impl Drop for Receiver {
     fn drop(&mut self) {
+        self.server.unblock();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
         // No notification may carry a secret (see `leaks`).
         super::leaks::at_teardown(|| {
             for body in self.bodies() {
                 super::leaks::check("a notification", &body.to_string());
             }
         });
-        self.server.unblock();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }

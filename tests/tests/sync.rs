@@ -282,7 +282,7 @@ async fn source_force_push_keeps_the_overwritten_tip() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn divergence_keep_and_force() {
-    let w = World::new();
+    let mut w = World::new();
     let keep = w.target("keep.git");
     let force = w.target("force.git");
     let m = w.manager(&w.toml(
@@ -325,6 +325,36 @@ async fn divergence_keep_and_force() {
             assert_eq!(k.get(name), Some(id), "{name}");
         }
     }
+
+    // The next sync (the source moved again) still keeps it: a withheld ref is not "known" just
+    // because we saw it once.
+    w.wt.commit_file("more.txt", b"more\n", "more");
+    w.wt.push_all();
+    let out = w.run(&m, &[poll(3)]).await;
+    let RepoOutcome::Synced(status) = &out.repos[0].outcome else {
+        panic!("{:?}", out.repos)
+    };
+    assert_eq!(git(&keep, ["rev-parse", "refs/heads/feature"]), direct, "still kept");
+    assert_eq!(status.targets["keep"].diverged.len(), 1, "still reported: {status:?}");
+    assert_eq!(
+        git(&keep, ["rev-parse", "refs/heads/main"]),
+        git(&w.source, ["rev-parse", "refs/heads/main"])
+    );
+
+    // Once someone puts it back where we left it, it is mirrored again, force-updates included.
+    // (`push_all` above restored the source's feature to what we last pushed; move it back
+    // again, non-fast-forward.)
+    let ours = git(&keep, ["rev-parse", "refs/heads/feature~1"]);
+    assert_eq!(ours, git(&w.source, ["rev-parse", "refs/heads/feature"]));
+    git(&keep, ["update-ref", "refs/heads/feature", &ours]);
+    let back = git(&w.source, ["rev-parse", "refs/heads/feature~1"]);
+    git(&w.source, ["update-ref", "refs/heads/feature", &back]);
+    let out = w.run(&m, &[poll(4)]).await;
+    let RepoOutcome::Synced(status) = &out.repos[0].outcome else {
+        panic!("{:?}", out.repos)
+    };
+    assert!(status.targets["keep"].diverged.is_empty(), "{status:?}");
+    assert_refs_equal(&w.source, &keep);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -636,4 +666,52 @@ async fn orphaned_pack_objects_are_collected_by_regular_syncs() {
         }
     }
     assert_refs_equal(&w.source, &dst);
+}
+
+/// Manifests written before per-target refs were keyed by URL have them by target name. With
+/// `divergence = "keep"`, reading nothing for the target would make every force-update look like
+/// someone else's change; the name-keyed entry is read instead, once, and replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_divergent_reads_a_manifest_keyed_by_target_name() {
+    use gitferry_core::store::Condition;
+    let w = World::new();
+    let keep = w.target("keep.git");
+    let m = w.manager(&w.toml(
+        Proto::GitDaemon,
+        &[("keep.git", "name = \"keep\"\ndivergence = \"keep\"")],
+        "",
+    ));
+    w.run(&m, &[poll(1)]).await;
+    // Rewrite the manifest as an older gitferry wrote it: the target under its name.
+    let stored = w.store.get("repos/app/manifest.json").await.unwrap().unwrap();
+    let mut manifest: serde_json::Value = serde_json::from_slice(&stored.body).unwrap();
+    let targets = manifest["targets"].as_object_mut().unwrap();
+    let (url_key, refs) = targets.iter().next().map(|(k, v)| (k.clone(), v.clone())).unwrap();
+    assert!(url_key.ends_with("/keep.git"), "keyed by URL: {url_key}");
+    targets.clear();
+    targets.insert("keep".into(), refs);
+    w.store
+        .put(
+            "repos/app/manifest.json",
+            serde_json::to_vec(&manifest).unwrap(),
+            Condition::IfMatch(stored.etag),
+        )
+        .await
+        .unwrap();
+    // The source force-moves feature; nobody touched the target.
+    let back = git(&w.source, ["rev-parse", "refs/heads/feature~1"]);
+    git(&w.source, ["update-ref", "refs/heads/feature", &back]);
+    let out = w.run(&m, &[poll(2)]).await;
+    let RepoOutcome::Synced(status) = &out.repos[0].outcome else {
+        panic!("{:?}", out.repos)
+    };
+    assert!(
+        status.targets["keep"].diverged.is_empty(),
+        "no false divergence: {status:?}"
+    );
+    assert_refs_equal(&w.source, &keep);
+    let stored = w.store.get("repos/app/manifest.json").await.unwrap().unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(&stored.body).unwrap();
+    let keys: Vec<&String> = manifest["targets"].as_object().unwrap().keys().collect();
+    assert_eq!(keys, [&url_key], "rewritten under the URL");
 }

@@ -474,10 +474,10 @@ impl RepoCache {
         let mut deleted = 0;
         for object in self.store.list(&prefix).await? {
             let file = &object.key[prefix.len()..];
-            let name = file
-                .strip_suffix(".pack")
-                .or_else(|| file.strip_suffix(".idx"))
-                .unwrap_or(file);
+            // Only packs and indexes: anything else under `packs/` is not ours to judge.
+            let Some(name) = file.strip_suffix(".pack").or_else(|| file.strip_suffix(".idx")) else {
+                continue;
+            };
             let old_enough = object.modified_ms.is_some_and(|t| t <= cutoff);
             if named.contains(name) || !old_enough {
                 continue;

@@ -179,7 +179,17 @@ pub(crate) fn bytes_as_text(message: &str) -> String {
         });
         match parsed {
             Some((bytes, end)) => {
-                out.push_str(&format!("{:?}", String::from_utf8_lossy(&bytes)));
+                // Quoted, control characters escaped, nothing else: `scrub` runs on the result
+                // and must still find a secret spelled out as it is.
+                out.push('"');
+                for c in String::from_utf8_lossy(&bytes).chars() {
+                    if c.is_control() {
+                        out.extend(c.escape_default());
+                    } else {
+                        out.push(c);
+                    }
+                }
+                out.push('"');
                 rest = &after[end + 1..];
             }
             None => {
@@ -239,6 +249,9 @@ mod tests {
             super::bytes_as_text("a [x] b [300, 1, 2, 3] ["),
             "a [x] b [300, 1, 2, 3] ["
         );
+        // Quotes and backslashes stay as they are (a secret containing them is still found by
+        // `scrub`); control characters are escaped.
+        assert_eq!(super::bytes_as_text("[112, 34, 92, 119, 10]"), "\"p\"\\w\\n\"");
     }
 
     use super::*;

@@ -64,7 +64,13 @@ impl Remote {
     /// Parse a location: `git://host[:port]/path`, `http(s)://[user[:password]@]host/path`, a
     /// `file://` URL or a local path. `ssh://` and scp-like locations are not supported yet.
     pub fn parse(input: &str) -> Result<Remote, Error> {
-        let shown = redact_url(input);
+        let mut shown = redact_url(input);
+        // Never echo a query or fragment (see below): they are refused, and may hold a token.
+        if let Some(scheme) = shown.find("://")
+            && let Some(cut) = shown[scheme + 3..].find(['?', '#'])
+        {
+            shown.replace_range(scheme + 3 + cut.., "?…");
+        }
         let invalid = |reason: &str| Error::InvalidUrl {
             url: shown.clone(),
             reason: reason.to_owned(),
@@ -95,6 +101,13 @@ impl Remote {
         }
         if url.host().is_none_or(str::is_empty) {
             return Err(invalid("missing host"));
+        }
+        // Git URLs have no query or fragment; one here is usually a token pasted into the URL,
+        // which would then show in every status, log line and manifest key.
+        if url.path.contains(&b'?') || url.path.contains(&b'#') {
+            return Err(invalid(
+                "query strings and fragments are not supported (a token belongs in token_env)",
+            ));
         }
         let user = url.set_user(None);
         let password = url.set_password(None);
@@ -247,6 +260,17 @@ pub(crate) fn scrub(message: &str, remote: &Remote) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn query_strings_are_refused_without_echoing_them() {
+        for url in [
+            "https://gitlab.example.com/org/app.git?private_token=glpat-secret123",
+            "https://h/org/app.git#glpat-secret123",
+        ] {
+            let e = Remote::parse(url).unwrap_err().to_string();
+            assert!(e.contains("query strings") && !e.contains("secret123"), "{e}");
+        }
+    }
 
     #[test]
     fn userinfo_moves_into_credentials_and_never_displays() {
