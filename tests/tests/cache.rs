@@ -465,31 +465,59 @@ async fn noop_commit_writes_nothing(f: &Fixture) {
 /// Two workers load the same generation and both commit a different change: exactly one
 /// generation wins, the other gets `Conflict` (and overwrote nothing). After reloading,
 /// restoring and re-applying its change, the loser commits, and both changes are there.
-async fn racing_workers_one_generation_wins_no_refs_lost(f: &Fixture) {
-    let src = Source::new();
-    Worker::new(f.store.clone(), "app")
-        .sync(&src.url(), None)
-        .await
-        .expect("seed");
-    let (one_path, one) = src.fork("one.git", "topic-one");
-    let (two_path, two) = src.fork("two.git", "topic-two");
+/// The set-up of a race: a seeded repo, two forks of the source (each with its own new branch),
+/// and two workers that restored the same generation and fetched one fork each.
+struct Race {
+    _src: Source,
+    forks: [(PathBuf, String); 2],
+    workers: [Worker; 2],
+    start: Snapshot,
+}
 
-    let w1 = Worker::new(f.store.clone(), "app");
-    let w2 = Worker::new(f.store.clone(), "app");
-    let (s1, _) = w1.restore().await.unwrap();
-    let (s2, _) = w2.restore().await.unwrap();
-    assert_eq!(s1, s2);
-    for (w, url) in [(&w1, &one), (&w2, &two)] {
-        w.cache.invalidate_local().unwrap();
-        fetch(w.path(), url, false).await;
+impl Race {
+    async fn new(f: &Fixture) -> Race {
+        let src = Source::new();
+        Worker::new(f.store.clone(), "app")
+            .sync(&src.url(), None)
+            .await
+            .expect("seed");
+        let forks = [src.fork("one.git", "topic-one"), src.fork("two.git", "topic-two")];
+        let workers = [Worker::new(f.store.clone(), "app"), Worker::new(f.store.clone(), "app")];
+        let (s1, _) = workers[0].restore().await.unwrap();
+        let (s2, _) = workers[1].restore().await.unwrap();
+        assert_eq!(s1, s2);
+        for (w, (_, url)) in workers.iter().zip(&forks) {
+            w.cache.invalidate_local().unwrap();
+            fetch(w.path(), url, false).await;
+        }
+        Race {
+            _src: src,
+            forks,
+            workers,
+            start: s1,
+        }
     }
-    let (r1, r2) = tokio::join!(
-        w1.cache.commit(&s1, local_state(w1.path())),
-        w2.cache.commit(&s2, local_state(w2.path())),
-    );
+
+    /// Both workers commit at once.
+    async fn commit(&self) -> [Result<CommitOutcome, CacheError>; 2] {
+        let [w1, w2] = &self.workers;
+        let (r1, r2) = tokio::join!(
+            w1.cache.commit(&self.start, local_state(w1.path())),
+            w2.cache.commit(&self.start, local_state(w2.path())),
+        );
+        [r1, r2]
+    }
+}
+
+async fn racing_workers_one_generation_wins_no_refs_lost(f: &Fixture) {
+    let race = Race::new(f).await;
+    let [(one_path, one), (two_path, two)] = &race.forks;
+    let [w1, w2] = &race.workers;
+    let s1 = &race.start;
+    let [r1, r2] = race.commit().await;
     let (winner, loser, loser_url, won) = match (r1, r2) {
-        (Ok(o), Err(e)) => (&w1, &w2, &two, (o, e)),
-        (Err(e), Ok(o)) => (&w2, &w1, &one, (o, e)),
+        (Ok(o), Err(e)) => (w1, w2, two, (o, e)),
+        (Err(e), Ok(o)) => (w2, w1, one, (o, e)),
         other => panic!("exactly one commit must win: {other:?}"),
     };
     let (outcome, err) = won;
@@ -501,7 +529,7 @@ async fn racing_workers_one_generation_wins_no_refs_lost(f: &Fixture) {
     let current = winner.cache.load().await.unwrap();
     assert_eq!(current.manifest.generation, 2);
     assert_eq!(current, outcome.snapshot, "the winner's manifest stands");
-    assert!(!loser.cache.is_warm(&current) && !loser.cache.is_warm(&s1));
+    assert!(!loser.cache.is_warm(&current) && !loser.cache.is_warm(s1));
 
     // The loser starts over from the winner's state.
     let (snap, _) = loser.restore().await.expect("reload + restore");
@@ -517,8 +545,8 @@ async fn racing_workers_one_generation_wins_no_refs_lost(f: &Fixture) {
 
     let check = Worker::new(f.store.clone(), "app");
     check.restore().await.unwrap();
-    let mut expected = mirrored_refs(&one_path);
-    expected.extend(mirrored_refs(&two_path));
+    let mut expected = mirrored_refs(one_path);
+    expected.extend(mirrored_refs(two_path));
     assert!(expected.contains_key("refs/heads/topic-one") && expected.contains_key("refs/heads/topic-two"));
     assert_eq!(mirrored_refs(check.path()), expected, "no ref lost");
     assert_fsck_clean(check.path());
@@ -528,28 +556,10 @@ async fn racing_workers_one_generation_wins_no_refs_lost(f: &Fixture) {
 /// collection leaves it while it is young (its commit might still be in flight) and deletes it
 /// once old enough — it alone: every pack the manifest names stays, and the repo restores.
 async fn orphaned_packs_of_a_lost_race_are_collected_once_old(f: &Fixture) {
-    let src = Source::new();
-    Worker::new(f.store.clone(), "app")
-        .sync(&src.url(), None)
-        .await
-        .expect("seed");
-    let (_, one) = src.fork("one.git", "topic-one");
-    let (_, two) = src.fork("two.git", "topic-two");
-    let w1 = Worker::new(f.store.clone(), "app");
-    let w2 = Worker::new(f.store.clone(), "app");
-    let (s1, _) = w1.restore().await.unwrap();
-    let (s2, _) = w2.restore().await.unwrap();
-    for (w, url) in [(&w1, &one), (&w2, &two)] {
-        w.cache.invalidate_local().unwrap();
-        fetch(w.path(), url, false).await;
-    }
-    let (r1, r2) = tokio::join!(
-        w1.cache.commit(&s1, local_state(w1.path())),
-        w2.cache.commit(&s2, local_state(w2.path())),
-    );
-    let winner = match (&r1, &r2) {
-        (Ok(_), Err(CacheError::Conflict { .. })) => &w1,
-        (Err(CacheError::Conflict { .. }), Ok(_)) => &w2,
+    let race = Race::new(f).await;
+    let winner = match race.commit().await {
+        [Ok(_), Err(CacheError::Conflict { .. })] => &race.workers[0],
+        [Err(CacheError::Conflict { .. }), Ok(_)] => &race.workers[1],
         other => panic!("exactly one commit must win: {other:?}"),
     };
     let current = winner.cache.load().await.unwrap();
