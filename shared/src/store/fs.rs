@@ -180,6 +180,26 @@ fn failed(key: &str, what: impl std::fmt::Display, e: io::Error) -> StoreError {
     }
 }
 
+/// Open the object file at `path` with its metadata; `None` if there is no such file (or it is
+/// not a regular file).
+fn open_object(key: &str, path: &Path) -> Result<Option<(File, fs::Metadata)>, StoreError> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if is_absent(&e) => return Ok(None),
+        Err(e) => return Err(failed(key, format_args!("opening {}", path.display()), e)),
+    };
+    let meta = file
+        .metadata()
+        .map_err(|e| failed(key, format_args!("reading {}", path.display()), e))?;
+    Ok(meta.is_file().then_some((file, meta)))
+}
+
+/// When the file was last written, Unix milliseconds (unknown if the platform cannot say).
+fn modified_ms(meta: &fs::Metadata) -> Option<u64> {
+    let since_epoch = meta.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?;
+    Some(since_epoch.as_millis() as u64)
+}
+
 /// Errors that mean "there is no object at this path": the file, or a directory on the way,
 /// is missing, or a path component is a file where a directory would be.
 fn is_absent(e: &io::Error) -> bool {
@@ -350,26 +370,13 @@ impl Inner {
         Ok(())
     }
 
-    /// The current object at `path`: its ETag and size, or `None` if there is none. Uses the
-    /// memo when the file has not changed since it was last hashed.
-    /// The object at `path`: (ETag, size, modification time in Unix ms), or `None` if absent.
+    /// The current object at `path`: its ETag, size and modification time (Unix ms), or `None`
+    /// if there is none. Uses the memo when the file has not changed since it was last hashed.
     fn current(&self, key: &str, path: &Path) -> Result<Option<(String, u64, Option<u64>)>, StoreError> {
-        let mut file = match File::open(path) {
-            Ok(f) => f,
-            Err(e) if is_absent(&e) => return Ok(None),
-            Err(e) => return Err(failed(key, format_args!("opening {}", path.display()), e)),
-        };
-        let meta = file
-            .metadata()
-            .map_err(|e| failed(key, format_args!("reading {}", path.display()), e))?;
-        if !meta.is_file() {
+        let Some((mut file, meta)) = open_object(key, path)? else {
             return Ok(None);
-        }
-        let modified = meta
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map(|d| d.as_millis() as u64);
+        };
+        let modified = modified_ms(&meta);
         let id = FileId::of(&meta);
         if let Some(id) = id
             && let Some((known, etag)) = self.memo.lock().expect("memo").get(path)
@@ -403,17 +410,9 @@ impl Inner {
 
     fn get(&self, key: &str) -> Result<Option<Object>, StoreError> {
         let path = self.path(key)?;
-        let mut file = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) if is_absent(&e) => return Ok(None),
-            Err(e) => return Err(failed(key, format_args!("opening {}", path.display()), e)),
-        };
-        let meta = file
-            .metadata()
-            .map_err(|e| failed(key, format_args!("reading {}", path.display()), e))?;
-        if !meta.is_file() {
+        let Some((mut file, meta)) = open_object(key, &path)? else {
             return Ok(None);
-        }
+        };
         let mut body = Vec::with_capacity(meta.len() as usize);
         match file.read_to_end(&mut body) {
             Ok(_) => {}
@@ -512,19 +511,9 @@ impl Inner {
 
     fn download(&self, key: &str, dest: &Path) -> Result<ObjectInfo, StoreError> {
         let path = self.path(key)?;
-        let mut file = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) if is_absent(&e) => {
-                return Err(StoreError::NotFound { key: key.to_owned() });
-            }
-            Err(e) => return Err(failed(key, format_args!("opening {}", path.display()), e)),
-        };
-        let meta = file
-            .metadata()
-            .map_err(|e| failed(key, format_args!("reading {}", path.display()), e))?;
-        if !meta.is_file() {
+        let Some((mut file, meta)) = open_object(key, &path)? else {
             return Err(StoreError::NotFound { key: key.to_owned() });
-        }
+        };
         let mut out = File::create(dest).map_err(|e| failed(key, format_args!("creating {}", dest.display()), e))?;
         let (etag, size) = copy_hashing(&mut file, &mut out).map_err(|e| match e {
             CopyError::Read(e) => failed(key, format_args!("reading {}", path.display()), e),
@@ -537,11 +526,7 @@ impl Inner {
             key: key.to_owned(),
             size,
             etag,
-            modified_ms: meta
-                .modified()
-                .ok()
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map(|d| d.as_millis() as u64),
+            modified_ms: modified_ms(&meta),
         })
     }
 
