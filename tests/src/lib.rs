@@ -511,9 +511,44 @@ impl Servers {
     }
 }
 
+/// Start `gitferry serve --config mirrors.toml --listen 127.0.0.1:PORT {args}` in `dir` on a
+/// free port, with `env` added, stderr into `log` and stdout into `stdout` (or nowhere); wait up
+/// to `startup` seconds until it answers `/healthz`. Returns the child and the base URL.
+pub fn start_serve<S: AsRef<OsStr>>(
+    dir: &Path,
+    args: impl IntoIterator<Item = S>,
+    env: &[(&str, &str)],
+    (log, stdout): (&Path, Option<&Path>),
+    startup: u64,
+) -> (Child, String) {
+    let port = free_port();
+    let stdout = match stdout {
+        Some(path) => Stdio::from(std::fs::File::create(path).expect("stdout file")),
+        None => Stdio::null(),
+    };
+    let child = Command::new(gitferry_bin())
+        .args([
+            "serve",
+            "--config",
+            "mirrors.toml",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .args(args)
+        .current_dir(dir)
+        .envs(env.iter().copied())
+        .stdout(stdout)
+        .stderr(Stdio::from(std::fs::File::create(log).expect("log file")))
+        .spawn()
+        .expect("gitferry serve starts");
+    let base = format!("http://127.0.0.1:{port}");
+    wait_healthy(&base, startup, log);
+    (child, base)
+}
+
 /// Wait until `GET {base}/healthz` answers (a freshly started `gitferry serve`), or panic with
 /// `log`'s content after `secs`.
-pub fn wait_healthy(base: &str, secs: u64, log: &Path) {
+fn wait_healthy(base: &str, secs: u64, log: &Path) {
     let until = Instant::now() + Duration::from_secs(secs);
     let addr = base.trim_start_matches("http://");
     loop {

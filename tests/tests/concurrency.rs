@@ -3,7 +3,7 @@
 //! bursts. Every repository must end equal to its source, every manifest must record the
 //! source's final refs (no generation lost), and redeliveries must be deduplicated.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use gitferry_core::config::Provider;
@@ -20,30 +20,31 @@ struct Server {
 }
 
 fn start(dir: &std::path::Path, n: usize, moto: &MotoServer, bucket: &str, queue_url: &str) -> Server {
-    let port = harness::free_port();
-    let child = Command::new(harness::gitferry_bin())
-        .args(["serve", "--config", "mirrors.toml", "--workers", "3"])
-        .args(["--store", &format!("s3://{bucket}/shared")])
-        .args(["--queue", &format!("sqs://{queue_url}")])
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .arg("--work-dir")
-        .arg(dir.join(format!("work-{n}")))
-        .current_dir(dir)
-        .env("S", SECRET)
-        .env("AWS_ENDPOINT_URL", moto.endpoint())
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(
-            std::fs::File::create(dir.join(format!("serve-{n}.log"))).unwrap(),
-        ))
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    harness::wait_healthy(&base, 30, &dir.join(format!("serve-{n}.log")));
+    let endpoint = moto.endpoint();
+    let (child, base) = harness::start_serve(
+        dir,
+        [
+            "--workers".to_owned(),
+            "3".to_owned(),
+            "--store".to_owned(),
+            format!("s3://{bucket}/shared"),
+            "--queue".to_owned(),
+            format!("sqs://{queue_url}"),
+            "--work-dir".to_owned(),
+            dir.join(format!("work-{n}")).display().to_string(),
+        ],
+        &[
+            ("S", SECRET),
+            ("AWS_ENDPOINT_URL", endpoint.as_str()),
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+            ("RUST_LOG", "info"),
+        ],
+        (&dir.join(format!("serve-{n}.log")), None),
+        30,
+    );
     Server { child, base }
 }
 

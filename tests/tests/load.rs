@@ -4,7 +4,7 @@
 //! bounded; prints p50/p99 latency. `cargo test --test load` runs a quick 600-delivery version;
 //! `make load` runs 5,000 against a release build and records the figures.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -31,29 +31,13 @@ fn run(deliveries: usize, repos: usize, senders: usize) {
     let dir = harness::tempdir();
     let (config, _sources, _worktrees) = servers.webhook_repos(repos, "S");
     std::fs::write(dir.path().join("mirrors.toml"), config).unwrap();
-    let port = harness::free_port();
-    let mut child = Command::new(harness::gitferry_bin())
-        .args([
-            "serve",
-            "--config",
-            "mirrors.toml",
-            "--store",
-            "store",
-            "--workers",
-            "4",
-        ])
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .current_dir(dir.path())
-        .env("S", SECRET)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(
-            std::fs::File::create(dir.path().join("serve.log")).unwrap(),
-        ))
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    harness::wait_healthy(&base, 20, &dir.path().join("serve.log"));
+    let (mut child, base) = harness::start_serve(
+        dir.path(),
+        ["--store", "store", "--workers", "4"],
+        &[("S", SECRET), ("RUST_LOG", "info")],
+        (&dir.path().join("serve.log"), None),
+        20,
+    );
 
     // Deliveries: ids 0..n; every 10th is a redelivery of the previous id.
     let next = Arc::new(Mutex::new(0usize));

@@ -5,7 +5,7 @@
 //! and notifies a receiver. Then every byte it produced — its log, every object in its store,
 //! the notifications, `/status`, `/metrics` — is scanned for the test secrets.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use gitferry_core::config::Provider;
@@ -52,32 +52,22 @@ fn no_secret_in_logs_status_store_notifications_or_metrics_and_no_ssrf() {
         servers.url(Proto::Http, "dst2.git"),
     );
     std::fs::write(dir.path().join("mirrors.toml"), config).unwrap();
-    let port = harness::free_port();
     let log = dir.path().join("serve.log");
-    let mut child = Command::new(harness::gitferry_bin())
-        .args([
-            "serve",
-            "--config",
-            "mirrors.toml",
-            "--store",
-            "store",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .current_dir(dir.path())
-        .env("SRC_TOKEN", PASSWORD)
-        .env("WRONG_TOKEN", WRONG_PASSWORD)
-        .env("HOOK", HOOK_SECRET)
-        .env("NOTIFY", receiver.url())
-        .env("GITFERRY_STATUS_TOKEN", STATUS_TOKEN)
-        .env("RUST_LOG", "debug")
-        .stdout(Stdio::from(
-            std::fs::File::create(dir.path().join("stdout.log")).unwrap(),
-        ))
-        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
+    let notify = receiver.url();
+    let (mut child, base) = harness::start_serve(
+        dir.path(),
+        ["--store", "store"],
+        &[
+            ("SRC_TOKEN", PASSWORD),
+            ("WRONG_TOKEN", WRONG_PASSWORD),
+            ("HOOK", HOOK_SECRET),
+            ("NOTIFY", notify.as_str()),
+            ("GITFERRY_STATUS_TOKEN", STATUS_TOKEN),
+            ("RUST_LOG", "debug"),
+        ],
+        (&log, Some(&dir.path().join("stdout.log"))),
+        60,
+    );
     let client = reqwest::blocking::Client::new();
     let get = |path: &str, token: Option<&str>| {
         let mut r = client.get(format!("{base}{path}"));

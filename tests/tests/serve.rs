@@ -2,7 +2,7 @@
 //! signals, a restart after `kill -9`, and the status page in headless Chromium.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use gitferry_core::config::Provider;
@@ -53,22 +53,16 @@ impl Setup {
 
     /// Start `gitferry serve` on a free port; returns the child and the base URL.
     fn serve(&self) -> (Child, String) {
-        let port = harness::free_port();
-        let log = self.dir.path().join(format!("serve-{port}.log"));
-        let child = Command::new(harness::gitferry_bin())
-            .args(["serve", "--config", "mirrors.toml", "--store"])
-            .arg(self.store())
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .current_dir(self.dir.path())
-            .env("APP_SECRET", SECRET)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
-            .spawn()
-            .expect("gitferry serve starts");
-        let base = format!("http://127.0.0.1:{port}");
-        harness::wait_healthy(&base, 20, &log);
-        (child, base)
+        // One log per start (restarts in the kill -9 tests keep the earlier ones).
+        static STARTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        harness::start_serve(
+            self.dir.path(),
+            [std::ffi::OsStr::new("--store"), self.store().as_os_str()],
+            &[("APP_SECRET", SECRET), ("RUST_LOG", "info")],
+            (&self.dir.path().join(format!("serve-{n}.log")), None),
+            20,
+        )
     }
 
     fn push_and_deliver(&mut self, base: &str, delivery: &str) -> u16 {
