@@ -809,7 +809,7 @@ impl SyncManager {
         }
         tracing::info!(
             repo,
-            generation = committed.snapshot.manifest.generation,
+            generation,
             written = committed.written,
             packs_uploaded = committed.packs_uploaded,
             bytes_uploaded = committed.bytes_uploaded,

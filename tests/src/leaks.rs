@@ -1,10 +1,10 @@
 //! No secret leaves gitferry: the whole suite is scanned, not one test.
 //!
 //! Every secret a test hands to gitferry is registered here ([`secret`], or implicitly by
-//! [`super::HttpBackend`] for its basic-auth password), together with the forms in which it
-//! could leak without being spelled out (base64 of `user:password` as in an `Authorization`
-//! header, percent-encoding as in a URL). What gitferry produces is then checked against every
-//! registered secret of the test binary:
+//! [`super::HttpBackend`] for its basic-auth password). What gitferry produces is then checked
+//! against every registered secret of the test binary, also in the forms in which it could leak
+//! without being spelled out ([`find`]: percent-encoded, `Debug`-escaped, inside a base64
+//! `Basic` credential):
 //!
 //! * in-process logs: [`capture_logs`] installs a tracing subscriber (debug level, every target)
 //!   whose writer checks each formatted line; the harness's entry points call it, so every test
@@ -17,8 +17,8 @@
 //! * S3: [`super::moto::MotoServer`] checks every object of every bucket when dropped;
 //! * child processes: [`CheckedOutput::checked_output`] runs a command and checks its output.
 //!
-//! A leak found in a log line is recorded and fails the test at its next teardown (a panic in
-//! the middle of library code would hide where it came from); every other check panics at once
+//! A leak found in a log line is printed at once and fails the next teardown in the binary (a
+//! panic in the middle of library code would hide where it came from); every other check panics at once
 //! with the place and the leaked secret masked. Teardown checks are skipped when the test is
 //! already failing, so the first failure stays the one reported.
 
@@ -61,20 +61,6 @@ pub fn credentials(user: &str, password: &str) {
 /// to the CLI): not a leak.
 pub fn allow(path: &Path) {
     ALLOWED.lock().unwrap().insert(path.to_owned());
-}
-
-/// Every byte but `A-Za-z0-9-._~` as `%XX` (a URL path segment or query value).
-pub(crate) fn percent_encode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }
 
 /// The registered secret `text` contains, if any — spelled out, percent-encoded (any case, any

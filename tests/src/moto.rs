@@ -203,14 +203,14 @@ impl MotoServer {
             loop {
                 let mut path = format!("/{bucket}?list-type=2");
                 if let Some(t) = &token {
-                    path.push_str(&format!("&continuation-token={}", super::leaks::percent_encode(t)));
+                    path.push_str(&format!("&continuation-token={}", percent_encode(t)));
                 }
                 let Some(page) = http_get(self.port, &path) else { break };
                 for key in xml_values(&page, "Key") {
                     if key.ends_with(".pack") || key.ends_with(".idx") {
                         continue;
                     }
-                    let encoded: Vec<String> = key.split('/').map(super::leaks::percent_encode).collect();
+                    let encoded: Vec<String> = key.split('/').map(percent_encode).collect();
                     if let Some(body) = http_get(self.port, &format!("/{bucket}/{}", encoded.join("/"))) {
                         out.push((format!("{bucket}/{key}"), body));
                     }
@@ -251,6 +251,20 @@ fn xml_values(xml: &str, tag: &str) -> Vec<String> {
                 .replace("&quot;", "\"")
                 .replace("&apos;", "'")
                 .replace("&amp;", "&")
+        })
+        .collect()
+}
+
+/// Every byte but `A-Za-z0-9-._~` as `%XX` (a URL path segment or query value).
+fn percent_encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
         })
         .collect()
 }
