@@ -115,7 +115,12 @@ impl Api {
             }
             ("GET", ["healthz"]) => Response::json(200, json!({ "ok": true })),
             ("GET", ["metrics"]) => match &self.prometheus {
-                Some(p) => Response::text(200, "text/plain; version=0.0.4", p.render()),
+                Some(p) => {
+                    let names = self.config.repos.keys().map(String::as_str);
+                    let states = self.status.all(names).await.unwrap_or_default();
+                    let text = p.render() + &crate::metrics::repository_states(&states);
+                    Response::text(200, "text/plain; version=0.0.4", text)
+                }
                 None => Response::error(404, "metrics are published to CloudWatch"),
             },
             ("GET", [] | ["status"]) => {
@@ -131,7 +136,7 @@ impl Api {
                             Response::text(
                                 200,
                                 "text/html; charset=utf-8",
-                                crate::page::render(&all, crate::request::now_ms()),
+                                crate::page::render(&all, crate::clock::now_ms()),
                             )
                         } else {
                             Response::json(200, json!({ "repos": all }))

@@ -10,6 +10,8 @@
 //! ```toml
 //! default_sync_policy = "both"       # webhook_only | poll_only | both
 //! poll_interval_secs = 300           # default for every repo; at least 60
+//! probe_timeout_secs = 10            # the poller gives a source this long to answer (1..=60)
+//! stale_after_intervals = 3          # a repo not confirmed mirrored for 3 intervals is stale
 //!
 //! [notify]
 //! slack_webhook_url_env = "GITFERRY_SLACK_WEBHOOK_URL"
@@ -44,6 +46,11 @@ pub const MIN_POLL_INTERVAL_SECS: u64 = 60;
 pub const DEFAULT_POLL_INTERVAL_SECS: u64 = 300;
 pub const DEFAULT_OVERWRITTEN_RETENTION_DAYS: u32 = 30;
 pub const DEFAULT_MAX_DELETE_FRACTION: f64 = 0.5;
+/// How long the poller waits for a source to connect and list its refs.
+pub const DEFAULT_PROBE_TIMEOUT_SECS: u64 = 10;
+/// The poll function has 60 s for a whole tick; a probe gets at most this.
+pub const MAX_PROBE_TIMEOUT_SECS: u64 = 60;
+pub const DEFAULT_STALE_AFTER_INTERVALS: u32 = 3;
 
 /// Which triggers a repo follows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -91,6 +98,8 @@ pub enum Divergence {
 pub struct Config {
     pub default_sync_policy: SyncPolicy,
     pub poll_interval_secs: u64,
+    /// A repo not confirmed mirrored for this many of its poll intervals counts as stale.
+    pub stale_after_intervals: u32,
     pub notify: NotifyConfig,
     pub repos: BTreeMap<String, RepoConfig>,
 }
@@ -110,6 +119,8 @@ pub struct RepoConfig {
     pub targets: Vec<TargetConfig>,
     pub sync_policy: SyncPolicy,
     pub poll_interval_secs: u64,
+    /// How long the poller waits for the source (connect and refs listing).
+    pub probe_timeout_secs: u64,
     pub refs: RefPatterns,
     pub prune: bool,
     pub max_delete_fraction: f64,
@@ -233,7 +244,7 @@ impl RepoConfig {
         use crate::request::TriggerKind as K;
         matches!(
             (self.sync_policy, kind),
-            (_, K::Manual)
+            (_, K::Manual | K::Resume)
                 | (SyncPolicy::Both, _)
                 | (SyncPolicy::WebhookOnly, K::Webhook)
                 | (SyncPolicy::PollOnly, K::Poll)
@@ -285,6 +296,8 @@ struct RawConfig {
     #[serde(default)]
     default_sync_policy: SyncPolicy,
     poll_interval_secs: Option<Spanned<u64>>,
+    probe_timeout_secs: Option<Spanned<u64>>,
+    stale_after_intervals: Option<Spanned<u32>>,
     #[serde(default)]
     notify: RawNotify,
     #[serde(default)]
@@ -308,6 +321,7 @@ struct RawRepo {
     targets: Vec<RawTarget>,
     sync_policy: Option<SyncPolicy>,
     poll_interval_secs: Option<Spanned<u64>>,
+    probe_timeout_secs: Option<Spanned<u64>>,
     refs: Option<Spanned<RawRefs>>,
     prune: Option<bool>,
     max_delete_fraction: Option<Spanned<f64>>,
@@ -380,6 +394,21 @@ impl Validator<'_> {
                         "{} is below the minimum of {MIN_POLL_INTERVAL_SECS} seconds",
                         v.get_ref()
                     ),
+                );
+                default
+            }
+            Some(v) => *v.get_ref(),
+            None => default,
+        }
+    }
+
+    fn probe_timeout(&mut self, value: &Option<Spanned<u64>>, default: u64, field: &str) -> u64 {
+        match value {
+            Some(v) if !(1..=MAX_PROBE_TIMEOUT_SECS).contains(v.get_ref()) => {
+                self.error(
+                    v.span().start,
+                    field,
+                    format!("must be from 1 to {MAX_PROBE_TIMEOUT_SECS} seconds"),
                 );
                 default
             }
@@ -461,6 +490,19 @@ impl Validator<'_> {
             DEFAULT_POLL_INTERVAL_SECS,
             "poll_interval_secs",
         );
+        let probe_timeout_secs = self.probe_timeout(
+            &raw.probe_timeout_secs,
+            DEFAULT_PROBE_TIMEOUT_SECS,
+            "probe_timeout_secs",
+        );
+        let stale_after_intervals = match &raw.stale_after_intervals {
+            Some(v) if *v.get_ref() == 0 => {
+                self.error(v.span().start, "stale_after_intervals", "must be at least 1");
+                DEFAULT_STALE_AFTER_INTERVALS
+            }
+            Some(v) => *v.get_ref(),
+            None => DEFAULT_STALE_AFTER_INTERVALS,
+        };
         let notify = NotifyConfig {
             slack_webhook_url: raw
                 .notify
@@ -591,6 +633,11 @@ impl Validator<'_> {
                 poll_interval_secs,
                 &format!("{field}.poll_interval_secs"),
             );
+            let probe_timeout = self.probe_timeout(
+                &repo.probe_timeout_secs,
+                probe_timeout_secs,
+                &format!("{field}.probe_timeout_secs"),
+            );
             if let Some(source) = source {
                 repos.insert(
                     name.clone(),
@@ -600,6 +647,7 @@ impl Validator<'_> {
                         targets,
                         sync_policy: repo.sync_policy.unwrap_or(raw.default_sync_policy),
                         poll_interval_secs: poll,
+                        probe_timeout_secs: probe_timeout,
                         refs,
                         prune: repo.prune.unwrap_or(true),
                         max_delete_fraction,
@@ -614,6 +662,7 @@ impl Validator<'_> {
         Config {
             default_sync_policy: raw.default_sync_policy,
             poll_interval_secs,
+            stale_after_intervals,
             notify,
             repos,
         }

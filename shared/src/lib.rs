@@ -10,21 +10,26 @@
 //! * [`store`] — object storage (S3, local directory, fault injection) behind one trait;
 //! * [`cache`] — bare repositories cached in a store: manifest, packs, leases;
 //! * [`status`] — the single chokepoint for status writes; [`notify`], [`metrics`];
-//! * [`queue`] — the queue trait and its in-process FIFO implementation;
-//! * [`sync`] — `SyncManager`, the one sync algorithm.
+//! * [`queue`] — the queue trait, its in-process FIFO and the saved local queue;
+//! * [`sync`] — `SyncManager`, the one sync algorithm;
+//! * [`worker`] — the one queue consumer (sync Lambda and `gitferry serve`);
+//! * [`poll`] — the one (probing) poller (poll Lambda and `gitferry serve`);
+//! * [`keys`] — the whole store layout; [`clock`] — time and the test time scale.
 
 pub mod api;
 pub mod cache;
+pub mod clock;
 pub mod config;
 pub mod git;
+pub mod keys;
 pub mod metrics;
 pub mod notify;
 pub mod page;
 pub mod poll;
 pub mod queue;
 pub mod request;
-pub mod server;
 pub mod status;
 pub mod store;
 pub mod sync;
 pub mod webhook;
+pub mod worker;

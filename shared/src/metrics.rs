@@ -23,12 +23,14 @@ pub enum Unit {
     Count,
     Milliseconds,
     Bytes,
+    /// A count that is a level, not an increment (Prometheus: the last value).
+    Gauge,
 }
 
 impl Unit {
     fn emf(self) -> &'static str {
         match self {
-            Unit::Count => "Count",
+            Unit::Count | Unit::Gauge => "Count",
             Unit::Milliseconds => "Milliseconds",
             Unit::Bytes => "Bytes",
         }
@@ -100,11 +102,14 @@ pub const NOTIFICATIONS_FAILED: Def = Def {
     dimensions: &[],
     help: "Notifications that could not be delivered",
 };
-pub const POLLS_ENQUEUED: Def = Def {
-    name: "PollsEnqueued",
-    unit: Unit::Count,
+/// Emitted by every poll tick that ran to the end, 0 when all is well: its sample count is the
+/// poller's heartbeat, its maximum the repos not confirmed mirrored for too long
+/// (`stale_after_intervals`). One metric for both keeps the custom-metric bill flat.
+pub const STALE_REPOS: Def = Def {
+    name: "StaleRepos",
+    unit: Unit::Gauge,
     dimensions: &[],
-    help: "Poll requests enqueued by the poller",
+    help: "Polled repositories not confirmed mirrored within stale_after_intervals poll intervals (one sample per poll tick)",
 };
 
 /// Every metric the code emits.
@@ -118,7 +123,7 @@ pub const CATALOGUE: &[&Def] = &[
     &LEASE_RECLAIMS,
     &WEBHOOK_RESPONSES,
     &NOTIFICATIONS_FAILED,
-    &POLLS_ENQUEUED,
+    &STALE_REPOS,
 ];
 
 /// Where measurements go.
@@ -154,20 +159,24 @@ impl Metrics {
         );
     }
 
+    /// What a sync that did work moved; its duration unless it did not finish (`None`:
+    /// interrupted, counted when its continuation finishes).
     pub fn sync_work(
         &self,
         repo: &str,
-        outcome: &str,
+        outcome: Option<&str>,
         duration_ms: u64,
         refs_changed: usize,
         fetched: u64,
         pushed: u64,
     ) {
-        self.record(
-            &SYNC_DURATION,
-            duration_ms as f64,
-            &[("Repo", repo), ("Outcome", outcome)],
-        );
+        if let Some(outcome) = outcome {
+            self.record(
+                &SYNC_DURATION,
+                duration_ms as f64,
+                &[("Repo", repo), ("Outcome", outcome)],
+            );
+        }
         self.record(&REFS_CHANGED, refs_changed as f64, &[("Repo", repo)]);
         self.record(&BYTES_FETCHED, fetched as f64, &[("Repo", repo)]);
         self.record(&BYTES_PUSHED, pushed as f64, &[("Repo", repo)]);
@@ -193,8 +202,9 @@ impl Metrics {
         self.record(&NOTIFICATIONS_FAILED, 1.0, &[("Repo", repo)]);
     }
 
-    pub fn polls_enqueued(&self, n: usize) {
-        self.record(&POLLS_ENQUEUED, n as f64, &[]);
+    /// Once per finished poll tick.
+    pub fn stale_repos(&self, n: usize) {
+        self.record(&STALE_REPOS, n as f64, &[]);
     }
 }
 
@@ -255,11 +265,33 @@ impl Emf {
 
 impl Sink for Emf {
     fn record(&self, def: &'static Def, value: f64, labels: &[(&'static str, &str)]) {
-        let line = Emf::document(def, value, labels, crate::request::now_ms()).to_string();
+        let line = Emf::document(def, value, labels, crate::clock::now_ms()).to_string();
         let mut out = self.out.lock().expect("not poisoned");
         let _ = writeln!(out, "{line}");
         let _ = out.flush();
     }
+}
+
+/// Repositories by state as readers see them (a dead worker's `syncing` reads `stalled`), as
+/// a Prometheus gauge: read from the statuses at scrape time, never stored.
+pub fn repository_states(statuses: &[crate::status::RepoStatus]) -> String {
+    use crate::status::State;
+    let mut out = String::from(
+        "# HELP gitferry_repositories Repositories by state (stalled: the worker syncing it stopped heartbeating)\n\
+         # TYPE gitferry_repositories gauge\n",
+    );
+    for state in [
+        State::New,
+        State::Syncing,
+        State::Success,
+        State::Failed,
+        State::Interrupted,
+        State::Stalled,
+    ] {
+        let n = statuses.iter().filter(|s| s.state == state).count();
+        out.push_str(&format!("gitferry_repositories{{state=\"{}\"}} {n}\n", state.as_str()));
+    }
+    out
 }
 
 /// Sorted `(label, value)` pairs.
@@ -293,6 +325,7 @@ fn prom_name(def: &Def) -> String {
         Unit::Milliseconds => out.push_str("_seconds"),
         Unit::Bytes => out.push_str("_bytes_total"),
         Unit::Count => out.push_str("_total"),
+        Unit::Gauge => {}
     }
     out
 }
@@ -316,7 +349,11 @@ impl Prometheus {
             out.push_str(&format!("# HELP {name} {}\n", def.help));
             out.push_str(&format!(
                 "# TYPE {name} {}\n",
-                if histogram { "histogram" } else { "counter" }
+                match def.unit {
+                    Unit::Milliseconds => "histogram",
+                    Unit::Gauge => "gauge",
+                    _ => "counter",
+                }
             ));
             for ((_, labels), s) in mine {
                 let render = |extra: Option<(&str, String)>| {
@@ -379,6 +416,9 @@ impl Sink for Prometheus {
                     s.buckets[i] += 1;
                 }
             }
+        } else if def.unit == Unit::Gauge {
+            s.sum = value;
+            s.count += 1;
         } else {
             s.sum += value;
             s.count += 1;
@@ -450,7 +490,7 @@ mod tests {
         let m = Metrics::new(p.clone());
         m.sync("app", "webhook", "success");
         m.sync("app", "webhook", "success");
-        m.sync_work("app", "success", 1500, 3, 100, 200);
+        m.sync_work("app", Some("success"), 1500, 3, 100, 200);
         let text = p.render();
         assert!(text.contains("# TYPE gitferry_syncs_total counter"), "{text}");
         assert!(

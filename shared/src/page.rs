@@ -29,6 +29,8 @@ fn badge(state: State) -> (&'static str, &'static str) {
         State::Syncing => ("syncing", "#1f6feb"),
         State::Success => ("ok", "#1a7f37"),
         State::Failed => ("failed", "#cf222e"),
+        State::Interrupted => ("interrupted — resuming", "#9a6700"),
+        State::Stalled => ("stalled", "#cf222e"),
     }
 }
 
@@ -82,6 +84,7 @@ pub fn render(repos: &[RepoStatus], now: u64) -> String {
             .collect();
         let lease = match (&s.lease, s.state) {
             (Some(l), State::Syncing) => format!("held by {}", esc(&l.owner)),
+            (Some(l), State::Stalled) => format!("<span class=\"err\">{} stopped heartbeating</span>", esc(&l.owner)),
             (Some(l), _) => {
                 let reclaim = l
                     .reclaimed_from
@@ -101,7 +104,7 @@ pub fn render(repos: &[RepoStatus], now: u64) -> String {
         rows.push_str(&format!(
             "<tr data-repo=\"{repo}\" data-state=\"{label}\"><td><b>{repo}</b></td>\
              <td><span class=\"badge\" style=\"background:{color}\">{label}</span>{streak}</td>\
-             <td>{success}</td><td>{lag}</td><td>{targets}</td><td class=\"err\">{error}{guard}</td>\
+             <td>{success}</td><td>{checked}</td><td>{lag}</td><td>{targets}</td><td class=\"err\">{error}{guard}</td>\
              <td>{backups}</td><td>{lease}</td></tr>\n",
             repo = esc(&s.repo),
             streak = if s.consecutive_failures > 1 {
@@ -110,6 +113,7 @@ pub fn render(repos: &[RepoStatus], now: u64) -> String {
                 String::new()
             },
             success = ago(s.last_success_at, now),
+            checked = ago(s.last_checked, now),
             lag = lag(s, now),
             targets = targets.join("<br>"),
             backups = if backups.is_empty() {
@@ -127,7 +131,7 @@ pub fn render(repos: &[RepoStatus], now: u64) -> String {
          .badge{{color:#fff;border-radius:1em;padding:.1em .6em;font-size:12px}}.small{{font-size:12px;color:#57606a}}\
          .err{{color:#cf222e;max-width:30em}}.warn{{color:#9a6700}}</style></head><body>\
          <h1>gitferry</h1><p class=\"small\">{n} repositories · refreshed every 10 s</p>\
-         <table><thead><tr><th>repository</th><th>state</th><th>last success</th><th>lag</th><th>targets</th>\
+         <table><thead><tr><th>repository</th><th>state</th><th>last success</th><th>last checked</th><th>lag</th><th>targets</th>\
          <th>last error</th><th>overwritten refs kept</th><th>lease</th></tr></thead><tbody>\n{rows}</tbody></table></body></html>\n",
         n = repos.len()
     )

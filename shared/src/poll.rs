@@ -1,64 +1,102 @@
-//! The poller: which repositories are due in a tick, statelessly.
+//! The poller: the one implementation the poll Lambda (every minute, EventBridge) and
+//! `gitferry serve`'s ticker both run.
 //!
-//! Every repo polls every `poll_interval_secs`, offset by a phase derived from its name, so a
-//! thousand repos with the same interval spread over the interval instead of all firing in the
-//! same minute. A repo is due in the tick `(now − tick, now]` when its slot
-//! `⌊(t + phase) / interval⌋` changes inside that window; the slot is also the poll request's
-//! deduplication id (`poll:{repo}:{slot}`), so a retried tick enqueues nothing twice. No state
-//! is kept between ticks, which is what lets the poll Lambda be a plain scheduled function.
+//! **Schedule.** Every repo polls every `poll_interval_secs`, offset by a phase derived from its
+//! name, so a thousand repos with the same interval spread over the interval instead of all
+//! firing in the same minute. A repo is due in a tick when its slot `⌊(t + phase) / interval⌋`
+//! changed since the previous tick (a late or failed tick is made up for, up to ten ticks back);
+//! the slot is also the poll request's deduplication id (`poll:{repo}:{slot}`), so a retried
+//! tick enqueues nothing twice.
 //!
-//! **Probing** ([`probe_tick`], what the poll Lambda runs): enqueueing every due repo costs a
-//! queue round trip, a sync invocation and a manifest read per poll even when nothing changed —
-//! about $40 a month for 1,000 idle repos polled every 5 minutes (docs/cost.md). Instead the
-//! poller lists each due repo's refs itself (`ls-remote`, many at once), hashes them, and
-//! enqueues only repos whose digest differs from the one it last enqueued for, plus every repo
-//! once per `recheck` (a day by default) so a permanently failing sync keeps being retried and a
-//! lost state object heals. A source refusing us for good (authentication, not found) is
-//! enqueued every time, so its sync records the failure at once; one that is unreachable for a
-//! moment is asked again once, then left to the next re-check (measured: 32 probes at once
-//! against one `git daemon` got connection resets, and enqueueing those turned an idle hour into
-//! 363 needless syncs). The digests live in one object, `state/probe.json`.
+//! **Probing.** Enqueueing every due repo would cost a queue round trip, a sync invocation and a
+//! manifest read per poll even when nothing changed (docs/cost.md). Instead the poller lists
+//! each due source's refs itself (`ls-remote`, 32 at once, each within the repo's
+//! `probe_timeout_secs`) and compares a digest of them with the digest it last *confirmed*
+//! mirrored to every target:
 //!
-//! **Startup reconciliation**: the first tick that sees a configuration (by digest) enqueues
+//! * equal → confirmed again (`checked_at`), nothing enqueued;
+//! * different → the poller reads the manifest once: if a sync (say, from a webhook) already
+//!   mirrored exactly these refs everywhere, that is the new confirmed digest; otherwise the
+//!   repo is enqueued — at every due tick until a sync confirms it, whatever the digests say,
+//!   so a failing repo is retried on its poll interval (also after its request went to the
+//!   dead-letter queue);
+//! * the source refused us (authentication, not found) → enqueued, so the sync records why;
+//! * unreachable, or no answer within the timeout → enqueued from the second time in a row (one
+//!   blip is not worth a sync);
+//! * and every repo once per `recheck` (a day), which catches targets changed behind our back.
+//!
+//! Requests are enqueued as probes finish, and a tick stops waiting for probes after
+//! [`PollOptions::budget`]: one stalled source delays nobody.
+//!
+//! **Confirmation and staleness.** `state/probe.json` (one object, read once and written at
+//! most once per tick — and only every few minutes when nothing but check times moved) holds
+//! per repo the confirmed digest and when it was last confirmed. A polled repo not confirmed
+//! for `stale_after_intervals` of its intervals is *stale*: the tick reports how many there are
+//! as the `StaleRepos` metric (an alarm watches it and its absence), and status readers show
+//! `last_checked` from here ([`last_checked`]).
+//!
+//! **Startup reconciliation.** The first tick that sees a configuration (by digest) enqueues
 //! every repository once — after a deploy or a config change nothing waits for its interval.
 //! A marker object (`state/config-seen/{digest}`) records that it happened; it is written after
 //! the enqueue, so a crash in between repeats the reconciliation rather than skipping it (the
-//! requests deduplicate).
+//! requests deduplicate). `gitferry serve` reconciles at every start ([`Poller::reconcile`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
 
-use crate::config::{Config, SyncPolicy};
+use crate::cache::Manifest;
+use crate::clock::{now_ms, scaled, scaled_secs};
+use crate::config::{Config, RepoConfig, SyncPolicy};
+use crate::keys;
+use crate::metrics::Metrics;
 use crate::queue::{Queue, QueueError};
 use crate::request::{SyncRequest, SyncTrigger};
 use crate::store::{Condition, ObjectStore, StoreError};
 
-/// The EventBridge schedule's period.
+/// The EventBridge schedule's period (`rate(1 minute)` in template.yaml).
 pub const TICK_SECS: u64 = 60;
+/// A late or failed tick is made up for, this many ticks back at most.
+const CATCH_UP_TICKS: u64 = 10;
+/// Probe state whose only change is check times is written at most this often.
+const SAVE_EVERY: Duration = Duration::from_secs(300);
+/// Enqueue what finished probing once no probe finished for this long.
+const FLUSH_AFTER: Duration = Duration::from_millis(50);
+
+/// The tick period as this process runs it.
+pub fn tick_period() -> Duration {
+    scaled_secs(TICK_SECS)
+}
+
+/// A repo's poll interval in (scaled) milliseconds.
+fn interval_ms(repo: &RepoConfig) -> u64 {
+    (scaled_secs(repo.poll_interval_secs).as_millis() as u64).max(1)
+}
 
 /// The phase of a repository within its interval.
-pub fn phase(repo: &str, interval: u64) -> u64 {
-    crate::git::remote::fnv1a(repo.as_bytes()) % interval.max(1)
+pub fn phase(repo: &str, interval_ms: u64) -> u64 {
+    crate::git::remote::fnv1a(repo.as_bytes()) % interval_ms.max(1)
 }
 
-fn slot(t: u64, phase: u64, interval: u64) -> u64 {
-    (t + phase) / interval.max(1)
+fn slot(t_ms: u64, phase: u64, interval_ms: u64) -> u64 {
+    (t_ms + phase) / interval_ms.max(1)
 }
 
-/// Poll requests for the repos due in the tick ending at `now_secs`.
-pub fn due(config: &Config, now_secs: u64, tick_secs: u64) -> Vec<SyncRequest> {
+/// Poll requests for the repos whose slot changed in `(from_ms, now_ms]`.
+pub fn due(config: &Config, from_ms: u64, now_ms: u64) -> Vec<SyncRequest> {
     let mut out = Vec::new();
     for (name, repo) in &config.repos {
         if repo.sync_policy == SyncPolicy::WebhookOnly {
             continue;
         }
-        let interval = repo.poll_interval_secs;
+        let interval = interval_ms(repo);
         let p = phase(name, interval);
-        let now_slot = slot(now_secs, p, interval);
-        if now_slot != slot(now_secs.saturating_sub(tick_secs), p, interval) {
+        let now_slot = slot(now_ms, p, interval);
+        if now_slot != slot(from_ms, p, interval) {
             out.push(SyncRequest::poll(name, now_slot));
         }
     }
@@ -66,14 +104,20 @@ pub fn due(config: &Config, now_secs: u64, tick_secs: u64) -> Vec<SyncRequest> {
 }
 
 /// What a tick did.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Tick {
     /// Poll requests enqueued.
     pub polled: usize,
-    /// Repos whose refs the poller listed itself (probing only).
+    /// Sources listed (the due repos).
     pub probed: usize,
+    /// Due repos confirmed mirrored (nothing to do).
+    pub confirmed: usize,
+    /// Probes that got no answer within their timeout or the tick's budget.
+    pub timed_out: usize,
     /// Repos enqueued by startup reconciliation (0 unless the config is new).
     pub reconciled: usize,
+    /// Polled repos not confirmed mirrored for `stale_after_intervals` intervals.
+    pub stale: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -84,100 +128,96 @@ pub enum PollError {
     Store(#[from] StoreError),
 }
 
-/// One tick: reconcile a new config, then enqueue what is due.
-pub async fn tick(
-    config: &Config,
-    config_digest: &str,
-    queue: &dyn Queue,
-    store: &dyn ObjectStore,
-    now_secs: u64,
-) -> Result<Tick, PollError> {
-    let mut report = Tick {
-        reconciled: reconcile_new_config(config, config_digest, queue, store, now_secs).await?,
-        ..Tick::default()
-    };
-    let due = due(config, now_secs, TICK_SECS);
-    for chunk in due.chunks(10) {
-        queue.send(chunk).await?;
-    }
-    report.polled = due.len();
-    Ok(report)
-}
-
-/// Enqueue every repo once if this configuration was never seen. Returns how many.
-async fn reconcile_new_config(
-    config: &Config,
-    config_digest: &str,
-    queue: &dyn Queue,
-    store: &dyn ObjectStore,
-    now_secs: u64,
-) -> Result<usize, PollError> {
-    let marker = format!("state/config-seen/{config_digest}");
-    if store.get(&marker).await?.is_none() {
-        let all: Vec<SyncRequest> = config
-            .repos
-            .keys()
-            .map(|name| {
-                SyncRequest::new(
-                    name,
-                    SyncTrigger::Manual {
-                        requested_by: "reconcile".into(),
-                        id: format!("reconcile-{config_digest}"),
-                    },
-                )
-            })
-            .collect();
-        for chunk in all.chunks(10) {
-            queue.send(chunk).await?;
-        }
-        match store
-            .put(&marker, now_secs.to_string().into_bytes(), Condition::IfAbsent)
-            .await
-        {
-            Ok(_) | Err(StoreError::PreconditionFailed { .. }) => {}
-            Err(e) => return Err(e.into()),
-        }
-        tracing::info!(
-            repos = all.len(),
-            digest = config_digest,
-            "new configuration: reconciled every repository"
-        );
-        return Ok(all.len());
-    }
-    Ok(0)
-}
-
-/// Where the prober keeps what it last enqueued for.
-pub const PROBE_KEY: &str = "state/probe.json";
-
 /// How probing behaves.
 #[derive(Clone, Copy, Debug)]
-pub struct ProbeOptions {
+pub struct PollOptions {
     /// `ls-remote`s in flight at once.
     pub concurrency: usize,
+    /// A tick stops waiting for probes after this (the poll function has 60 s).
+    pub budget: Duration,
     /// Enqueue a repo at least this often even if its refs did not change.
     pub recheck: Duration,
 }
 
-impl Default for ProbeOptions {
+impl Default for PollOptions {
     fn default() -> Self {
-        ProbeOptions {
+        PollOptions {
             concurrency: 32,
+            budget: Duration::from_secs(40),
             recheck: Duration::from_secs(24 * 3600),
         }
     }
 }
 
-/// `state/probe.json`: per repo, the refs digest last enqueued for and when.
+/// `state/probe.json`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ProbeState {
+    /// When the last tick ended (Unix ms).
+    pub ticked_at: u64,
+    /// When this object was last written.
+    pub saved_at: u64,
     pub repos: BTreeMap<String, Probed>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// What the poller knows of one repository.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Probed {
-    pub digest: Option<String>,
+    /// The source refs digest last confirmed mirrored to every target.
+    pub confirmed: Option<String>,
+    /// When the source was last confirmed equal to the targets.
+    pub checked_at: Option<u64>,
+    /// When the poller last enqueued the repo.
     pub enqueued_at: u64,
+    /// Consecutive probes that could not list the source.
+    pub unreachable: u32,
+    /// When the poller first saw the repo (staleness counts from here until a confirmation).
+    pub since: u64,
+}
+
+impl ProbeState {
+    /// Polled repos not confirmed for `stale_after_intervals` of their intervals.
+    pub fn stale(&self, config: &Config, now: u64) -> Vec<String> {
+        polled(config)
+            .filter(|(name, repo)| {
+                let entry = self.repos.get(*name);
+                let last = entry.and_then(|e| e.checked_at.or(Some(e.since))).unwrap_or(now);
+                now.saturating_sub(last) > u64::from(config.stale_after_intervals) * interval_ms(repo)
+            })
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// How often a save is due when only check times changed: well inside the shortest
+    /// staleness threshold, so a stored check time is never old enough to look stale.
+    fn save_every(config: &Config) -> u64 {
+        let shortest = polled(config)
+            .map(|(_, r)| u64::from(config.stale_after_intervals) * interval_ms(r) / 3)
+            .min()
+            .unwrap_or(u64::MAX);
+        (scaled(SAVE_EVERY).as_millis() as u64).min(shortest).max(1)
+    }
+}
+
+fn polled(config: &Config) -> impl Iterator<Item = (&String, &RepoConfig)> {
+    config
+        .repos
+        .iter()
+        .filter(|(_, r)| r.sync_policy != SyncPolicy::WebhookOnly)
+}
+
+/// When each repo was last confirmed mirrored by the poller (for status readers).
+pub async fn last_checked(store: &dyn ObjectStore) -> BTreeMap<String, u64> {
+    let Ok(Some(object)) = store.get(keys::PROBE).await else {
+        return BTreeMap::new();
+    };
+    let state: ProbeState = serde_json::from_slice(&object.body).unwrap_or_default();
+    state
+        .repos
+        .into_iter()
+        .filter_map(|(name, p)| p.checked_at.map(|t| (name, t)))
+        .collect()
 }
 
 /// A digest of the refs a mirror carries (names and ids), for change detection.
@@ -193,104 +233,371 @@ pub fn refs_digest(refs: &crate::git::RefState) -> String {
     hex::encode(h.finalize())
 }
 
-/// One probing tick: reconcile a new config; list the due repos' refs; enqueue the changed ones
-/// (and the ones due a re-check, and the ones that could not be listed).
-pub async fn probe_tick(
-    config: &Config,
-    config_digest: &str,
-    queue: &dyn Queue,
-    store: &dyn ObjectStore,
-    now_secs: u64,
-    options: ProbeOptions,
-) -> Result<Tick, PollError> {
-    let mut report = Tick {
-        reconciled: reconcile_new_config(config, config_digest, queue, store, now_secs).await?,
-        ..Tick::default()
-    };
-    let due = due(config, now_secs, TICK_SECS);
-    if due.is_empty() {
-        return Ok(report);
-    }
-    let saved = store.get(PROBE_KEY).await?;
-    let mut state: ProbeState = saved
-        .as_ref()
-        .and_then(|o| serde_json::from_slice(&o.body).ok())
-        .unwrap_or_default();
-    let listings = list_all(config, &due, options.concurrency).await;
-    report.probed = due.len();
-    let mut enqueue = Vec::new();
-    for (request, listing) in due.into_iter().zip(listings) {
-        let last = state.repos.get(&request.repo);
-        let stale = last.is_none_or(|l| now_secs.saturating_sub(l.enqueued_at) >= options.recheck.as_secs());
-        let (go, digest) = match listing {
-            Listing::Refs(d) => (stale || last.is_none_or(|l| l.digest.as_ref() != Some(&d)), Some(d)),
-            Listing::Unreachable => (stale, None),
-            Listing::Refused => (true, None),
-        };
-        if go {
-            state.repos.insert(
-                request.repo.clone(),
-                Probed {
-                    digest,
-                    enqueued_at: now_secs,
-                },
-            );
-            enqueue.push(request);
-        }
-    }
-    // Forget repos that are no longer configured.
-    state.repos.retain(|name, _| config.repos.contains_key(name));
-    for chunk in enqueue.chunks(10) {
-        queue.send(chunk).await?;
-    }
-    report.polled = enqueue.len();
-    let body = serde_json::to_vec(&state).expect("probe state serialises");
-    if saved.as_ref().map(|o| &o.body) != Some(&body) {
-        store.put(PROBE_KEY, body, Condition::Always).await?;
-    }
-    Ok(report)
-}
-
-/// What probing a source found.
-enum Listing {
-    Refs(String),
-    /// A transient failure, twice.
-    Unreachable,
+/// What probing one source found.
+#[derive(Debug)]
+enum Probe {
+    /// Listed; `mirrored`: the manifest shows exactly these refs on every target.
+    Listed { digest: String, mirrored: bool },
     /// A permanent failure (authentication, not found, invalid).
     Refused,
+    /// A transient failure, twice, or no answer in time.
+    Unreachable,
 }
 
-/// `ls-remote` each due repo's source (bounded concurrency, off the async executor), asking
-/// once more after a transient failure.
-async fn list_all(config: &Config, due: &[SyncRequest], concurrency: usize) -> Vec<Listing> {
-    let permits = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
-    let mut tasks = Vec::with_capacity(due.len());
-    for request in due {
-        let repo = &config.repos[&request.repo];
-        let (source, patterns, permits) = (repo.source.clone(), repo.refs.clone(), permits.clone());
-        tasks.push(tokio::spawn(async move {
-            let _permit = permits.acquire_owned().await.ok();
-            for attempt in 0..2 {
-                let (s, p) = (source.clone(), patterns.clone());
-                match tokio::task::spawn_blocking(move || crate::git::ls_remote(&s, &p)).await {
-                    Ok(Ok(refs)) => return Listing::Refs(refs_digest(&refs)),
-                    Ok(Err(e)) if !e.is_transient() => {
-                        tracing::warn!(error = %e, "poll probe: source refused");
-                        return Listing::Refused;
-                    }
-                    Ok(Err(e)) => tracing::info!(error = %e, attempt, "poll probe: source unreachable"),
-                    Err(_) => {}
-                }
-                tokio::time::sleep(Duration::from_millis(250)).await;
+/// See the module docs.
+#[derive(Clone, Debug)]
+pub struct Poller {
+    config: Arc<Config>,
+    config_digest: String,
+    queue: Arc<dyn Queue>,
+    store: Arc<dyn ObjectStore>,
+    metrics: Metrics,
+    options: PollOptions,
+}
+
+impl Poller {
+    pub fn new(
+        config: Arc<Config>,
+        config_digest: impl Into<String>,
+        queue: Arc<dyn Queue>,
+        store: Arc<dyn ObjectStore>,
+        metrics: Metrics,
+        options: PollOptions,
+    ) -> Poller {
+        Poller {
+            config,
+            config_digest: config_digest.into(),
+            queue,
+            store,
+            metrics,
+            options,
+        }
+    }
+
+    /// One tick at `now` (Unix ms): reconcile a new config, probe what is due, enqueue what
+    /// needs a sync, count the stale, save the state.
+    pub async fn tick(&self, now: u64) -> Result<Tick, PollError> {
+        let reconciled = self.reconcile_new_config(now).await?;
+        let (mut state, saved) = self.load_state().await?;
+        let since = if state.ticked_at == 0 || state.ticked_at > now {
+            now.saturating_sub(tick_period().as_millis() as u64)
+        } else {
+            state
+                .ticked_at
+                .max(now.saturating_sub(CATCH_UP_TICKS * tick_period().as_millis() as u64))
+        };
+        for name in self.config.repos.keys() {
+            let entry = state.repos.entry(name.clone()).or_default();
+            if entry.since == 0 {
+                entry.since = now; // new, or from a state written before `since` existed
             }
-            Listing::Unreachable
-        }));
+        }
+        state.repos.retain(|name, _| self.config.repos.contains_key(name));
+        let mut tick = self.probe_due(due(&self.config, since, now), &mut state, now).await?;
+        tick.reconciled = reconciled;
+        tick.stale = state.stale(&self.config, now).len();
+        state.ticked_at = now;
+        self.save_state(state, saved.as_ref(), now).await?;
+        self.metrics.stale_repos(tick.stale);
+        Ok(tick)
     }
-    let mut out = Vec::with_capacity(tasks.len());
-    for t in tasks {
-        out.push(t.await.unwrap_or(Listing::Unreachable));
+
+    /// Enqueue every repository once (`gitferry serve` at start, or a new configuration),
+    /// and record that this configuration was reconciled.
+    pub async fn reconcile(&self, why: &str) -> Result<usize, PollError> {
+        let all: Vec<SyncRequest> = self
+            .config
+            .repos
+            .keys()
+            .map(|name| {
+                SyncRequest::new(
+                    name,
+                    SyncTrigger::Manual {
+                        requested_by: why.to_owned(),
+                        id: format!("{why}-{}", self.config_digest),
+                    },
+                )
+            })
+            .collect();
+        for chunk in all.chunks(10) {
+            self.queue.send(chunk).await?;
+        }
+        match self
+            .store
+            .put(
+                &keys::config_seen(&self.config_digest),
+                now_ms().to_string().into_bytes(),
+                Condition::IfAbsent,
+            )
+            .await
+        {
+            Ok(_) | Err(StoreError::PreconditionFailed { .. }) => Ok(all.len()),
+            Err(e) => Err(e.into()),
+        }
     }
-    out
+
+    async fn reconcile_new_config(&self, _now: u64) -> Result<usize, PollError> {
+        if self.store.get(&keys::config_seen(&self.config_digest)).await?.is_some() {
+            return Ok(0);
+        }
+        let n = self.reconcile("reconcile").await?;
+        tracing::info!(repos = n, digest = %self.config_digest, "new configuration: reconciled every repository");
+        Ok(n)
+    }
+
+    async fn load_state(&self) -> Result<(ProbeState, Option<Vec<u8>>), PollError> {
+        let saved = self.store.get(keys::PROBE).await?.map(|o| o.body);
+        // An unreadable state is a fresh start: every repo is confirmed again from manifests.
+        let state = saved
+            .as_deref()
+            .and_then(|b| serde_json::from_slice(b).ok())
+            .unwrap_or_default();
+        Ok((state, saved))
+    }
+
+    /// Write the state if anything but check times changed, or every `save_every`.
+    async fn save_state(&self, mut state: ProbeState, saved: Option<&Vec<u8>>, now: u64) -> Result<(), PollError> {
+        let previous: Option<ProbeState> = saved.and_then(|b| serde_json::from_slice(b).ok());
+        let changed = previous.as_ref().is_none_or(|p| !same_but_check_times(p, &state));
+        let due = now.saturating_sub(state.saved_at) >= ProbeState::save_every(&self.config);
+        if changed || due {
+            state.saved_at = now;
+            let body = serde_json::to_vec(&state).expect("probe state serialises");
+            self.store.put(keys::PROBE, body, Condition::Always).await?;
+        }
+        Ok(())
+    }
+
+    /// Probe `due` (bounded concurrency and time), enqueueing as results arrive.
+    async fn probe_due(&self, due: Vec<SyncRequest>, state: &mut ProbeState, now: u64) -> Result<Tick, PollError> {
+        let mut tick = Tick {
+            probed: due.len(),
+            ..Tick::default()
+        };
+        let permits = Arc::new(tokio::sync::Semaphore::new(self.options.concurrency.max(1)));
+        let mut outstanding: BTreeMap<String, SyncRequest> = BTreeMap::new();
+        let mut set = JoinSet::new();
+        for request in due {
+            let repo = self.config.repos[&request.repo].clone();
+            let confirmed = state.repos.get(&request.repo).and_then(|p| p.confirmed.clone());
+            let (store, permits) = (self.store.clone(), permits.clone());
+            outstanding.insert(request.repo.clone(), request.clone());
+            set.spawn(async move {
+                let _permit = permits.acquire_owned().await.ok();
+                (request.repo.clone(), probe(&repo, confirmed, store.as_ref()).await)
+            });
+        }
+        let stop_at = Instant::now() + scaled(self.options.budget);
+        let mut sender = Sender::new(self.queue.clone());
+        while !set.is_empty() {
+            let next = tokio::time::timeout(FLUSH_AFTER, set.join_next());
+            match tokio::time::timeout_at(stop_at.into(), next).await {
+                Err(_) => break, // the budget is spent
+                Ok(Err(_)) => sender.flush(),
+                Ok(Ok(None)) => break,
+                Ok(Ok(Some(Err(e)))) => tracing::error!(error = %e, "poll probe task failed"),
+                Ok(Ok(Some(Ok((name, result))))) => {
+                    let Some(request) = outstanding.remove(&name) else {
+                        continue;
+                    };
+                    let entry = state.repos.entry(name).or_default();
+                    if let Some(why) = decide(entry, result, now, &self.options, &mut tick) {
+                        tracing::info!(repo = %request.repo, why, "poll: enqueue");
+                        entry.enqueued_at = now;
+                        sender.push(request);
+                    }
+                }
+            }
+        }
+        set.abort_all();
+        for (name, request) in outstanding {
+            tracing::warn!(repo = %name, "poll probe: no answer within the tick's budget");
+            tick.timed_out += 1;
+            let entry = state.repos.entry(name).or_default();
+            if decide(entry, Probe::Unreachable, now, &self.options, &mut tick).is_some() {
+                entry.enqueued_at = now;
+                sender.push(request);
+            }
+        }
+        sender.finish().await?;
+        Ok(tick)
+    }
+}
+
+/// Enqueues as probes finish, in batches of ten, several batches in flight: a slow queue
+/// holds up neither the probes nor the other batches.
+struct Sender {
+    queue: Arc<dyn Queue>,
+    pending: Vec<SyncRequest>,
+    in_flight: JoinSet<Result<(), QueueError>>,
+    failed: Option<QueueError>,
+}
+
+impl Sender {
+    const BATCH: usize = 10;
+    const IN_FLIGHT: usize = 8;
+
+    fn new(queue: Arc<dyn Queue>) -> Sender {
+        Sender {
+            queue,
+            pending: Vec::new(),
+            in_flight: JoinSet::new(),
+            failed: None,
+        }
+    }
+
+    fn push(&mut self, request: SyncRequest) {
+        self.pending.push(request);
+        if self.pending.len() >= Self::BATCH {
+            self.flush();
+        }
+    }
+
+    /// Start sending what is pending (waiting only if too many batches are in flight).
+    fn flush(&mut self) {
+        while let Some(Ok(done)) = self.in_flight.try_join_next() {
+            self.note(done);
+        }
+        if self.pending.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.pending);
+        let queue = self.queue.clone();
+        self.in_flight
+            .spawn(async move { queue.send(&batch).await.map(|_| ()) });
+        if self.in_flight.len() > Self::IN_FLIGHT {
+            tracing::debug!(in_flight = self.in_flight.len(), "poll: the queue is slow");
+        }
+    }
+
+    fn note(&mut self, result: Result<(), QueueError>) {
+        if let Err(e) = result {
+            self.failed.get_or_insert(e);
+        }
+    }
+
+    /// Send the rest and wait for every batch: the first error, if any.
+    async fn finish(mut self) -> Result<(), PollError> {
+        self.flush();
+        while let Some(done) = self.in_flight.join_next().await {
+            match done {
+                Ok(r) => self.note(r),
+                Err(e) => tracing::error!(error = %e, "poll: an enqueue task failed"),
+            }
+        }
+        match self.failed {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Whether to enqueue a probed repo (and why), updating what the poller knows of it.
+fn decide(entry: &mut Probed, probe: Probe, now: u64, options: &PollOptions, tick: &mut Tick) -> Option<&'static str> {
+    // Counted from the last enqueue, or from when the poller first saw the repo (startup
+    // reconciliation enqueued it then).
+    let last = entry.enqueued_at.max(entry.since);
+    let recheck_due = now.saturating_sub(last) >= scaled(options.recheck).as_millis() as u64;
+    let why = match probe {
+        Probe::Listed { digest, mirrored } => {
+            entry.unreachable = 0;
+            if entry.confirmed.as_ref() == Some(&digest) || mirrored {
+                entry.confirmed = Some(digest);
+                entry.checked_at = Some(now);
+                tick.confirmed += 1;
+                recheck_due.then_some("daily re-check")
+            } else {
+                Some("not mirrored yet")
+            }
+        }
+        Probe::Refused => Some("the source refused the listing"),
+        Probe::Unreachable => {
+            entry.unreachable += 1;
+            (entry.unreachable >= 2 || recheck_due).then_some("the source is unreachable")
+        }
+    };
+    if why.is_some() {
+        tick.polled += 1;
+    }
+    why
+}
+
+/// Equal except for check and tick times.
+fn same_but_check_times(a: &ProbeState, b: &ProbeState) -> bool {
+    let strip = |s: &ProbeState| -> BTreeMap<String, Probed> {
+        s.repos
+            .iter()
+            .map(|(n, p)| {
+                let mut p = p.clone();
+                p.checked_at = p.checked_at.map(|_| 0);
+                (n.clone(), p)
+            })
+            .collect()
+    };
+    strip(a) == strip(b)
+}
+
+/// List one source (twice on a transient failure, each within its probe timeout) and, if its
+/// digest is not the confirmed one, ask the manifest whether a sync mirrored it already.
+async fn probe(repo: &RepoConfig, confirmed: Option<String>, store: &dyn ObjectStore) -> Probe {
+    let limit = scaled_secs(repo.probe_timeout_secs);
+    for attempt in 0..2 {
+        let (source, patterns) = (repo.source.clone(), repo.refs.clone());
+        let listing = tokio::time::timeout(
+            limit + limit / 2,
+            tokio::task::spawn_blocking(move || crate::git::ls_remote_within(&source, &patterns, limit)),
+        )
+        .await;
+        match listing {
+            Ok(Ok(Ok(refs))) => {
+                tracing::debug!(repo = %repo.name, refs = refs.len(), "poll probe: listed");
+                let digest = refs_digest(&refs);
+                let mirrored = confirmed.as_ref() != Some(&digest) && mirrored(repo, &digest, store).await;
+                return Probe::Listed { digest, mirrored };
+            }
+            Ok(Ok(Err(e))) if !e.is_transient() => {
+                tracing::warn!(repo = %repo.name, error = %e, "poll probe: source refused");
+                return Probe::Refused;
+            }
+            Ok(Ok(Err(e))) => tracing::info!(repo = %repo.name, error = %e, attempt, "poll probe: source unreachable"),
+            Ok(Err(e)) => tracing::error!(repo = %repo.name, error = %e, "poll probe: listing task failed"),
+            Err(_) => {
+                tracing::warn!(repo = %repo.name, timeout = ?limit, "poll probe: no answer in time");
+                return Probe::Unreachable;
+            }
+        }
+        tokio::time::sleep(scaled(Duration::from_millis(250))).await;
+    }
+    Probe::Unreachable
+}
+
+/// Does the manifest record exactly the refs with `digest` on the source and every target?
+async fn mirrored(repo: &RepoConfig, digest: &str, store: &dyn ObjectStore) -> bool {
+    let Ok(Some(object)) = store.get(&keys::manifest(&repo.name)).await else {
+        return false;
+    };
+    let Ok(manifest) = serde_json::from_slice::<Manifest>(&object.body) else {
+        return false;
+    };
+    refs_digest(&manifest.source) == digest && manifest.mirrored_to(repo.targets.iter())
+}
+
+/// `gitferry serve`'s ticker: a tick every [`tick_period`] until `shutdown`. (The first one
+/// runs one period after the start: startup reconciliation has just enqueued everything.)
+pub async fn run(poller: Poller, mut shutdown: watch::Receiver<bool>) {
+    let mut interval = tokio::time::interval(tick_period());
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    interval.tick().await;
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        match poller.tick(now_ms()).await {
+            Ok(t) => tracing::debug!(?t, "poll tick"),
+            Err(e) => tracing::error!(error = %e, "poll tick failed"),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -311,12 +618,13 @@ mod tests {
     #[test]
     fn every_repo_once_per_interval_evenly_spread() {
         let c = config(1000, 300);
-        let start = 1_800_000_000u64;
+        let start = 1_800_000_000_000u64;
         let mut per_repo: BTreeMap<String, usize> = BTreeMap::new();
         let mut per_minute = Vec::new();
         let mut slots = std::collections::HashSet::new();
         for minute in 1..=60 {
-            let due = due(&c, start + minute * 60, 60);
+            let now = start + minute * 60_000;
+            let due = due(&c, now - 60_000, now);
             per_minute.push(due.len());
             for r in due {
                 assert!(slots.insert(r.dedup_id()), "a slot is never repeated");
@@ -337,22 +645,87 @@ mod tests {
     #[test]
     fn a_retried_tick_yields_the_same_dedup_ids() {
         let c = config(50, 120);
-        let t = 1_800_000_123;
-        let a: Vec<_> = due(&c, t, 60).iter().map(SyncRequest::dedup_id).collect();
-        let b: Vec<_> = due(&c, t, 60).iter().map(SyncRequest::dedup_id).collect();
+        let t = 1_800_000_123_000;
+        let a: Vec<_> = due(&c, t - 60_000, t).iter().map(SyncRequest::dedup_id).collect();
+        let b: Vec<_> = due(&c, t - 60_000, t).iter().map(SyncRequest::dedup_id).collect();
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn a_missed_tick_is_made_up_for() {
+        let c = config(100, 300);
+        let t = 1_800_000_000_000u64;
+        let two_ticks = due(&c, t - 120_000, t).len();
+        let separately = due(&c, t - 120_000, t - 60_000).len() + due(&c, t - 60_000, t).len();
+        assert_eq!(two_ticks, separately);
     }
 
     #[test]
     fn ten_thousand_repos_plan_fast() {
         let c = config(10_000, 300);
-        let started = std::time::Instant::now();
-        let n = due(&c, 1_800_000_000, 60).len();
+        let started = Instant::now();
+        let n = due(&c, 1_800_000_000_000 - 60_000, 1_800_000_000_000).len();
         assert!(n > 0);
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(1),
-            "{:?}",
-            started.elapsed()
+        assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+    }
+
+    fn probed() -> Probed {
+        Probed {
+            since: 1,
+            ..Probed::default()
+        }
+    }
+
+    #[test]
+    fn decisions() {
+        let o = PollOptions::default();
+        let now = 10_000_000;
+        let mut t = Tick::default();
+        let listed = |d: &str, mirrored| Probe::Listed {
+            digest: d.into(),
+            mirrored,
+        };
+        // Never confirmed, not in the manifest: enqueue, every time.
+        let mut e = probed();
+        e.enqueued_at = now;
+        assert!(decide(&mut e, listed("a", false), now, &o, &mut t).is_some());
+        assert!(decide(&mut e, listed("a", false), now, &o, &mut t).is_some());
+        // A sync mirrored it: confirmed, and from then on no manifest is needed.
+        assert!(decide(&mut e, listed("a", true), now, &o, &mut t).is_none());
+        assert_eq!((e.confirmed.as_deref(), e.checked_at), (Some("a"), Some(now)));
+        assert!(decide(&mut e, listed("a", false), now + 1, &o, &mut t).is_none());
+        // One unreachable probe waits; two in a row enqueue.
+        assert!(decide(&mut e, Probe::Unreachable, now, &o, &mut t).is_none());
+        assert!(decide(&mut e, Probe::Unreachable, now, &o, &mut t).is_some());
+        assert!(decide(&mut e, Probe::Refused, now, &o, &mut t).is_some());
+        // The daily re-check.
+        let later = now + o.recheck.as_millis() as u64;
+        assert_eq!(
+            decide(&mut e, listed("a", false), later, &o, &mut t),
+            Some("daily re-check")
         );
+    }
+
+    #[test]
+    fn staleness_counts_from_the_last_confirmation() {
+        let c = config(2, 300);
+        let now = 100_000_000;
+        let mut s = ProbeState::default();
+        s.repos.insert(
+            "r0".into(),
+            Probed {
+                checked_at: Some(now - 899_000),
+                ..probed()
+            },
+        );
+        s.repos.insert(
+            "r1".into(),
+            Probed {
+                checked_at: Some(now - 901_000),
+                ..probed()
+            },
+        );
+        s.repos.insert("hook".into(), Probed { since: 0, ..probed() });
+        assert_eq!(s.stale(&c, now), vec!["r1".to_owned()]);
     }
 }

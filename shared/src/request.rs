@@ -10,8 +10,6 @@
 //! The wire format is versioned (`"v": 1`); a message of an unknown version is refused with a
 //! clear error rather than half-understood.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use serde::{Deserialize, Serialize};
 
 use crate::config::Provider;
@@ -39,6 +37,10 @@ pub enum SyncTrigger {
     Poll { slot: u64 },
     /// An operator asked (`gitferry sync`, `POST /repos/{repo}/sync`).
     Manual { requested_by: String, id: String },
+    /// The continuation of a sync that stopped at its deadline after making progress
+    /// (`generation`: the cache generation it committed). Followed whatever the sync policy:
+    /// it finishes what an accepted trigger started.
+    Resume { generation: u64, origin: TriggerKind },
 }
 
 /// The kinds of trigger, for policy checks and metrics.
@@ -48,6 +50,7 @@ pub enum TriggerKind {
     Webhook,
     Poll,
     Manual,
+    Resume,
 }
 
 impl TriggerKind {
@@ -56,6 +59,7 @@ impl TriggerKind {
             TriggerKind::Webhook => "webhook",
             TriggerKind::Poll => "poll",
             TriggerKind::Manual => "manual",
+            TriggerKind::Resume => "resume",
         }
     }
 }
@@ -66,6 +70,7 @@ impl SyncTrigger {
             SyncTrigger::Webhook { .. } => TriggerKind::Webhook,
             SyncTrigger::Poll { .. } => TriggerKind::Poll,
             SyncTrigger::Manual { .. } => TriggerKind::Manual,
+            SyncTrigger::Resume { .. } => TriggerKind::Resume,
         }
     }
 
@@ -103,7 +108,7 @@ impl SyncRequest {
             v: VERSION,
             repo: repo.into(),
             trigger,
-            enqueued_at: now_ms(),
+            enqueued_at: crate::clock::now_ms(),
         }
     }
 
@@ -127,6 +132,11 @@ impl SyncRequest {
 
     pub fn poll(repo: &str, slot: u64) -> SyncRequest {
         SyncRequest::new(repo, SyncTrigger::Poll { slot })
+    }
+
+    /// The continuation of an interrupted sync of `repo` that committed `generation`.
+    pub fn resume(repo: &str, generation: u64, origin: TriggerKind) -> SyncRequest {
+        SyncRequest::new(repo, SyncTrigger::Resume { generation, origin })
     }
 
     pub fn manual(repo: &str, requested_by: &str) -> SyncRequest {
@@ -154,6 +164,7 @@ impl SyncRequest {
             } => format!("wh:{provider}:{delivery_id}:{}", self.repo),
             SyncTrigger::Poll { slot } => format!("poll:{}:{slot}", self.repo),
             SyncTrigger::Manual { id, .. } => format!("manual:{}:{id}", self.repo),
+            SyncTrigger::Resume { generation, .. } => format!("resume:{}:{generation}", self.repo),
         };
         let printable = id.chars().all(|c| c.is_ascii_graphic());
         if printable && id.len() <= MAX_DEDUP_ID {
@@ -197,13 +208,6 @@ impl SyncRequest {
     }
 }
 
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,6 +231,9 @@ mod tests {
         assert_eq!(SyncRequest::from_json(&p.to_json()).unwrap(), p);
         let m = SyncRequest::manual("lib", "alice");
         assert_eq!(SyncRequest::from_json(&m.to_json()).unwrap(), m);
+        let r = SyncRequest::resume("lib", 3, TriggerKind::Webhook);
+        assert_eq!(SyncRequest::from_json(&r.to_json()).unwrap(), r);
+        assert_eq!(r.dedup_id(), "resume:lib:3");
     }
 
     #[test]

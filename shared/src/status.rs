@@ -7,6 +7,11 @@
 //! derived here from the previous record, so the sync code cannot get them subtly wrong.
 //!
 //! A no-op sync does not come here at all: it writes nothing to the store.
+//!
+//! Readers ([`StatusBook::get`], [`StatusBook::all`]) see two things the stored record cannot
+//! say by itself: a `syncing` record whose lease stopped heartbeating (the worker was killed:
+//! time limit, out of memory, `kill -9`) reads as [`State::Stalled`], and `last_checked` includes
+//! the poller's confirmations (`state/probe.json`), which are never written per repo.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,8 +20,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::cache::keys;
 use crate::cache::lease::LeaseRecord;
+use crate::clock::now_ms;
 use crate::git::{ErrorClass, RefDelta};
-use crate::request::{TriggerKind, now_ms};
+use crate::request::TriggerKind;
 use crate::store::{Condition, ObjectStore, StoreError};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -28,6 +34,25 @@ pub enum State {
     Syncing,
     Success,
     Failed,
+    /// Stopped at its time limit (or a shutdown) after making progress; a continuation is
+    /// queued.
+    Interrupted,
+    /// Shown, never stored: `Syncing`, but the lease stopped heartbeating — the worker died.
+    /// The queue redelivers the request once its visibility timeout lapses.
+    Stalled,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::New => "new",
+            State::Syncing => "syncing",
+            State::Success => "success",
+            State::Failed => "failed",
+            State::Interrupted => "interrupted",
+            State::Stalled => "stalled",
+        }
+    }
 }
 
 /// A ref the target refused, or left alone because it diverged.
@@ -45,6 +70,9 @@ pub struct TargetStatus {
     pub state: State,
     pub last_attempt_at: Option<u64>,
     pub last_success_at: Option<u64>,
+    /// When the target was last confirmed to carry exactly the source's refs (a sync, or a
+    /// poll probe finding the source unchanged since).
+    pub last_checked: Option<u64>,
     pub last_error: Option<String>,
     pub error_class: Option<ErrorClass>,
     pub consecutive_failures: u32,
@@ -74,6 +102,9 @@ pub struct RepoStatus {
     pub started_at: Option<u64>,
     pub finished_at: Option<u64>,
     pub last_success_at: Option<u64>,
+    /// When the source was last confirmed equal to every target (a sync, or a poll probe
+    /// finding the source unchanged since).
+    pub last_checked: Option<u64>,
     /// When the source last changed (a sync that moved refs).
     pub last_change_at: Option<u64>,
     pub last_error: Option<String>,
@@ -90,6 +121,8 @@ pub struct RepoStatus {
     /// Set while the mass-deletion guard holds back a prune.
     pub guard: Option<String>,
     pub lease: Option<LeaseRecord>,
+    /// The last time the cache had to be rebuilt, and why (an unreadable manifest or pack).
+    pub cache_rebuilt: Option<String>,
     pub duration_ms: Option<u64>,
     pub updated_at: u64,
 }
@@ -106,15 +139,29 @@ pub struct Finish {
     pub overwritten: Option<Vec<Backup>>,
     pub guard: Option<String>,
     pub lease: Option<LeaseRecord>,
+    /// Stopped at the time limit after progress (the message says how far): `Interrupted`,
+    /// neither a failure nor a success.
+    pub interrupted: Option<String>,
+    /// The cache was rebuilt from the source, and why.
+    pub cache_rebuilt: Option<String>,
 }
 
 /// One target's result.
 #[derive(Clone, Debug, Default)]
 pub struct TargetFinish {
     pub error: Option<(String, ErrorClass)>,
+    /// The target now carries every ref the source has (not just part of a batched mirror).
+    pub complete: bool,
     pub refs_changed: usize,
     pub rejected: Vec<RefIssue>,
     pub diverged: Vec<RefIssue>,
+}
+
+/// Streak transitions of a finished sync: the repository's, and each target's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transitions {
+    pub repo: Transition,
+    pub targets: BTreeMap<String, Transition>,
 }
 
 /// What changed between the previous and the new status, for notifications.
@@ -141,7 +188,8 @@ impl StatusBook {
         StatusBook { store }
     }
 
-    pub async fn get(&self, repo: &str) -> Result<Option<RepoStatus>, StoreError> {
+    /// The stored record, as written.
+    async fn read(&self, repo: &str) -> Result<Option<RepoStatus>, StoreError> {
         Ok(self
             .store
             .get(&keys::status(repo))
@@ -149,16 +197,77 @@ impl StatusBook {
             .and_then(|o| serde_json::from_slice(&o.body).ok()))
     }
 
-    /// Status of each named repo; repos never synced show as `New`.
-    pub async fn all<'a>(&self, repos: impl IntoIterator<Item = &'a str>) -> Result<Vec<RepoStatus>, StoreError> {
-        let mut out = Vec::new();
-        for repo in repos {
-            out.push(self.get(repo).await?.unwrap_or_else(|| RepoStatus {
+    /// The stored record when it does not say what a no-op sync just found — everything
+    /// mirrored — and nobody else is syncing: a worker died after its last push but before its
+    /// status, or a failure was resolved without work. `None` when it is right as it is.
+    pub async fn stale_after_noop(&self, repo: &str) -> Result<Option<RepoStatus>, StoreError> {
+        let Some(stored) = self.read(repo).await? else {
+            return Ok(Some(RepoStatus {
                 repo: repo.to_owned(),
                 ..Default::default()
             }));
+        };
+        match stored.state {
+            State::Success => Ok(None),
+            State::Syncing => {
+                let lease = crate::cache::lease::read(self.store.as_ref(), repo)
+                    .await
+                    .ok()
+                    .flatten();
+                let held = lease.is_some_and(|l| l.is_held(now_ms()));
+                Ok((!held).then_some(stored))
+            }
+            _ => Ok(Some(stored)),
+        }
+    }
+
+    /// A repo's status as readers should see it (stalled syncs, the poller's checks).
+    pub async fn get(&self, repo: &str) -> Result<Option<RepoStatus>, StoreError> {
+        let checked = crate::poll::last_checked(self.store.as_ref()).await;
+        match self.read(repo).await? {
+            Some(s) => Ok(Some(self.view(s, &checked).await)),
+            None => Ok(None),
+        }
+    }
+
+    /// Status of each named repo as readers should see it; repos never synced show as `New`.
+    pub async fn all<'a>(&self, repos: impl IntoIterator<Item = &'a str>) -> Result<Vec<RepoStatus>, StoreError> {
+        let checked = crate::poll::last_checked(self.store.as_ref()).await;
+        let mut out = Vec::new();
+        for repo in repos {
+            let stored = self.read(repo).await?.unwrap_or_else(|| RepoStatus {
+                repo: repo.to_owned(),
+                ..Default::default()
+            });
+            out.push(self.view(stored, &checked).await);
         }
         Ok(out)
+    }
+
+    /// `Syncing` without a live lease is `Stalled`; a poller confirmation newer than the
+    /// record's counts as a check of the repo and of every target that succeeded last.
+    async fn view(&self, mut s: RepoStatus, checked: &BTreeMap<String, u64>) -> RepoStatus {
+        if s.state == State::Syncing {
+            let lease = crate::cache::lease::read(self.store.as_ref(), &s.repo)
+                .await
+                .ok()
+                .flatten();
+            if !lease.as_ref().is_some_and(|l| l.is_held(now_ms())) {
+                s.state = State::Stalled;
+                if lease.is_some() {
+                    s.lease = lease;
+                }
+            }
+        }
+        if let Some(at) = checked.get(&s.repo).copied()
+            && s.last_checked.is_none_or(|c| c < at)
+        {
+            s.last_checked = Some(at);
+            for t in s.targets.values_mut().filter(|t| t.state == State::Success) {
+                t.last_checked = Some(at);
+            }
+        }
+        s
     }
 
     async fn write(&self, status: &RepoStatus) -> Result<(), StoreError> {
@@ -196,7 +305,7 @@ impl StatusBook {
         delivery_id: Option<&str>,
         lease: Option<LeaseRecord>,
     ) -> Result<RepoStatus, StoreError> {
-        let previous = self.get(repo).await?.unwrap_or_else(|| RepoStatus {
+        let previous = self.read(repo).await?.unwrap_or_else(|| RepoStatus {
             repo: repo.to_owned(),
             ..Default::default()
         });
@@ -215,9 +324,10 @@ impl StatusBook {
         Ok(next)
     }
 
-    /// → `Success` / `Failed`, per repo and per target, from the previous status. Always writes.
-    /// A repo is `Success` only if the repo-level part and every target succeeded.
-    pub async fn finish(&self, previous: &RepoStatus, finish: Finish) -> Result<(RepoStatus, Transition), StoreError> {
+    /// → `Success` / `Failed` (or `Interrupted`), per repo and per target, from the previous
+    /// status. Always writes. A repo is `Success` only if the repo-level part and every target
+    /// succeeded.
+    pub async fn finish(&self, previous: &RepoStatus, finish: Finish) -> Result<(RepoStatus, Transitions), StoreError> {
         let now = now_ms();
         let mut next = previous.clone();
         next.finished_at = Some(now);
@@ -234,46 +344,34 @@ impl StatusBook {
         if let Some(backups) = finish.overwritten {
             next.overwritten = backups;
         }
+        if finish.cache_rebuilt.is_some() {
+            next.cache_rebuilt = finish.cache_rebuilt;
+        }
+        let mut targets = BTreeMap::new();
         let mut target_error = None;
         for (name, t) in finish.targets {
             let entry = next.targets.entry(name.clone()).or_default();
-            entry.last_attempt_at = Some(now);
-            entry.refs_changed = t.refs_changed;
-            entry.rejected = t.rejected;
-            entry.diverged = t.diverged;
-            match t.error {
-                None if entry.rejected.is_empty() => {
-                    entry.state = State::Success;
-                    entry.last_success_at = Some(now);
-                    entry.last_error = None;
-                    entry.error_class = None;
-                    entry.consecutive_failures = 0;
-                }
-                error => {
-                    let (message, class) = error.unwrap_or_else(|| {
-                        (
-                            format!("{} ref(s) rejected by the target", entry.rejected.len()),
-                            ErrorClass::Permanent,
-                        )
-                    });
-                    entry.state = State::Failed;
-                    entry.last_error = Some(message.clone());
-                    entry.error_class = Some(class);
-                    entry.consecutive_failures += 1;
-                    target_error.get_or_insert((format!("target {name}: {message}"), class));
-                }
+            let before = entry.consecutive_failures;
+            if let Some(error) = finish_target(entry, t, now) {
+                target_error.get_or_insert((format!("target {name}: {}", error.0), error.1));
             }
+            targets.insert(name, streak(before, entry.consecutive_failures));
         }
-        let error = finish.error.or(target_error);
-        match error {
-            None => {
+        match (finish.error.or(target_error), finish.interrupted) {
+            (None, Some(progress)) => {
+                next.state = State::Interrupted;
+                next.last_error = Some(progress);
+                next.error_class = Some(ErrorClass::Transient);
+            }
+            (None, None) => {
                 next.state = State::Success;
                 next.last_success_at = Some(now);
+                next.last_checked = Some(now);
                 next.last_error = None;
                 next.error_class = None;
                 next.consecutive_failures = 0;
             }
-            Some((message, class)) => {
+            (Some((message, class)), _) => {
                 next.state = State::Failed;
                 next.last_error = Some(message);
                 next.error_class = Some(class);
@@ -282,12 +380,51 @@ impl StatusBook {
         }
         next.updated_at = now;
         self.write_retrying(&next).await?;
-        let transition = match (previous.consecutive_failures, next.consecutive_failures) {
-            (0, 0) => Transition::Ok,
-            (0, _) => Transition::StartedFailing,
-            (n, 0) => Transition::Recovered { after_failures: n },
-            _ => Transition::StillFailing,
-        };
-        Ok((next, transition))
+        let repo = streak(previous.consecutive_failures, next.consecutive_failures);
+        Ok((next, Transitions { repo, targets }))
+    }
+}
+
+/// Apply one target's result; its error, if it failed.
+fn finish_target(entry: &mut TargetStatus, t: TargetFinish, now: u64) -> Option<(String, ErrorClass)> {
+    entry.last_attempt_at = Some(now);
+    entry.refs_changed = t.refs_changed;
+    entry.rejected = t.rejected;
+    entry.diverged = t.diverged;
+    match t.error {
+        None if entry.rejected.is_empty() => {
+            entry.state = State::Success;
+            entry.last_success_at = Some(now);
+            if t.complete {
+                entry.last_checked = Some(now);
+            }
+            entry.last_error = None;
+            entry.error_class = None;
+            entry.consecutive_failures = 0;
+            None
+        }
+        error => {
+            let (message, class) = error.unwrap_or_else(|| {
+                (
+                    format!("{} ref(s) rejected by the target", entry.rejected.len()),
+                    ErrorClass::Permanent,
+                )
+            });
+            entry.state = State::Failed;
+            entry.last_error = Some(message.clone());
+            entry.error_class = Some(class);
+            entry.consecutive_failures += 1;
+            Some((message, class))
+        }
+    }
+}
+
+/// The streak transition from `before` to `after` consecutive failures.
+fn streak(before: u32, after: u32) -> Transition {
+    match (before, after) {
+        (0, 0) => Transition::Ok,
+        (0, _) => Transition::StartedFailing,
+        (n, 0) => Transition::Recovered { after_failures: n },
+        _ => Transition::StillFailing,
     }
 }

@@ -24,6 +24,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+pub mod alarms;
+pub mod aws;
+pub mod lambda_rt;
 pub mod leaks;
 pub mod moto;
 pub mod proxy;

@@ -472,7 +472,7 @@ async fn webhook_to_sqs_to_sync_end_to_end() {
         .unwrap();
     assert_eq!(messages.len(), 3, "one group, in order, one batch");
     let deadline = Instant::now() + Duration::from_secs(300);
-    let response = gitferry_lambda::sync(&rt, sqs_event(&messages), deadline, "lambda:test", Some(aws.queue())).await;
+    let response = gitferry_lambda::sync(&rt, sqs_event(&messages), deadline, "lambda:test").await;
     assert!(
         response.batch_item_failures.is_empty(),
         "{:?}",
@@ -498,7 +498,7 @@ async fn webhook_to_sqs_to_sync_end_to_end() {
     // The cache is in the bucket: a second (cold) worker has nothing to do.
     std::fs::remove_dir_all(std::env::temp_dir().join("gitferry").join("app.git")).ok();
     let poll = gitferry_core::request::SyncRequest::poll("app", 1).to_json();
-    let again = gitferry_lambda::sync(&rt, raw_event(&[("p1", "app", &poll)]), deadline, "lambda:test2", None).await;
+    let again = gitferry_lambda::sync(&rt, raw_event(&[("p1", "app", &poll)]), deadline, "lambda:test2").await;
     assert!(again.batch_item_failures.is_empty());
     assert_eq!(recorder.total("Syncs", &[("Outcome", "noop")]), 1.0);
 }
@@ -536,7 +536,7 @@ async fn fifo_partial_failure_returns_the_failed_group_in_order() {
         ("m5", "a", &a2),
         ("m6", "x", "this is not a sync request"),
     ]);
-    let response = gitferry_lambda::sync(&rt, event, Instant::now() + Duration::from_secs(300), "lambda:t", None).await;
+    let response = gitferry_lambda::sync(&rt, event, Instant::now() + Duration::from_secs(300), "lambda:t").await;
     let failed: Vec<&str> = response
         .batch_item_failures
         .iter()
@@ -557,7 +557,7 @@ async fn deadline_near_returns_unstarted_repos_as_failures() {
     let (a, b) = (req("app"), req("lab"));
     let event = raw_event(&[("m1", "app", &a), ("m2", "lab", &b)]);
     // Less time than the sync manager's margin: nothing starts, everything is returned.
-    let response = gitferry_lambda::sync(&rt, event, Instant::now() + Duration::from_secs(2), "lambda:t", None).await;
+    let response = gitferry_lambda::sync(&rt, event, Instant::now() + Duration::from_secs(2), "lambda:t").await;
     let failed: Vec<&str> = response
         .batch_item_failures
         .iter()

@@ -161,7 +161,15 @@ async fn ten_requests_for_one_repo_make_one_sync() {
     assert_refs_equal(&w.source, &dst);
     let manifest = w.store.get("repos/app/manifest.json").await.unwrap().unwrap();
     let manifest: serde_json::Value = serde_json::from_slice(&manifest.body).unwrap();
-    assert_eq!(manifest["generation"], 1, "one sync, one commit");
+    assert_eq!(
+        manifest["source"]["refs"].as_object().unwrap().len(),
+        mirrored_refs(&w.source).len(),
+        "the whole source is recorded: {manifest}"
+    );
+    assert!(
+        manifest.get("batch_refs").is_none(),
+        "the first mirror finished: {manifest}"
+    );
     assert_eq!(
         w.recorder.total("Syncs", &[("Outcome", "success")]),
         10.0,
@@ -428,6 +436,75 @@ async fn a_failure_streak_notifies_once_and_recovery_once() {
     assert_eq!((status.state, status.consecutive_failures), (State::Success, 0));
 }
 
+/// Streaks are counted per target too: a second target that starts failing while the first is
+/// still failing is notified (the repository's streak alone would stay silent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_target_starting_to_fail_is_notified_too() {
+    let w = World::new();
+    let (one, two) = (w.target("one.git"), w.target("two.git"));
+    let m = w.manager(&w.toml(
+        Proto::GitDaemon,
+        &[("one.git", "name = \"one\""), ("two.git", "name = \"two\"")],
+        "",
+    ));
+    w.run(&m, &[poll(1)]).await;
+    let moved = |p: &PathBuf| p.with_extension("gone");
+    let change = |tag: &str| git(&w.source, ["tag", tag, "refs/heads/main"]);
+    w.receiver.clear();
+    std::fs::rename(&one, moved(&one)).unwrap();
+    change("t1");
+    w.run(&m, &[poll(2)]).await;
+    change("t2");
+    w.run(&m, &[poll(3)]).await;
+    assert_eq!(
+        w.receiver.wait_for(3, Duration::from_secs(5)).len(),
+        3,
+        "{:?}",
+        w.receiver.bodies()
+    );
+    assert_eq!(
+        w.receiver.events("failed").len(),
+        1,
+        "one streak so far: {:?}",
+        w.receiver.bodies()
+    );
+    std::fs::rename(&two, moved(&two)).unwrap();
+    change("t3");
+    w.run(&m, &[poll(4)]).await;
+    change("t4");
+    w.run(&m, &[poll(5)]).await;
+    w.receiver.wait_for(5, Duration::from_secs(5));
+    let failed = w.receiver.events("failed");
+    assert_eq!(
+        failed.len(),
+        2,
+        "the second target's streak is notified once: {failed:?}"
+    );
+    assert!(
+        failed[1]["error"].as_str().unwrap().starts_with("target two:"),
+        "{failed:?}"
+    );
+    let status = m.status_book().get("app").await.unwrap().unwrap();
+    assert_eq!(
+        (
+            status.targets["one"].consecutive_failures,
+            status.targets["two"].consecutive_failures
+        ),
+        (4, 2)
+    );
+    // Both back: one recovery.
+    std::fs::rename(moved(&one), &one).unwrap();
+    std::fs::rename(moved(&two), &two).unwrap();
+    w.receiver.clear();
+    change("t5");
+    w.run(&m, &[poll(6)]).await;
+    w.receiver.wait_for(2, Duration::from_secs(5));
+    assert_eq!(w.receiver.events("recovered").len(), 1, "{:?}", w.receiver.bodies());
+    assert_eq!(w.receiver.events("failed").len(), 0);
+    assert_refs_equal(&w.source, &one);
+    assert_refs_equal(&w.source, &two);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deadline_reached_records_a_terminal_status_and_retries() {
     let w = World::new();
@@ -447,14 +524,20 @@ async fn deadline_reached_records_a_terminal_status_and_retries() {
         "nothing started, nothing written"
     );
     // Just enough to start (1 ms over the 2 s margin), so the margin is hit once the source
-    // has been asked: Syncing → terminal Failed with the reason, and the request is retried.
+    // has been asked: Syncing → terminal Interrupted with the reason, not a failure; nothing was
+    // saved, so the request is retried (not continued).
     let out = m
         .handle_batch(&[poll(2)], Instant::now() + Duration::from_millis(2_001))
         .await;
     let status = m.status_book().get("app").await.unwrap().expect("status recorded");
-    assert_eq!(status.state, State::Failed, "never left in Syncing: {status:?}");
+    assert_eq!(status.state, State::Interrupted, "never left in Syncing: {status:?}");
+    assert_eq!(status.consecutive_failures, 0, "an interruption is not a failure");
     assert!(
-        status.last_error.as_deref().unwrap().contains("deadline reached"),
+        status
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("interrupted — retrying (stopped before"),
         "{status:?}"
     );
     assert!(matches!(&out.verdicts[0], Verdict::Retry(_)), "{:?}", out.verdicts);
@@ -640,7 +723,8 @@ async fn orphaned_pack_objects_are_collected_by_regular_syncs() {
         .await
         .unwrap();
     let exists = |store: Arc<FaultStore>, key: String| async move { store.get(&key).await.unwrap().is_some() };
-    for i in 1..=gitferry_core::cache::GC_EVERY {
+    let every = gitferry_core::cache::GC_EVERY;
+    for i in 1.. {
         if i > 1 {
             w.wt.commit_file("f.txt", format!("change {i}\n").as_bytes(), &format!("change {i}"));
             w.wt.push_all();
@@ -649,9 +733,18 @@ async fn orphaned_pack_objects_are_collected_by_regular_syncs() {
         assert_eq!(out.verdicts, vec![Verdict::Done], "sync {i}");
         let manifest = w.store.get("repos/app/manifest.json").await.unwrap().unwrap();
         let manifest: serde_json::Value = serde_json::from_slice(&manifest.body).unwrap();
-        assert_eq!(manifest["generation"], i, "one generation per changing sync");
+        let generation = manifest["generation"].as_u64().unwrap();
         let still_there = exists(w.store.clone(), orphan.clone()).await;
-        assert_eq!(still_there, i < gitferry_core::cache::GC_EVERY, "after generation {i}");
+        // Collected by the sync whose commits reach generation GC_EVERY, not before.
+        assert_eq!(
+            still_there,
+            generation < every,
+            "after generation {generation} (sync {i})"
+        );
+        if generation >= every {
+            break;
+        }
+        assert!(i < 2 * every, "the generation must grow with changing syncs");
     }
     // Every pack the manifest names is still stored, and the target is a mirror.
     let manifest = w.store.get("repos/app/manifest.json").await.unwrap().unwrap();

@@ -7,8 +7,8 @@
 //! * every metric the dashboard and the alarms use is one the code emits
 //!   (`gitferry_core::metrics::CATALOGUE`), with a dimension it emits; AWS metrics are from a
 //!   known list (a typo would show an empty graph, not an error);
-//! * the queue is FIFO (dedup and throughput per message group) with a visibility timeout of at
-//!   least 6 × the sync function's timeout, agreeing with `GITFERRY_VISIBILITY_SECS`, and a FIFO
+//! * the queue is FIFO (dedup and throughput per message group) with a visibility timeout of the
+//!   sync function's timeout plus 1 to 5 minutes, agreeing with `GITFERRY_VISIBILITY_SECS`, and a FIFO
 //!   dead-letter queue; the event source mapping reports batch item failures with a batch ≤ 10;
 //! * the HTTP routes of `gitferry_core::api`, the one-minute schedule, least-privilege policies;
 //! * `infra/mirrors.toml` is a valid configuration, and every secret it names is in
@@ -397,9 +397,15 @@ fn check_queue(tpl: &Template, sync: Option<&str>, p: &mut Vec<String>) {
             if timeout > 900.0 {
                 p.push(format!("{sync}: Timeout {timeout} exceeds Lambda's 900 s"));
             }
-            if vis < 6.0 * timeout {
+            if vis < timeout + 60.0 {
                 p.push(format!(
-                    "{queue_id}: VisibilityTimeout {vis} is below 6 × the sync timeout ({timeout} s)"
+                    "{queue_id}: VisibilityTimeout {vis} is below the sync timeout ({timeout} s) + a 60 s margin"
+                ));
+            }
+            if vis > timeout + 300.0 {
+                p.push(format!(
+                    "{queue_id}: VisibilityTimeout {vis} is more than 5 minutes above the sync timeout ({timeout} s): \
+                     a killed sync's request would wait that long"
                 ));
             }
             let env = &f["Properties"]["Environment"]["Variables"]["GITFERRY_VISIBILITY_SECS"];
@@ -775,11 +781,12 @@ fn check_metrics(
     functions: &BTreeMap<String, String>,
     p: &mut Vec<String>,
 ) {
-    let sync_rs = read("shared/src/sync.rs");
+    let sync_rs = read("shared/src/sync/mod.rs");
     let triggers = [
         gitferry_core::request::TriggerKind::Webhook,
         gitferry_core::request::TriggerKind::Poll,
         gitferry_core::request::TriggerKind::Manual,
+        gitferry_core::request::TriggerKind::Resume,
     ]
     .map(|k| k.as_str());
     for u in dashboard.iter().chain(alarms) {
@@ -959,9 +966,15 @@ fn breaking_the_template_is_caught() {
         ),
         (
             "short visibility",
-            "VisibilityTimeout: 5400",
+            "VisibilityTimeout: 960",
             "VisibilityTimeout: 900",
-            "below 6",
+            "below the sync timeout",
+        ),
+        (
+            "long visibility",
+            "VisibilityTimeout: 960",
+            "VisibilityTimeout: 5400",
+            "more than 5 minutes above",
         ),
         (
             "standard queue",
@@ -977,7 +990,7 @@ fn breaking_the_template_is_caught() {
         ),
         (
             "visibility env drift",
-            "GITFERRY_VISIBILITY_SECS: '5400'",
+            "GITFERRY_VISIBILITY_SECS: '960'",
             "GITFERRY_VISIBILITY_SECS: '900'",
             "GITFERRY_VISIBILITY_SECS must equal",
         ),

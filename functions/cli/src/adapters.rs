@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use gitferry_core::queue::Queue;
+use gitferry_core::queue::persistent::PersistentQueue;
 use gitferry_core::queue::sqs::SqsQueue;
-use gitferry_core::server::PersistentQueue;
 use gitferry_core::store::ObjectStore;
 use gitferry_core::store::fs::FsStore;
 use gitferry_core::store::s3::S3Store;

@@ -83,6 +83,7 @@ pub async fn run() -> Result<(), String> {
     step("starting the local service (store, queue, workers, HTTP) on a loopback port");
     let running = serve::start(ServeOptions {
         config: Arc::new(config),
+        config_digest: Config::digest(&config_text),
         listen: "127.0.0.1:0".parse().expect("valid"),
         store: dir.path().join("store").display().to_string(),
         queue: "memory".into(),
@@ -148,7 +149,7 @@ pub async fn run() -> Result<(), String> {
         "the webhook's sync",
     )
     .await?;
-    print!("{}", crate::table::render(&[done], gitferry_core::request::now_ms()));
+    print!("{}", crate::table::render(&[done], gitferry_core::clock::now_ms()));
     // The notification for the webhook's change (the first one was for the startup sync).
     let until = Instant::now() + Duration::from_secs(5);
     while notifications.lock().expect("not poisoned").len() < 2 && Instant::now() < until {

@@ -176,8 +176,12 @@ async fn run(command: Command) -> ExitCode {
                 .ok()
                 .filter(|t| !t.is_empty())
                 .map(|t| Secret::new("GITFERRY_STATUS_TOKEN", t));
+            let config_digest = std::fs::read_to_string(&at.config)
+                .map(|text| Config::digest(&text))
+                .unwrap_or_default();
             let opts = serve::ServeOptions {
                 config: Arc::new(config),
+                config_digest,
                 listen,
                 store: at.store,
                 queue,
@@ -276,15 +280,26 @@ async fn sync_now(repo: &str, at: &Where, json: bool) -> ExitCode {
         }
         RepoOutcome::Synced(s) if s.state == State::Success => {
             if !json {
-                print!("{}", table::render(&[(**s).clone()], gitferry_core::request::now_ms()));
+                print!("{}", table::render(&[(**s).clone()], gitferry_core::clock::now_ms()));
             }
             ExitCode::SUCCESS
         }
         RepoOutcome::Synced(s) => {
             if !json {
-                print!("{}", table::render(&[(**s).clone()], gitferry_core::request::now_ms()));
+                print!("{}", table::render(&[(**s).clone()], gitferry_core::clock::now_ms()));
             }
             ExitCode::from(1)
+        }
+        RepoOutcome::Interrupted { status, .. } => {
+            if !json {
+                print!(
+                    "{}",
+                    table::render(&[(**status).clone()], gitferry_core::clock::now_ms())
+                );
+            }
+            fail(&format!(
+                "{repo}: stopped before finishing; run `gitferry sync {repo}` again to continue"
+            ))
         }
         RepoOutcome::Failed { error, .. } => fail(error),
         RepoOutcome::Skipped(reason) => fail(&format!("{repo}: skipped ({reason})")),
@@ -310,7 +325,7 @@ async fn status(repo: Option<&str>, at: &Where, json: bool) -> ExitCode {
             if json {
                 println!("{}", serde_json::to_string_pretty(&all).expect("status serialises"));
             } else {
-                print!("{}", table::render(&all, gitferry_core::request::now_ms()));
+                print!("{}", table::render(&all, gitferry_core::clock::now_ms()));
             }
             if all.iter().any(|s| s.state == State::Failed) {
                 ExitCode::from(1)

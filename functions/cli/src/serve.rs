@@ -1,6 +1,14 @@
 //! `gitferry serve`: the whole system on one machine. HTTP (axum) in front of the shared
-//! `gitferry_core::api::Api`; the shared worker pool and ticker (`gitferry_core::server`)
-//! behind it. This file only wires adapters and signals.
+//! `gitferry_core::api::Api`; behind it the same worker (`gitferry_core::worker`) and poller
+//! (`gitferry_core::poll`) the Lambda functions run, driven by an in-process worker pool and a
+//! ticker instead of SQS event source mappings and EventBridge. This file only wires adapters
+//! and signals.
+//!
+//! * **Startup reconciliation**: every repo is enqueued once when the server starts.
+//! * **Nothing queued is lost across a restart** (even `kill -9`): with the embedded queue, the
+//!   queue is saved to the store after every change (`gitferry_core::queue::persistent`).
+//! * **Shutdown** (SIGINT/SIGTERM): workers stop taking work; syncs in flight stop inside their
+//!   current phase, record a terminal status and queue their continuation; the queue is saved.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,9 +19,11 @@ use gitferry_core::api::{self, Api};
 use gitferry_core::config::{Config, Secret};
 use gitferry_core::metrics::{Metrics, Prometheus};
 use gitferry_core::notify::Notifier;
+use gitferry_core::poll::{PollOptions, Poller};
 use gitferry_core::status::StatusBook;
 use gitferry_core::store::ObjectStore;
 use gitferry_core::sync::{SyncManager, SyncOptions};
+use gitferry_core::worker::{self, Ack, Worker, WorkerOptions};
 use tokio::sync::watch;
 
 use crate::adapters;
@@ -21,6 +31,8 @@ use crate::adapters;
 /// Everything `serve` needs, already resolved.
 pub struct ServeOptions {
     pub config: Arc<Config>,
+    /// `Config::digest` of the file the config came from (the poller's reconciliation marker).
+    pub config_digest: String,
     pub listen: SocketAddr,
     pub store: String,
     pub queue: String,
@@ -45,6 +57,10 @@ impl Running {
     }
 }
 
+/// How long a received message stays hidden from the other workers (the worker's heartbeat
+/// extends it during a long sync; the lease is the second guard).
+const VISIBILITY: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// Start the HTTP server, the workers and the ticker; reconcile every repository once.
 pub async fn start(opts: ServeOptions) -> Result<Running, String> {
     let store = adapters::store(&opts.store).await?;
@@ -55,6 +71,7 @@ pub async fn start(opts: ServeOptions) -> Result<Running, String> {
     };
     let prometheus = Arc::new(Prometheus::new());
     let metrics = Metrics::new(prometheus.clone());
+    let metrics_for_poller = metrics.clone();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let manager = SyncManager::new(
         opts.config.clone(),
@@ -81,7 +98,16 @@ pub async fn start(opts: ServeOptions) -> Result<Running, String> {
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", opts.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    let reconciled = gitferry_core::server::reconcile(&opts.config, queue.as_ref(), "startup")
+    let poller = Poller::new(
+        opts.config.clone(),
+        opts.config_digest.clone(),
+        queue.clone(),
+        store.clone(),
+        metrics_for_poller,
+        PollOptions::default(),
+    );
+    let reconciled = poller
+        .reconcile("startup")
         .await
         .map_err(|e| format!("cannot enqueue the startup reconciliation: {e}"))?;
     tracing::info!(%addr, repos = opts.config.repos.len(), reconciled, "gitferry serving");
@@ -96,14 +122,18 @@ pub async fn start(opts: ServeOptions) -> Result<Running, String> {
             tracing::error!(error = %e, "HTTP server failed");
         }
     });
-    let workers = tokio::spawn(gitferry_core::server::run(
-        manager,
-        queue.clone(),
-        opts.workers,
-        shutdown_rx,
-    ));
+    let mut tasks = tokio::task::JoinSet::new();
+    let options = WorkerOptions {
+        visibility: gitferry_core::clock::scaled(VISIBILITY),
+        ack: Ack::Delete,
+    };
+    for id in 0..opts.workers.max(1) {
+        let worker = Worker::new(manager.clone(), queue.clone(), options);
+        tasks.spawn(worker::consume(worker, id, shutdown_rx.clone()));
+    }
+    tasks.spawn(gitferry_core::poll::run(poller, shutdown_rx));
     let handle = tokio::spawn(async move {
-        let _ = workers.await;
+        while tasks.join_next().await.is_some() {}
         let _ = http.await;
     });
     Ok(Running {

@@ -9,11 +9,21 @@ pub fn render(statuses: &[RepoStatus], now: u64) -> String {
         State::Syncing => "syncing",
         State::Success => "ok",
         State::Failed => "FAILED",
+        State::Interrupted => "interrupted-resuming",
+        State::Stalled => "STALLED",
     };
     let mut rows = vec![
-        ["REPO", "STATE", "LAST SUCCESS", "LAG", "TARGETS", "LAST ERROR"]
-            .map(String::from)
-            .to_vec(),
+        [
+            "REPO",
+            "STATE",
+            "LAST SUCCESS",
+            "CHECKED",
+            "LAG",
+            "TARGETS",
+            "LAST ERROR",
+        ]
+        .map(String::from)
+        .to_vec(),
     ];
     for s in statuses {
         let targets: Vec<String> = s
@@ -33,6 +43,7 @@ pub fn render(statuses: &[RepoStatus], now: u64) -> String {
             s.repo.clone(),
             st,
             ago(s.last_success_at, now),
+            ago(s.last_checked, now),
             lag(s, now),
             if targets.is_empty() {
                 "-".into()
@@ -42,7 +53,7 @@ pub fn render(statuses: &[RepoStatus], now: u64) -> String {
             error,
         ]);
     }
-    let widths: Vec<usize> = (0..6)
+    let widths: Vec<usize> = (0..7)
         .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();

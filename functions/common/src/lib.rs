@@ -19,7 +19,8 @@
 //! | `GITFERRY_SECRETS_ARN` | all | optional Secrets Manager secret with the referenced secrets |
 //! | `GITFERRY_STATUS_TOKEN` | webhook | bearer token of the status and manual-sync routes |
 //! | `GITFERRY_MAX_BODY` | webhook | webhook body limit in bytes (default 1 MiB) |
-//! | `GITFERRY_VISIBILITY_SECS` | sync | the queue's visibility timeout (heartbeat extends it) |
+//! | `GITFERRY_VISIBILITY_SECS` | sync | the queue's visibility timeout (the worker's heartbeat extends it) |
+//! | `GITFERRY_TIME_SCALE` | all | tests only: run every waiting period this many times faster (`gitferry_core::clock`) |
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -32,34 +33,26 @@ use gitferry_core::api::{self, Api};
 use gitferry_core::config::{Config, Secret};
 use gitferry_core::metrics::{Emf, Metrics};
 use gitferry_core::notify::Notifier;
-use gitferry_core::queue::Queue;
+use gitferry_core::poll::{PollOptions, Poller};
 use gitferry_core::queue::sqs::SqsQueue;
-use gitferry_core::request::SyncRequest;
+use gitferry_core::queue::{Message, Queue};
 use gitferry_core::status::StatusBook;
 use gitferry_core::store::ObjectStore;
 use gitferry_core::store::s3::S3Store;
-use gitferry_core::sync::{SyncManager, SyncOptions, Verdict};
+use gitferry_core::sync::{SyncManager, SyncOptions};
+use gitferry_core::worker::{Ack, Disposition, Worker, WorkerOptions};
 
 pub use aws_lambda_events::apigw::ApiGatewayV2httpRequest as ApiRequest;
 pub use aws_lambda_events::eventbridge::EventBridgeEvent as ScheduledEvent;
 pub use aws_lambda_events::sqs::SqsEvent;
+use aws_lambda_events::sqs::SqsMessage;
+pub use gitferry_core::clock::now_ms;
 pub use gitferry_core::poll::Tick;
 pub use serde_json::Value;
 
-/// Seconds since the epoch.
-pub fn now_secs() -> u64 {
-    gitferry_core::request::now_ms() / 1000
-}
-
 /// The poll function's result, as logged by the runtime.
 pub fn tick_json(t: &Tick) -> Value {
-    serde_json::json!({ "probed": t.probed, "polled": t.polled, "reconciled": t.reconciled })
-}
-
-/// The SQS adapter for the queue in the environment (the sync function extends visibility
-/// with it).
-pub async fn sqs_queue(rt: &Runtime) -> SqsQueue {
-    SqsQueue::from_env(rt.env.queue_url.clone()).await
+    serde_json::to_value(t).unwrap_or_default()
 }
 
 /// Every environment variable any of the functions reads (the template test checks them all).
@@ -106,6 +99,10 @@ pub const SYNC_ENV_VARS: &[&str] = &[
     "GITFERRY_VISIBILITY_SECS",
 ];
 
+/// The sync queue's visibility timeout when `GITFERRY_VISIBILITY_SECS` is unset: the sync
+/// function's 900 s limit plus a minute (template.yaml).
+pub const DEFAULT_VISIBILITY_SECS: u64 = 960;
+
 /// How often a warm container checks whether the configuration changed.
 pub const CONFIG_RECHECK: Duration = Duration::from_secs(30);
 
@@ -118,6 +115,22 @@ pub enum SetupError {
     Config(String),
     #[error("{0}")]
     Aws(String),
+}
+
+impl From<SetupError> for lambda_runtime::Diagnostic {
+    /// What Lambda records as the invocation's error: a stable type per cause (the console
+    /// and the `Errors` metric's logs show it), and the message.
+    fn from(e: SetupError) -> lambda_runtime::Diagnostic {
+        let kind = match &e {
+            SetupError::MissingEnv(_) => "gitferry.MissingEnvironment",
+            SetupError::Config(_) => "gitferry.Configuration",
+            SetupError::Aws(_) => "gitferry.Aws",
+        };
+        lambda_runtime::Diagnostic {
+            error_type: kind.to_owned(),
+            error_message: e.to_string(),
+        }
+    }
 }
 
 /// The environment, read once per container.
@@ -143,17 +156,17 @@ impl Env {
         Ok(Env {
             bucket: need("GITFERRY_BUCKET")?,
             prefix: get("GITFERRY_PREFIX").unwrap_or_default(),
-            config_key: get("GITFERRY_CONFIG_KEY").unwrap_or_else(|| "config/mirrors.toml".into()),
+            config_key: get("GITFERRY_CONFIG_KEY").unwrap_or_else(|| gitferry_core::keys::CONFIG.into()),
             queue_url: need("GITFERRY_QUEUE_URL")?,
             secrets_arn: get("GITFERRY_SECRETS_ARN"),
             status_token: get("GITFERRY_STATUS_TOKEN").map(|v| Secret::new("GITFERRY_STATUS_TOKEN", v)),
             max_body: get("GITFERRY_MAX_BODY")
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(gitferry_core::webhook::DEFAULT_MAX_BODY),
-            visibility: Duration::from_secs(
+            visibility: gitferry_core::clock::scaled_secs(
                 get("GITFERRY_VISIBILITY_SECS")
                     .and_then(|v| v.parse().ok())
-                    .unwrap_or(5400),
+                    .unwrap_or(DEFAULT_VISIBILITY_SECS),
             ),
         })
     }
@@ -226,7 +239,7 @@ impl Runtime {
     pub async fn config(&self) -> Result<(Arc<Config>, String), SetupError> {
         let mut loaded = self.loaded.lock().await;
         if let Some(l) = loaded.as_ref()
-            && l.checked.elapsed() < CONFIG_RECHECK
+            && l.checked.elapsed() < gitferry_core::clock::scaled(CONFIG_RECHECK)
         {
             return Ok((l.config.clone(), l.digest.clone()));
         }
@@ -355,25 +368,27 @@ fn base64_decode(s: &str) -> Option<Vec<u8>> {
 
 // ---- poll ----------------------------------------------------------------------------------
 
-/// The scheduled tick: it probes the due repositories' refs itself and enqueues only changed
-/// ones (see `gitferry_core::poll::probe_tick` — what keeps 1,000 idle repos under $1 a month).
-pub async fn poll(rt: &Runtime, now_secs: u64) -> Result<gitferry_core::poll::Tick, SetupError> {
+/// The scheduled tick: `gitferry_core::poll::Poller`, the same poller `gitferry serve` runs. It
+/// probes the due repositories' refs itself and enqueues only what needs a sync (what keeps
+/// 1,000 idle repos under $1 a month).
+pub async fn poll(rt: &Runtime, now_ms: u64) -> Result<Tick, SetupError> {
     let (config, digest) = rt.config().await?;
-    let tick = gitferry_core::poll::probe_tick(
-        &config,
-        &digest,
-        rt.queue.as_ref(),
-        rt.store.as_ref(),
-        now_secs,
-        gitferry_core::poll::ProbeOptions::default(),
-    )
-    .await
-    .map_err(|e| SetupError::Aws(e.to_string()))?;
-    rt.metrics.polls_enqueued(tick.polled + tick.reconciled);
+    let poller = Poller::new(
+        config,
+        digest,
+        rt.queue.clone(),
+        rt.store.clone(),
+        rt.metrics.clone(),
+        PollOptions::default(),
+    );
+    let tick = poller.tick(now_ms).await.map_err(|e| SetupError::Aws(e.to_string()))?;
     tracing::info!(
         probed = tick.probed,
         polled = tick.polled,
+        confirmed = tick.confirmed,
+        timed_out = tick.timed_out,
         reconciled = tick.reconciled,
+        stale = tick.stale,
         "poll tick"
     );
     Ok(tick)
@@ -381,69 +396,18 @@ pub async fn poll(rt: &Runtime, now_secs: u64) -> Result<gitferry_core::poll::Ti
 
 // ---- sync ----------------------------------------------------------------------------------
 
-/// A batch of SQS FIFO records → syncs → partial batch failures.
-///
-/// Records that are not valid `SyncRequest`s are logged and acknowledged (never a poison
-/// loop). A record whose repo failed transiently is returned as a failure, and so is every
-/// later record of the same message group in the batch (FIFO order must hold). While syncs run,
-/// the records' visibility is extended so SQS does not hand them to another worker; the cache
-/// lease is the second guard.
-pub async fn sync(
-    rt: &Runtime,
-    event: SqsEvent,
-    deadline: Instant,
-    owner: &str,
-    extend: Option<Arc<SqsQueue>>,
-) -> SqsBatchResponse {
-    let records: Vec<Record> = event
-        .records
-        .into_iter()
-        .map(|m| Record {
-            id: m.message_id.unwrap_or_default(),
-            group: m.attributes.get("MessageGroupId").cloned().unwrap_or_default(),
-            receive_count: m
-                .attributes
-                .get("ApproximateReceiveCount")
-                .and_then(|c| c.parse().ok())
-                .unwrap_or(1),
-            receipt: m.receipt_handle.unwrap_or_default(),
-            body: m.body.unwrap_or_default(),
-        })
-        .collect();
-    let mut failures = Vec::new();
+/// A batch of SQS FIFO records → `gitferry_core::worker::Worker` (the same consumer `gitferry
+/// serve` runs) → partial batch failures. The event source mapping deletes every record not
+/// reported as failed; the worker has already set a short retry delay on the failed ones.
+pub async fn sync(rt: &Runtime, event: SqsEvent, deadline: Instant, owner: &str) -> SqsBatchResponse {
+    let (ids, messages): (Vec<String>, Vec<Message>) = event.records.into_iter().map(message).unzip();
     let config = match rt.config().await {
         Ok((c, _)) => c,
         Err(e) => {
             tracing::error!(error = %e, "configuration unavailable: returning the whole batch");
-            failures.extend(records.iter().map(|r| r.id.clone()));
-            return batch_response(failures);
+            return batch_response(ids);
         }
     };
-    let mut requests = Vec::new();
-    let mut positions = Vec::new();
-    for (i, r) in records.iter().enumerate() {
-        match SyncRequest::from_json(&r.body) {
-            Ok(req) => {
-                requests.push(req);
-                positions.push(i);
-            }
-            Err(e) => tracing::error!(message_id = %r.id, group = %r.group, error = %e, "dropping an invalid record"),
-        }
-    }
-    let heartbeat = extend.clone().map(|q| {
-        let receipts: Vec<String> = records.iter().map(|r| r.receipt.clone()).collect();
-        let visibility = rt.env.visibility;
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(visibility / 3).await;
-                for receipt in &receipts {
-                    if let Err(e) = q.extend(receipt, visibility).await {
-                        tracing::warn!(error = %e, "could not extend message visibility");
-                    }
-                }
-            }
-        })
-    });
     let manager = SyncManager::new(
         config.clone(),
         rt.store.clone(),
@@ -455,44 +419,36 @@ pub async fn sync(
             ..SyncOptions::default()
         },
     );
-    let outcome = manager.handle_batch(&requests, deadline).await;
-    if let Some(h) = heartbeat {
-        h.abort();
-    }
-    let mut failed_groups: Vec<String> = Vec::new();
-    let retry: std::collections::HashSet<usize> = outcome
-        .verdicts
-        .iter()
-        .zip(&positions)
-        .filter(|(v, _)| matches!(v, Verdict::Retry(_)))
-        .map(|(_, i)| *i)
+    let options = WorkerOptions {
+        visibility: rt.env.visibility,
+        ack: Ack::ByCaller,
+    };
+    let dispositions = Worker::new(manager, rt.queue.clone(), options)
+        .handle(&messages, deadline)
+        .await;
+    let failed = ids
+        .into_iter()
+        .zip(dispositions)
+        .filter(|(_, d)| matches!(d, Disposition::Retry { .. }))
+        .map(|(id, _)| id)
         .collect();
-    for (i, r) in records.iter().enumerate() {
-        if retry.contains(&i) || failed_groups.contains(&r.group) {
-            if !failed_groups.contains(&r.group) {
-                failed_groups.push(r.group.clone());
-            }
-            failures.push(r.id.clone());
-            // Without this a returned record waits out the whole visibility timeout (and
-            // blocks its FIFO group that long): retry after 5 s × 2^n instead.
-            if let Some(q) = &extend
-                && let Err(e) = q
-                    .retry(&r.receipt, gitferry_core::server::backoff(r.receive_count))
-                    .await
-            {
-                tracing::warn!(message_id = %r.id, error = %e, "could not shorten the retry delay");
-            }
-        }
-    }
-    batch_response(failures)
+    batch_response(failed)
 }
 
-struct Record {
-    id: String,
-    group: String,
-    receive_count: u32,
-    receipt: String,
-    body: String,
+/// An SQS record as the worker sees it, and its message id (what a batch failure names).
+fn message(m: SqsMessage) -> (String, Message) {
+    let id = m.message_id.unwrap_or_default();
+    let message = Message {
+        group: m.attributes.get("MessageGroupId").cloned().unwrap_or_default(),
+        receive_count: m
+            .attributes
+            .get("ApproximateReceiveCount")
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(1),
+        receipt: m.receipt_handle.unwrap_or_default(),
+        body: m.body.unwrap_or_default(),
+    };
+    (id, message)
 }
 
 fn batch_response(ids: Vec<String>) -> SqsBatchResponse {
@@ -510,7 +466,7 @@ fn batch_response(ids: Vec<String>) -> SqsBatchResponse {
 
 /// The Lambda context's deadline (Unix ms) as an `Instant`.
 pub fn deadline_from(ctx_deadline_ms: u64) -> Instant {
-    let now = gitferry_core::request::now_ms();
+    let now = gitferry_core::clock::now_ms();
     Instant::now() + Duration::from_millis(ctx_deadline_ms.saturating_sub(now))
 }
 

@@ -1,7 +1,8 @@
-//! The poll function: every minute (EventBridge), enqueue the repositories that are due, and
-//! every repository once after a configuration change. All logic is in `gitferry_core::poll`.
+//! The poll function: every minute (EventBridge), the shared poller — probe the due
+//! repositories and enqueue what needs a sync, and every repository once after a configuration
+//! change. All logic is in `gitferry_core::poll`.
 
-use lambda_runtime::{Error, LambdaEvent, service_fn};
+use lambda_runtime::{Diagnostic, Error, LambdaEvent, service_fn};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
@@ -10,10 +11,8 @@ async fn main() -> Result<(), Error> {
     let rt = &rt;
     lambda_runtime::run(service_fn(
         move |_: LambdaEvent<gitferry_lambda::ScheduledEvent>| async move {
-            let tick = gitferry_lambda::poll(rt, gitferry_lambda::now_secs())
-                .await
-                .map_err(Error::from)?;
-            Ok::<_, Error>(gitferry_lambda::tick_json(&tick))
+            let tick = gitferry_lambda::poll(rt, gitferry_lambda::now_ms()).await?;
+            Ok::<_, Diagnostic>(gitferry_lambda::tick_json(&tick))
         },
     ))
     .await

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
 use super::{CacheError, keys};
-use crate::request::now_ms;
+use crate::clock::now_ms;
 use crate::store::{Condition, ObjectStore, StoreError};
 
 /// What `lease.json` holds. Times are Unix milliseconds.
@@ -48,6 +48,12 @@ pub struct LeaseRecord {
 impl LeaseRecord {
     pub fn is_live(&self, now: u64) -> bool {
         !self.released && self.expires_at > now
+    }
+
+    /// Live, and not held by a process of this machine that no longer runs (a crashed local
+    /// server): someone may really be syncing.
+    pub fn is_held(&self, now: u64) -> bool {
+        self.is_live(now) && !local_holder_is_dead(&self.owner)
     }
 }
 

@@ -42,10 +42,10 @@ use std::sync::atomic::AtomicBool;
 
 use serde::{Deserialize, Serialize};
 
+use crate::clock::now_ms;
 use crate::git::refs::RefState;
 use crate::git::repo::{self, LocalUpdate, Peel};
 use crate::git::{self, RefPatterns};
-use crate::request::now_ms;
 use crate::store::{Condition, ObjectStore, StoreError};
 
 /// Compact when a repository has more packs than this.
@@ -60,24 +60,8 @@ const MARKER: &str = "gitferry-state";
 /// The packs this local copy knows are intact in the store (one name a line).
 const STORED: &str = "gitferry-stored-packs";
 
-/// Store keys of a repository.
-pub mod keys {
-    pub fn manifest(repo: &str) -> String {
-        format!("repos/{repo}/manifest.json")
-    }
-    pub fn lease(repo: &str) -> String {
-        format!("repos/{repo}/lease.json")
-    }
-    pub fn status(repo: &str) -> String {
-        format!("repos/{repo}/status.json")
-    }
-    pub fn pack(repo: &str, name: &str) -> String {
-        format!("repos/{repo}/packs/{name}.pack")
-    }
-    pub fn index(repo: &str, name: &str) -> String {
-        format!("repos/{repo}/packs/{name}.idx")
-    }
-}
+/// Store keys of a repository (the layout is documented in [`crate::keys`]).
+pub use crate::keys;
 
 /// Why a cache operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -132,10 +116,26 @@ pub struct Manifest {
     /// pushed and it accepted).
     #[serde(default)]
     pub targets: BTreeMap<String, BTreeMap<String, String>>,
+    /// Set while a mirror proceeds in batches (a first mirror, or one that did not fit in a
+    /// function's time limit): refs per batch to resume with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_refs: Option<usize>,
     pub updated_at: u64,
 }
 
 impl Manifest {
+    /// Every one of these targets (by `TargetConfig::state_key`) is recorded with exactly the
+    /// source's refs: the last sync mirrored the source everywhere.
+    pub fn mirrored_to<'a>(&self, mut targets: impl Iterator<Item = &'a crate::config::TargetConfig>) -> bool {
+        let wanted: BTreeMap<String, String> = self
+            .source
+            .ids()
+            .into_iter()
+            .map(|(n, id)| (n, id.to_string()))
+            .collect();
+        targets.all(|t| self.targets.get(&t.state_key()) == Some(&wanted))
+    }
+
     /// Same content, ignoring generation and time.
     fn same_state(&self, other: &Manifest) -> bool {
         let packs = |m: &Manifest| m.packs.iter().map(|p| p.name.clone()).collect::<BTreeSet<_>>();
@@ -143,6 +143,7 @@ impl Manifest {
             && self.source == other.source
             && self.backups == other.backups
             && self.targets == other.targets
+            && self.batch_refs == other.batch_refs
     }
 }
 
@@ -151,6 +152,10 @@ impl Manifest {
 pub struct Snapshot {
     pub manifest: Manifest,
     pub etag: Option<String>,
+    /// The stored manifest could not be read (why): this snapshot is empty, and the next
+    /// commit replaces the unreadable object (conditional on its ETag) — the cache heals by a
+    /// rebuild from the source instead of failing every sync.
+    pub unreadable: Option<String>,
 }
 
 /// What a restore did.
@@ -168,6 +173,8 @@ pub struct NextState {
     pub source: RefState,
     pub backups: BTreeMap<String, String>,
     pub targets: BTreeMap<String, BTreeMap<String, String>>,
+    /// See [`Manifest::batch_refs`].
+    pub batch_refs: Option<usize>,
 }
 
 /// What a commit did.
@@ -207,20 +214,27 @@ impl RepoCache {
         &self.store
     }
 
-    /// Read the manifest (an empty one at generation 0 if there is none).
+    /// Read the manifest (an empty one at generation 0 if there is none, or if it cannot be
+    /// read: see [`Snapshot::unreadable`]).
     pub async fn load(&self) -> Result<Snapshot, CacheError> {
         let key = keys::manifest(&self.repo);
         match self.store.get(&key).await? {
             None => Ok(Snapshot::default()),
-            Some(obj) => {
-                let manifest = serde_json::from_slice(&obj.body).map_err(|e| CacheError::Corrupt {
-                    what: format!("{key}: {e}"),
-                })?;
-                Ok(Snapshot {
+            Some(obj) => match serde_json::from_slice(&obj.body) {
+                Ok(manifest) => Ok(Snapshot {
                     manifest,
                     etag: Some(obj.etag),
-                })
-            }
+                    unreadable: None,
+                }),
+                Err(e) => {
+                    tracing::error!(key, error = %e, "manifest unreadable: the cache will be rebuilt from the source");
+                    Ok(Snapshot {
+                        manifest: Manifest::default(),
+                        etag: Some(obj.etag),
+                        unreadable: Some(format!("{key} was unreadable ({e})")),
+                    })
+                }
+            },
         }
     }
 
@@ -370,6 +384,7 @@ impl RepoCache {
             source: next.source,
             backups: next.backups,
             targets: next.targets,
+            batch_refs: next.batch_refs,
             updated_at: now_ms(),
         };
         // Skip a pack only if the manifest names it and we know the stored object is intact.
@@ -381,7 +396,7 @@ impl RepoCache {
             .filter(|p| !(known.contains(p.name.as_str()) && stored.contains(&p.name)))
             .cloned()
             .collect();
-        let same_state = snap.etag.is_some() && manifest.same_state(&snap.manifest);
+        let same_state = snap.etag.is_some() && snap.unreadable.is_none() && manifest.same_state(&snap.manifest);
         if same_state && uploads.is_empty() {
             self.write_marker(snap)?;
             return Ok(CommitOutcome {
@@ -454,6 +469,7 @@ impl RepoCache {
         outcome.snapshot = Snapshot {
             manifest,
             etag: Some(etag),
+            unreadable: None,
         };
         self.write_marker(&outcome.snapshot)?;
         Ok(outcome)
@@ -469,7 +485,7 @@ impl RepoCache {
         min_age: std::time::Duration,
     ) -> Result<usize, CacheError> {
         let named: BTreeSet<&str> = manifest.packs.iter().map(|p| p.name.as_str()).collect();
-        let prefix = format!("repos/{}/packs/", self.repo);
+        let prefix = keys::packs(&self.repo);
         let cutoff = now_ms().saturating_sub(min_age.as_millis() as u64);
         let mut deleted = 0;
         for object in self.store.list(&prefix).await? {
@@ -496,6 +512,13 @@ impl RepoCache {
     /// Repack the local copy into a single pack if it has more than `max_packs`. Returns whether
     /// it did; the next [`RepoCache::commit`] then switches the manifest and deletes old packs.
     pub async fn compact_if_needed(&self, max_packs: usize) -> Result<bool, CacheError> {
+        self.compact_unless(max_packs, Arc::new(AtomicBool::new(false))).await
+    }
+
+    /// [`RepoCache::compact_if_needed`], given up (not an error: `Ok(false)`, nothing changed)
+    /// if `interrupt` is set before it is done — compaction is housekeeping, the next sync can
+    /// do it.
+    pub async fn compact_unless(&self, max_packs: usize, interrupt: Arc<AtomicBool>) -> Result<bool, CacheError> {
         let pack_dir = self.path.join("objects").join("pack");
         if local_packs(&pack_dir)?.len() <= max_packs {
             return Ok(false);
@@ -504,11 +527,13 @@ impl RepoCache {
         let path = self.path.clone();
         blocking(move || {
             let r = repo::open(&path).map_err(|e| CacheError::Local(e.to_string()))?;
-            git::local::repack_all(&r, &AtomicBool::new(false)).map_err(|e| CacheError::Local(e.to_string()))?;
-            Ok(())
+            match git::local::repack_all(&r, &interrupt) {
+                Ok(_) => Ok(true),
+                Err(git::local::CopyError::Pack(git::pack::PackError::Interrupted)) => Ok(false),
+                Err(e) => Err(CacheError::Local(e.to_string())),
+            }
         })
-        .await?;
-        Ok(true)
+        .await
     }
 }
 

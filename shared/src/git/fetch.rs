@@ -25,6 +25,10 @@ pub struct FetchOptions {
     pub refs: RefPatterns,
     /// Delete cache refs (matching the patterns) that the source no longer has.
     pub prune: bool,
+    /// Also ask for `HEAD`, so the cache's `HEAD` follows the source's default branch. A batch
+    /// of a large mirror leaves it out: gix fetches what `HEAD` points to, and the default
+    /// branch's whole history would come with every batch.
+    pub follow_head: bool,
 }
 
 impl Default for FetchOptions {
@@ -32,6 +36,7 @@ impl Default for FetchOptions {
         FetchOptions {
             refs: RefPatterns::default(),
             prune: true,
+            follow_head: true,
         }
     }
 }
@@ -58,7 +63,7 @@ pub fn mirror_fetch(
     let before = repo::read_refs(cache, &options.refs, Peel::No)?;
     let (source, objects, bytes) = match remote.location() {
         Location::Local(path) => fetch_local(cache, remote, path, &before, &options.refs, interrupt)?,
-        Location::Network(url) => fetch_network(cache, remote, url, &before, &options.refs, interrupt)?,
+        Location::Network(url) => fetch_network(cache, remote, url, &before, options, interrupt)?,
     };
 
     // Prune (and point HEAD like the source) in one transaction, compare-and-swap on each ref.
@@ -100,9 +105,10 @@ fn fetch_network(
     remote: &Remote,
     url: &gix::Url,
     before: &RefState,
-    patterns: &RefPatterns,
+    options: &FetchOptions,
     interrupt: &AtomicBool,
 ) -> Result<(RefState, u64, u64), Error> {
+    let patterns = &options.refs;
     let gix_err = |e: gix::Error| Error::from_gix(remote, "fetch", &e);
     let specs: Vec<String> = patterns
         .include
@@ -125,15 +131,20 @@ fn fetch_network(
     // (e.g. `refs/*`): a literal `ref-prefix refs/*` would match nothing.
     let prefix_filter = patterns.prefixes().iter().all(|p| p.len() > "refs/".len());
     // `HEAD` (no destination) only so the listing includes the source's default branch.
-    let head = gix::refspec::parse("HEAD".into(), gix::refspec::parse::Operation::Fetch)
-        .map_err(gix_err)?
-        .to_owned();
+    let head = match options.follow_head {
+        true => vec![
+            gix::refspec::parse("HEAD".into(), gix::refspec::parse::Operation::Fetch)
+                .map_err(gix_err)?
+                .to_owned(),
+        ],
+        false => Vec::new(),
+    };
     let prepare = connection
         .prepare_fetch(
             gix::progress::Discard,
             gix::remote::ref_map::Options {
                 prefix_from_spec_as_filter_on_remote: prefix_filter,
-                extra_refspecs: vec![head],
+                extra_refspecs: head,
                 ..Default::default()
             },
         )
@@ -186,10 +197,8 @@ fn fetch_local(
         .iter()
         .filter_map(|(name, t)| before.refs.get(name).map(|b| b.id).filter(|b| *b != t.id))
         .collect();
-    let stats = local::copy_objects(&src, cache, &tips, &haves, &old, interrupt).map_err(|e| Error::Local {
-        path: remote.to_string(),
-        message: e.to_string(),
-    })?;
+    let stats = local::copy_objects(&src, cache, &tips, &haves, &old, interrupt)
+        .map_err(|e| e.into_error(remote.to_string()))?;
     let updates: Vec<LocalUpdate> = source
         .refs
         .iter()

@@ -20,6 +20,19 @@ pub enum CopyError {
     Index { path: String, message: String },
 }
 
+impl CopyError {
+    /// As an engine error about the repository at `path` (an interruption stays one).
+    pub(crate) fn into_error(self, path: String) -> super::Error {
+        match self {
+            CopyError::Pack(PackError::Interrupted) => super::Error::Interrupted,
+            other => super::Error::Local {
+                path,
+                message: other.to_string(),
+            },
+        }
+    }
+}
+
 /// Copy the objects reachable from `tips` but not from `haves` from `src` into `dst`
 /// (`also_has`: see [`pack::write_pack`]). Returns what was transferred; copies nothing when
 /// `dst` already has every tip.

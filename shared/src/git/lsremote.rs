@@ -4,6 +4,8 @@
 //! prefixes the mirror cares about (so a GitHub repository's thousands of `refs/pull/*` are not
 //! even listed); local repositories are read directly.
 
+use std::time::Duration;
+
 use gix::protocol::handshake::Ref;
 use gix::protocol::transport::{Protocol, Service};
 
@@ -13,13 +15,24 @@ use super::{Error, repo, transport};
 
 /// List the refs of `remote` that `patterns` select, with peeled tags and the HEAD symref.
 pub fn ls_remote(remote: &Remote, patterns: &RefPatterns) -> Result<RefState, Error> {
+    list(remote, patterns, transport::Timeouts::TRANSFER)
+}
+
+/// [`ls_remote`] with every wait bounded by `limit` (connecting, each read; over HTTP the whole
+/// exchange): a silent source fails with a transient network error. The poller's probe, which
+/// must not let one stalled source hold up the rest.
+pub fn ls_remote_within(remote: &Remote, patterns: &RefPatterns, limit: Duration) -> Result<RefState, Error> {
+    list(remote, patterns, transport::Timeouts::within(limit))
+}
+
+fn list(remote: &Remote, patterns: &RefPatterns, limits: transport::Timeouts) -> Result<RefState, Error> {
     match remote.location() {
         Location::Local(path) => {
             let r = repo::open(path).map_err(|e| not_found_if_missing(remote, path, e))?;
             repo::read_refs(&r, patterns, repo::Peel::Yes)
         }
         Location::Network(_) => {
-            let mut t = transport::open(remote, Protocol::V2)?;
+            let mut t = transport::open_with(remote, Protocol::V2, limits)?;
             let gix_err = |e: gix::Error| {
                 let mapped = Error::from_gix(remote, "list refs", &e);
                 match mapped {

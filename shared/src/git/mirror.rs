@@ -102,6 +102,7 @@ pub fn mirror(
         &FetchOptions {
             refs: options.refs.clone(),
             prune: options.prune,
+            follow_head: true,
         },
         &interrupt,
     )?;

@@ -28,7 +28,7 @@ mod transport;
 
 pub use error::{Error, ErrorClass};
 pub use fetch::{FetchOptions, FetchOutcome, mirror_fetch};
-pub use lsremote::ls_remote;
+pub use lsremote::{ls_remote, ls_remote_within};
 pub use mirror::{MirrorOptions, MirrorSummary, ProgressFn, mirror};
 pub use push::{PushOptions, PushOutcome, RefResult, push};
 pub use refs::{DeltaKind, RefDelta, RefPatterns, RefState, RefTarget};

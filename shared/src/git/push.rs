@@ -224,10 +224,8 @@ fn push_local(
     let tips: Vec<ObjectId> = commands.iter().filter_map(|c| c.new).collect();
     let haves: Vec<ObjectId> = target_all.refs.values().map(|t| t.id).collect();
     let old: Vec<ObjectId> = commands.iter().filter_map(|c| c.old).collect();
-    let stats = local::copy_objects(repo, &target, &tips, &haves, &old, interrupt).map_err(|e| Error::Local {
-        path: remote.to_string(),
-        message: e.to_string(),
-    })?;
+    let stats = local::copy_objects(repo, &target, &tips, &haves, &old, interrupt)
+        .map_err(|e| e.into_error(remote.to_string()))?;
     outcome.objects = stats.objects;
     outcome.bytes = stats.bytes;
     let to_update = |c: &Command| LocalUpdate {
@@ -411,6 +409,11 @@ fn push_network(
         Ok(stats)
     })();
     drop(raw); // ends the HTTP request body
+    if let Err(SendError::Pack(PackError::Interrupted)) = send {
+        // The target still waits for the rest of the pack: reading its report would block
+        // until the connection times out. Hanging up makes it discard what it got.
+        return Err(Error::Interrupted);
+    }
 
     let mut messages = RemoteMessages::default();
     let report = read_report(remote, &mut reader, sideband, &mut messages);

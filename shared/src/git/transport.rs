@@ -35,14 +35,51 @@ pub const AGENT: &str = concat!("gitferry/", env!("CARGO_PKG_VERSION"));
 pub const IO_TIMEOUT: Duration = Duration::from_secs(300);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// Time limits of one connection.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Timeouts {
+    pub connect: Duration,
+    /// git://: longest silence. HTTP: none (a push body may take long to send).
+    pub io: Duration,
+    /// The whole exchange (HTTP only; for short exchanges such as a poller's ref listing).
+    pub total: Option<Duration>,
+}
+
+impl Timeouts {
+    /// Transfers: fetches and pushes of any size.
+    pub const TRANSFER: Timeouts = Timeouts {
+        connect: CONNECT_TIMEOUT,
+        io: IO_TIMEOUT,
+        total: None,
+    };
+
+    /// A short exchange that must be over within `limit` (connect included).
+    pub fn within(limit: Duration) -> Timeouts {
+        Timeouts {
+            connect: limit.min(CONNECT_TIMEOUT),
+            io: limit,
+            total: Some(limit),
+        }
+    }
+}
+
 /// A transport to `remote` with credentials applied. For git:// the TCP connection is open; HTTP
 /// connects lazily on the first request.
 pub(crate) fn open(remote: &Remote, version: Protocol) -> Result<Box<dyn Transport + Send>, Error> {
+    open_with(remote, version, Timeouts::TRANSFER)
+}
+
+/// [`open`] with other time limits.
+pub(crate) fn open_with(
+    remote: &Remote,
+    version: Protocol,
+    limits: Timeouts,
+) -> Result<Box<dyn Transport + Send>, Error> {
     let Location::Network(url) = remote.location() else {
         unreachable!("local remotes never open a network transport");
     };
     match url.scheme {
-        gix::url::Scheme::Git => open_git(remote, url, version),
+        gix::url::Scheme::Git => open_git(remote, url, version, limits),
         _ => {
             let mut transport = http::connect::<http::reqwest::Remote>(url.clone(), version, false);
             if let Some(c) = remote.credentials() {
@@ -60,14 +97,19 @@ pub(crate) fn open(remote: &Remote, version: Protocol) -> Result<Box<dyn Transpo
             }
             use gix::protocol::transport::client::TransportWithoutIO;
             transport
-                .configure(&*http_options())
+                .configure(&*http_options_with(limits))
                 .map_err(|e| Error::from_gix(remote, "configuring HTTP", &e))?;
             Ok(Box::new(transport))
         }
     }
 }
 
-fn open_git(remote: &Remote, url: &gix::Url, version: Protocol) -> Result<Box<dyn Transport + Send>, Error> {
+fn open_git(
+    remote: &Remote,
+    url: &gix::Url,
+    version: Protocol,
+    limits: Timeouts,
+) -> Result<Box<dyn Transport + Send>, Error> {
     let host = url.host().unwrap_or_default().to_owned();
     let port = url.port;
     let io_err = |e: std::io::Error| Error::from_io(remote, "connect", &e);
@@ -77,10 +119,10 @@ fn open_git(remote: &Remote, url: &gix::Url, version: Protocol) -> Result<Box<dy
         .collect();
     let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "host resolved to no address");
     for addr in addrs {
-        match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
+        match TcpStream::connect_timeout(&addr, limits.connect) {
             Ok(stream) => {
-                stream.set_read_timeout(Some(IO_TIMEOUT)).map_err(io_err)?;
-                stream.set_write_timeout(Some(IO_TIMEOUT)).map_err(io_err)?;
+                stream.set_read_timeout(Some(limits.io)).map_err(io_err)?;
+                stream.set_write_timeout(Some(limits.io)).map_err(io_err)?;
                 let _ = stream.set_nodelay(true);
                 let read = QuickAck(stream.try_clone().map_err(io_err)?);
                 let conn = Connection::new(
@@ -112,13 +154,17 @@ impl std::io::Read for QuickAck {
     }
 }
 
-/// HTTP options for every request we make.
+/// HTTP options for every transfer we make.
 pub(crate) fn http_options() -> Box<dyn Any> {
+    http_options_with(Timeouts::TRANSFER)
+}
+
+fn http_options_with(limits: Timeouts) -> Box<dyn Any> {
     let backend = http::reqwest::Options {
-        configure_client: Some(Box::new(|builder| {
+        configure_client: Some(Box::new(move |builder| {
             Ok(builder
-                .timeout(None::<Duration>)
-                .connect_timeout(CONNECT_TIMEOUT)
+                .timeout(limits.total)
+                .connect_timeout(limits.connect)
                 .tcp_keepalive(Duration::from_secs(30))
                 .user_agent(AGENT))
         })),

@@ -11,6 +11,7 @@ use std::time::Duration;
 use crate::request::SyncRequest;
 
 pub mod memory;
+pub mod persistent;
 pub mod sqs;
 
 /// A received message.

@@ -127,7 +127,7 @@ impl Queue for SqsQueue {
             .receive_message()
             .queue_url(&self.url)
             .max_number_of_messages(max.clamp(1, BATCH) as i32)
-            .visibility_timeout(visibility.as_secs().clamp(0, 43_200) as i32)
+            .visibility_timeout(whole_seconds(visibility))
             .wait_time_seconds(wait.as_secs().min(20) as i32)
             .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
@@ -175,10 +175,15 @@ impl Queue for SqsQueue {
             .change_message_visibility()
             .queue_url(&self.url)
             .receipt_handle(receipt)
-            .visibility_timeout(visibility.as_secs().clamp(0, 43_200) as i32)
+            .visibility_timeout(whole_seconds(visibility))
             .send()
             .await
             .map(|_| ())
             .map_err(classify)
     }
+}
+
+/// SQS counts visibility in whole seconds (at most 12 hours): never shorter than asked.
+fn whole_seconds(d: Duration) -> i32 {
+    d.as_secs_f64().ceil().clamp(0.0, 43_200.0) as i32
 }
