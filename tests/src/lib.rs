@@ -24,10 +24,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+pub mod dulwich;
 pub mod leaks;
 pub mod moto;
 pub mod proxy;
 pub mod receiver;
+pub mod v0proxy;
 
 pub use leaks::TempDir;
 

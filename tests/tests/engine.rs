@@ -793,3 +793,108 @@ fn hostile_ref_names_in_an_advertisement_are_refused() {
         server.join().unwrap();
     }
 }
+
+/// A protocol-v0 server whose HEAD symref names a branch that does not exist (as dulwich
+/// advertises for every new repository): listing, fetching from it and pushing to it work, the
+/// source's HEAD reads as that (unborn) branch, and the mirror is exact. The server is git
+/// itself behind a proxy that asks for v0 and adds `symref=HEAD:refs/heads/gone`.
+#[test]
+fn dangling_head_symref_on_a_v0_server_is_an_unborn_head() {
+    let case = Case::new(Proto::GitDaemon);
+    git(&case.source, ["symbolic-ref", "HEAD", "refs/heads/gone"]);
+    let proxy = harness::v0proxy::V0Proxy::start(case.servers.daemon.port, "symref=HEAD:refs/heads/gone");
+    let src = Remote::parse(&proxy.url("src.git")).unwrap();
+    let dst = Remote::parse(&proxy.url("dst.git")).unwrap();
+
+    let listed = git::ls_remote(&src, &RefPatterns::default()).expect("ls-remote");
+    let ids: std::collections::BTreeMap<String, String> =
+        listed.refs.iter().map(|(n, t)| (n.clone(), t.id.to_string())).collect();
+    assert_eq!(ids, mirrored_refs(&case.source));
+    assert_eq!(listed.head.as_deref(), Some("refs/heads/gone"));
+    assert!(
+        listed.refs["refs/tags/v1.0"].peeled.is_some(),
+        "peeled tags from v0 lines"
+    );
+    let target_listed = git::ls_remote(&dst, &RefPatterns::default()).expect("ls-remote of the empty target");
+    assert!(target_listed.refs.is_empty());
+
+    let run = || git::mirror(&src, &dst, case.cache.path(), &options()).expect("mirror through v0");
+    let cache = git::mirror::cache_path(case.cache.path(), &src);
+    let assert_mirrored = || {
+        for repo in [&case.target, &cache] {
+            assert_refs_equal(&case.source, repo);
+            assert_fsck_clean(repo);
+        }
+    };
+    let s = run();
+    assert!(s.push.rejected.is_empty(), "{:?}", s.push.rejected);
+    assert_mirrored();
+    assert_eq!(git(&cache, ["symbolic-ref", "HEAD"]), "refs/heads/gone");
+
+    // Incremental and pruning runs over the same advertisements, then a no-op.
+    git(&case.source, ["branch", "-D", "feature"]);
+    let s = run();
+    assert_eq!((s.fetch.refs.deleted, s.push.refs.deleted), (1, 1));
+    assert_mirrored();
+    let s = run();
+    assert!(s.fetch.up_to_date && s.push.results.is_empty(), "{s:?}");
+}
+
+/// dulwich as source and as target, new repositories included (their HEAD names
+/// `refs/heads/master`, which does not exist): no panic, an exact mirror, and a target whose
+/// HEAD branch the mirror prunes keeps syncing.
+#[test]
+fn dulwich_source_and_target_with_dangling_head() {
+    let dulwich = harness::dulwich::Dulwich::start();
+    let servers = Servers::start();
+    let cache = harness::tempdir();
+
+    // An empty dulwich repository (it sends a bare flush) lists as empty and mirrors as nothing.
+    dulwich.create_bare("empty.git");
+    let empty = Remote::parse(&dulwich.url("empty.git")).unwrap();
+    let listed = git::ls_remote(&empty, &RefPatterns::default()).expect("ls-remote of an empty dulwich repo");
+    assert!(listed.refs.is_empty(), "{listed:?}");
+
+    // git → new dulwich repository (capabilities-only advertisement with a dangling symref).
+    let source = servers.create_bare("src.git");
+    let mut wt = Worktree::new(&source);
+    wt.build_history();
+    wt.git(["push", "--quiet", "origin", "main:master"]);
+    let target = dulwich.create_bare("dst.git");
+    let src = Remote::parse(&servers.daemon.url("src.git")).unwrap();
+    let dst = Remote::parse(&dulwich.url("dst.git")).unwrap();
+    let s = git::mirror(&src, &dst, cache.path(), &options()).expect("mirror into a new dulwich repo");
+    assert!(s.push.rejected.is_empty(), "{:?}", s.push.rejected);
+    assert_refs_equal(&source, &target);
+    assert_fsck_clean(&target);
+
+    // The source drops the branch the target's HEAD names: pruned, and later syncs go on.
+    git(&source, ["branch", "-D", "master"]);
+    let s = git::mirror(&src, &dst, cache.path(), &options()).expect("prune the target's HEAD branch");
+    assert_eq!(s.push.refs.deleted, 1, "{:?}", s.push.results);
+    assert_refs_equal(&source, &target);
+    wt.commit_file("after.txt", b"after\n", "after the prune");
+    wt.push_all();
+    let s = git::mirror(&src, &dst, cache.path(), &options()).expect("sync with a dangling target HEAD");
+    assert_eq!(s.push.refs.updated, 1, "{:?}", s.push.results);
+    assert_refs_equal(&source, &target);
+    assert_fsck_clean(&target);
+
+    // dulwich as the source (HEAD → master, which it no longer has) → git.
+    let back = servers.create_bare("back.git");
+    let from_dulwich = Remote::parse(&dulwich.url("dst.git")).unwrap();
+    let listed = git::ls_remote(&from_dulwich, &RefPatterns::default()).expect("ls-remote of dulwich");
+    assert_eq!(listed.head.as_deref(), Some("refs/heads/master"));
+    assert_eq!(listed.refs.len(), mirrored_refs(&target).len());
+    let cache2 = harness::tempdir();
+    let s = git::mirror(
+        &from_dulwich,
+        &Remote::parse(&servers.http.url("back.git")).unwrap(),
+        cache2.path(),
+        &options(),
+    )
+    .expect("mirror from dulwich");
+    assert!(s.push.rejected.is_empty());
+    assert_refs_equal(&target, &back);
+    assert_fsck_clean(&back);
+}

@@ -7,6 +7,8 @@
 //! * [`remote`] — locations and credentials, redacted everywhere they are shown;
 //! * [`refs`] — ref snapshots ([`RefState`]), patterns, and what changed ([`RefDelta`]);
 //! * [`ls_remote`] — a remote's refs without fetching;
+//! * [`advert`] — protocol v0/v1 ref advertisements, read without gix's parser (it panics on a
+//!   dangling HEAD symref);
 //! * [`fetch`] — mirror fetch into a bare cache, with prune;
 //! * [`mod@push`] — a receive-pack client (plan, pack, report-status) and local-path pushes;
 //! * [`pack`] / [`local`] — streamed pack generation and local object copies;
@@ -14,6 +16,7 @@
 //!
 //! Errors are one enum, [`Error`], each transient or permanent.
 
+pub mod advert;
 pub mod error;
 pub mod fetch;
 pub mod local;

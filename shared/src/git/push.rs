@@ -34,7 +34,7 @@ use super::pack::{self, PackError};
 use super::refs::{self, DeltaKind, RefPatterns, RefState};
 use super::remote::{Location, Remote, scrub};
 use super::repo::{self, LocalUpdate, Peel};
-use super::{Error, local, lsremote, transport};
+use super::{Error, advert, local, lsremote, transport};
 
 /// How to push.
 #[derive(Clone, Debug)]
@@ -259,32 +259,6 @@ fn push_local(
     Ok(outcome)
 }
 
-fn client_err(remote: &Remote, context: &str, e: &gix::protocol::transport::client::Error) -> Error {
-    use gix::protocol::transport::client::Error as C;
-    match e {
-        C::Io(io) => Error::from_io(remote, context, io),
-        C::AuthenticationRefused(_) | C::AuthenticationUnsupported => Error::Auth {
-            remote: remote.to_string(),
-            message: scrub(&e.to_string(), remote),
-        },
-        other => {
-            let message = scrub(&format!("{context}: {}", super::error::chain(other)), remote);
-            if gix::error::classify(other).is_unauthenticated() || gix::error::classify(other).is_permission_denied() {
-                Error::Auth {
-                    remote: remote.to_string(),
-                    message,
-                }
-            } else {
-                Error::Remote {
-                    remote: remote.to_string(),
-                    message,
-                    transient: gix::error::classify(other).can_retry_lenient(),
-                }
-            }
-        }
-    }
-}
-
 fn push_network(
     repo: &gix::Repository,
     remote: &Remote,
@@ -294,48 +268,24 @@ fn push_network(
 ) -> Result<PushOutcome, Error> {
     let mut t = transport::open(remote, Protocol::V1)?;
 
-    // Handshake: the target's refs and capabilities.
-    let (advertised, caps) = {
+    // Handshake: the target's refs and capabilities, read by us (see `advert`: gix's reader
+    // panics on the dangling HEAD symref dulwich advertises for every new repository).
+    let advertised = {
         let response = t
             .handshake(Service::ReceivePack, &[])
-            .map_err(|e| client_err(remote, "receive-pack handshake", &e))?;
-        // A server that sent nothing at all gets gix's default capabilities, which claim
-        // features nobody offered: treat it as offering none.
-        let caps: Vec<(String, Option<String>)> = if response.actual_protocol == Protocol::V0 {
-            Vec::new()
-        } else {
-            response
-                .capabilities
-                .iter()
-                .map(|c| (c.name().to_string(), c.value().map(|v| v.to_string())))
-                .collect()
-        };
+            .map_err(|e| Error::from_client(remote, "receive-pack handshake", &e))?;
         let mut reader = response.refs.ok_or_else(|| Error::Remote {
             remote: remote.to_string(),
             message: "receive-pack sent no ref advertisement".into(),
             transient: true,
         })?;
-        let (advertised, _shallow) =
-            gix::protocol::handshake::refs::from_v1_refs_received_as_part_of_handshake_and_capabilities(
-                &mut reader,
-                response.capabilities.iter(),
-            )
-            .map_err(|e| Error::from_gix(remote, "reading the target's refs", &e))?;
-        (advertised, caps)
+        advert::parse_v1(&mut reader, response.actual_protocol, &response.capabilities)
+            .map_err(|e| Error::from_advert(remote, "reading the target's refs", e))?
     };
-    let offers = |name: &str| caps.iter().any(|(n, _)| n == name);
-    if let Some((_, Some(format))) = caps.iter().find(|(n, _)| n == "object-format")
-        && format != "sha1"
-    {
-        return Err(Error::Remote {
-            remote: remote.to_string(),
-            message: format!("target uses object format {format}; only sha1 is supported"),
-            transient: false,
-        });
-    }
+    let offers = |name: &str| advertised.offers(name);
 
     let all = RefPatterns::all();
-    let target_all = lsremote::ref_state_from_advertisement(&advertised, &all)?;
+    let target_all = lsremote::ref_state_from_advertisement(&advertised.refs, &all)?;
     let current = target_all.filtered(&options.refs).ids();
     let commands = plan(desired, &current, options.prune, |old, new| {
         repo::is_ancestor(repo, old, new)
@@ -378,7 +328,7 @@ fn push_network(
 
     let request = t
         .request(WriteMode::Binary, MessageKind::Flush, false)
-        .map_err(|e| client_err(remote, "starting push", &e))?;
+        .map_err(|e| Error::from_client(remote, "starting push", &e))?;
     let (mut raw, mut reader) = request.into_parts();
 
     // Commands, then (if anything is created or updated) the pack, all on one stream.
