@@ -905,10 +905,19 @@ fn evict(options: &SyncOptions, cache: &RepoCache) {
     }
 }
 
-/// Run blocking git work off the async executor.
+/// Run blocking git work off the async executor. A panic in it is a bug that the same input
+/// would set off again: permanent, never retried (the engine's entry points already turn their
+/// own panics into `git::Error::Panic`; this covers the local work around them).
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, git::Error> + Send + 'static) -> Result<T, Failure> {
     match tokio::task::spawn_blocking(f).await {
         Ok(r) => r.map_err(Failure::from),
+        Err(e) if e.is_panic() => Err(Failure {
+            message: format!(
+                "internal error in a git task (a bug in gitferry, not retried): {}",
+                git::guard::panic_message(e.into_panic().as_ref())
+            ),
+            class: ErrorClass::Permanent,
+        }),
         Err(e) => Err(Failure {
             message: format!("git worker failed: {e}"),
             class: ErrorClass::Transient,
@@ -926,5 +935,14 @@ mod tests {
         assert_eq!(b, "refs/gitferry/overwritten/heads/feature/x/1700000000123");
         assert_eq!(backup_source(&b), "refs/heads/feature/x");
         assert!(!RefPatterns::default().matches(&b));
+    }
+
+    #[tokio::test]
+    async fn a_panicking_git_task_is_a_permanent_failure() {
+        let failure = blocking(|| -> Result<(), git::Error> { panic!("boom in a git task") })
+            .await
+            .unwrap_err();
+        assert_eq!(failure.class, ErrorClass::Permanent);
+        assert!(failure.message.contains("boom in a git task"), "{}", failure.message);
     }
 }

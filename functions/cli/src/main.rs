@@ -408,9 +408,11 @@ async fn mirror(
     };
     let started = Instant::now();
     let target_name = target.to_string();
-    let result = tokio::task::spawn_blocking(move || git::mirror(&source, &target, &cache_dir, &options))
-        .await
-        .expect("mirror thread");
+    // `git::mirror` turns its own panics into errors; a join error is left for anything else.
+    let result = match tokio::task::spawn_blocking(move || git::mirror(&source, &target, &cache_dir, &options)).await {
+        Ok(result) => result,
+        Err(e) => return fail(&format!("internal error (a bug in gitferry): {e}")),
+    };
     match result {
         Ok(summary) => {
             if json {

@@ -14,6 +14,7 @@ use std::sync::atomic::AtomicBool;
 use gix::remote::Direction;
 use gix::remote::fetch::Tags;
 
+use super::guard::guard;
 use super::refs::{self, RefDelta, RefPatterns, RefState};
 use super::remote::{Location, Remote};
 use super::repo::{self, LocalUpdate, Peel};
@@ -50,6 +51,17 @@ pub struct FetchOutcome {
 
 /// Fetch `remote` into the bare repository `cache` as a mirror.
 pub fn mirror_fetch(
+    cache: &gix::Repository,
+    remote: &Remote,
+    options: &FetchOptions,
+    interrupt: &AtomicBool,
+) -> Result<FetchOutcome, Error> {
+    guard(remote, "fetching", || {
+        fetch_and_prune(cache, remote, options, interrupt)
+    })
+}
+
+fn fetch_and_prune(
     cache: &gix::Repository,
     remote: &Remote,
     options: &FetchOptions,

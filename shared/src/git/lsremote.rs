@@ -8,19 +8,20 @@
 use gix::protocol::handshake::Ref;
 use gix::protocol::transport::{Protocol, Service};
 
+use super::guard::guard;
 use super::refs::{RefPatterns, RefState, RefTarget, validate_ref_name};
 use super::remote::{Location, Remote};
 use super::{Error, advert, repo, transport};
 
 /// List the refs of `remote` that `patterns` select, with peeled tags and the HEAD symref.
 pub fn ls_remote(remote: &Remote, patterns: &RefPatterns) -> Result<RefState, Error> {
-    match remote.location() {
+    guard(remote, "listing refs", || match remote.location() {
         Location::Local(path) => {
             let r = repo::open(path).map_err(|e| not_found_if_missing(remote, path, e))?;
             repo::read_refs(&r, patterns, repo::Peel::Yes)
         }
         Location::Network(_) => list_network(remote, patterns),
-    }
+    })
 }
 
 /// One handshake; a v0/v1 server sends its refs right away (parsed by [`advert::parse_v1`]), a

@@ -14,11 +14,13 @@
 //! * [`pack`] / [`local`] — streamed pack generation and local object copies;
 //! * [`mirror()`] — the one-shot porcelain behind `gitferry mirror`.
 //!
-//! Errors are one enum, [`Error`], each transient or permanent.
+//! Errors are one enum, [`Error`], each transient or permanent. A panic never leaves the engine:
+//! [`guard`] turns it into a permanent [`Error::Panic`] at every entry point above.
 
 pub mod advert;
 pub mod error;
 pub mod fetch;
+pub mod guard;
 pub mod local;
 mod lsremote;
 pub mod mirror;

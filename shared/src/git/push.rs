@@ -30,6 +30,7 @@ use gix::protocol::transport::packetline::blocking_io::{StreamingPeekableIter, e
 use gix::protocol::transport::{Protocol, Service};
 use serde::Serialize;
 
+use super::guard::guard;
 use super::pack::{self, PackError};
 use super::refs::{self, DeltaKind, RefPatterns, RefState};
 use super::remote::{Location, Remote, scrub};
@@ -189,11 +190,13 @@ pub fn push(
     options: &PushOptions,
     interrupt: &AtomicBool,
 ) -> Result<PushOutcome, Error> {
-    let desired = desired.filtered(&options.refs).ids();
-    match remote.location() {
-        Location::Local(path) => push_local(repo, remote, path, &desired, options, interrupt),
-        Location::Network(_) => push_network(repo, remote, &desired, options, interrupt),
-    }
+    guard(remote, "pushing", || {
+        let desired = desired.filtered(&options.refs).ids();
+        match remote.location() {
+            Location::Local(path) => push_local(repo, remote, path, &desired, options, interrupt),
+            Location::Network(_) => push_network(repo, remote, &desired, options, interrupt),
+        }
+    })
 }
 
 fn push_local(
