@@ -898,3 +898,102 @@ fn dulwich_source_and_target_with_dangling_head() {
     assert_refs_equal(&target, &back);
     assert_fsck_clean(&back);
 }
+
+/// A bare SHA-256 repository `name` under `root`, with one commit on `main` when `commit`.
+fn sha256_repo(root: &std::path::Path, name: &str, commit: bool) -> PathBuf {
+    git(
+        root,
+        [
+            "init",
+            "--quiet",
+            "--bare",
+            "--object-format=sha256",
+            "--initial-branch=main",
+            name,
+        ],
+    );
+    let path = root.join(name);
+    if commit {
+        let wt = harness::tempdir();
+        git(
+            wt.path(),
+            [
+                "init",
+                "--quiet",
+                "--object-format=sha256",
+                "--initial-branch=main",
+                "wt",
+            ],
+        );
+        let wt = wt.path().join("wt");
+        git(&wt, ["commit", "--quiet", "--allow-empty", "-m", "sha256 commit"]);
+        git(&wt, ["push", "--quiet", path.to_str().unwrap(), "main"]);
+    }
+    path
+}
+
+/// SHA-256 repositories, as source or target, over git://, HTTP and as local paths, empty or
+/// not: refused with one clear, permanent message, and nothing is written to the target.
+#[test]
+fn sha256_repositories_are_refused_clearly_from_every_side() {
+    let case = Case::new(Proto::GitDaemon);
+    sha256_repo(case.servers.root(), "s256.git", true);
+    sha256_repo(case.servers.root(), "s256-empty.git", false);
+    let expect_refused = |err: git::Error, remote: &str| {
+        assert!(
+            matches!(err, git::Error::UnsupportedObjectFormat { .. }),
+            "{remote}: {err:?}"
+        );
+        assert!(!err.is_transient(), "{remote}: {err:?}");
+        assert_eq!(
+            err.to_string(),
+            format!("{remote}: SHA-256 repositories are not supported yet")
+        );
+    };
+    let mut remotes: Vec<String> = Vec::new();
+    for proto in Proto::ALL {
+        remotes.push(case.servers.url(proto, "s256.git"));
+        remotes.push(case.servers.url(proto, "s256-empty.git"));
+    }
+    remotes.push(case.servers.path("s256.git").display().to_string());
+    remotes.push(case.servers.path("s256-empty.git").display().to_string());
+    for url in &remotes {
+        let sha256 = Remote::parse(url).unwrap();
+        let cache = harness::tempdir();
+        // As a source: listing and mirroring.
+        match git::ls_remote(&sha256, &RefPatterns::default()) {
+            Err(err) => expect_refused(err, url),
+            // An empty repository over protocol v2 still names its format in the capabilities,
+            // so listing refuses too; nothing else may succeed.
+            Ok(state) => panic!("{url}: listed {state:?}"),
+        }
+        let err = git::mirror(&sha256, &case.target_remote(), cache.path(), &options()).unwrap_err();
+        expect_refused(err, url);
+        assert!(mirrored_refs(&case.target).is_empty(), "{url}: nothing pushed");
+        // As a target.
+        let err = git::mirror(&case.source_remote(), &sha256, cache.path(), &options()).unwrap_err();
+        expect_refused(err, url);
+    }
+    assert_eq!(
+        git(&case.servers.path("s256-empty.git"), ["for-each-ref"]),
+        "",
+        "the empty SHA-256 target got nothing"
+    );
+
+    // The CLI says the same in one line, exit 1.
+    let cli = std::process::Command::new(harness::gitferry_bin())
+        .args([
+            "mirror",
+            &remotes[0],
+            &case.servers.url(Proto::GitDaemon, "dst.git"),
+            "--cache-dir",
+        ])
+        .arg(case.cache.path())
+        .checked_output()
+        .unwrap();
+    assert_eq!(cli.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&cli.stderr).trim(),
+        format!("error: {}: SHA-256 repositories are not supported yet", remotes[0])
+    );
+}

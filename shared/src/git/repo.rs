@@ -28,7 +28,28 @@ fn open_options() -> gix::open::Options {
 
 /// Open an existing repository (bare or not) at `path`.
 pub fn open(path: &Path) -> Result<gix::Repository, Error> {
-    gix::open_opts(path, open_options().open_path_as_is(true)).map_err(|e| Error::local(path, super::error::chain(&e)))
+    gix::open_opts(path, open_options().open_path_as_is(true)).map_err(|e| refused(path, &e))
+}
+
+/// Why `path` did not open. gix reads SHA-1 repositories only (in this build) and says so as a
+/// configuration error; name the real reason instead.
+fn refused(path: &Path, e: &(dyn std::error::Error + 'static)) -> Error {
+    match declared_object_format(path) {
+        Some(format) if !format.eq_ignore_ascii_case("sha1") => Error::UnsupportedObjectFormat {
+            remote: path.display().to_string(),
+            format,
+        },
+        _ => Error::local(path, super::error::chain(e)),
+    }
+}
+
+/// The object format a repository's own config declares (`extensions.objectFormat`), read
+/// from the file directly: gix refuses to open such a repository at all.
+fn declared_object_format(path: &Path) -> Option<String> {
+    [path.to_owned(), path.join(".git")].into_iter().find_map(|dir| {
+        let config = gix::config::File::from_path_no_includes(dir.join("config"), gix::config::Source::Local).ok()?;
+        config.string("extensions.objectFormat").map(|v| v.to_string())
+    })
 }
 
 /// Open the bare cache repository at `path`, creating it (and its parents) if missing.
