@@ -997,3 +997,61 @@ fn sha256_repositories_are_refused_clearly_from_every_side() {
         format!("error: {}: SHA-256 repositories are not supported yet", remotes[0])
     );
 }
+
+/// A non-bare repository (a work tree) as a local source mirrors like a bare one; as a target it
+/// is accepted with git's rule: the branch checked out in its work tree is refused (the files
+/// and index would no longer match), everything else lands, unless its
+/// `receive.denyCurrentBranch` says `ignore`.
+#[test]
+fn non_bare_local_repositories_as_source_and_target() {
+    let servers = Servers::start();
+    let source = servers.create_bare("src.git");
+    let mut wt = Worktree::new(&source);
+    wt.build_history();
+    let cache = harness::tempdir();
+    for (i, path) in [wt.path.clone(), wt.path.join(".git")].iter().enumerate() {
+        let target = servers.create_bare(&format!("dst{i}.git"));
+        let s = git::mirror(
+            &Remote::parse(path.to_str().unwrap()).unwrap(),
+            &Remote::parse(target.to_str().unwrap()).unwrap(),
+            cache.path(),
+            &options(),
+        )
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(s.push.rejected.is_empty());
+        assert_refs_equal(&wt.path, &target);
+        assert_fsck_clean(&target);
+    }
+    let listed = git::ls_remote(
+        &Remote::parse(wt.path.to_str().unwrap()).unwrap(),
+        &RefPatterns::default(),
+    )
+    .unwrap();
+    assert_eq!(listed.head.as_deref(), Some("refs/heads/main"));
+
+    // A non-bare target with `main` checked out (unborn, as after `git init`).
+    let work = harness::tempdir();
+    git(work.path(), ["init", "--quiet", "--initial-branch=main", "nb"]);
+    let nb = work.path().join("nb");
+    let target = Remote::parse(nb.to_str().unwrap()).unwrap();
+    let src = Remote::parse(source.to_str().unwrap()).unwrap();
+    let s = git::mirror(&src, &target, cache.path(), &options()).unwrap();
+    let rejected: Vec<&str> = s.push.rejected.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(rejected, ["refs/heads/main"], "{:?}", s.push.rejected);
+    assert!(
+        s.push.rejected[0].reason.contains("checked out"),
+        "{:?}",
+        s.push.rejected
+    );
+    let mut expected = mirrored_refs(&source);
+    expected.remove("refs/heads/main");
+    assert_eq!(mirrored_refs(&nb), expected);
+    assert_fsck_clean(&nb);
+    assert_eq!(git(&nb, ["status", "--porcelain"]), "", "the work tree is untouched");
+
+    git(&nb, ["config", "receive.denyCurrentBranch", "ignore"]);
+    let s = git::mirror(&src, &target, cache.path(), &options()).unwrap();
+    assert!(s.push.rejected.is_empty(), "{:?}", s.push.rejected);
+    assert_refs_equal(&source, &nb);
+    assert_fsck_clean(&nb);
+}

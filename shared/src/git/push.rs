@@ -17,6 +17,11 @@
 //!
 //! A ref the target refuses (hook, protection, non-fast-forward policy) is a per-ref
 //! rejection in the outcome, not an error: the other refs still land (unless `atomic`).
+//!
+//! Local-path targets get the same plan, applied in process. A non-bare one (a work tree) is
+//! accepted under git's rule: a branch checked out in one of its work trees is refused, since
+//! its files and index would silently fall behind, unless its `receive.denyCurrentBranch`
+//! (`receive.denyDeleteCurrent` for deletes) is `ignore`, `warn` or `false`.
 
 use std::collections::BTreeMap;
 use std::io::{BufWriter, Write};
@@ -224,6 +229,7 @@ fn push_local(
     if commands.is_empty() {
         return Ok(outcome);
     }
+    let refusals = checked_out_refusals(&target, &commands);
     let tips: Vec<ObjectId> = commands.iter().filter_map(|c| c.new).collect();
     let haves: Vec<ObjectId> = target_all.refs.values().map(|t| t.id).collect();
     let old: Vec<ObjectId> = commands.iter().filter_map(|c| c.old).collect();
@@ -239,27 +245,57 @@ fn push_local(
         new: c.new,
     };
     if options.atomic {
-        let updates: Vec<_> = commands.iter().map(to_update).collect();
-        let verdict = repo::apply_ref_updates(&target, &updates, None, "gitferry: push").err();
+        let verdict = match refusals.iter().next() {
+            Some((name, reason)) => Some(format!("atomic update refused: {name}: {reason}")),
+            None => {
+                let updates: Vec<_> = commands.iter().map(to_update).collect();
+                let applied = repo::apply_ref_updates(&target, &updates, None, "gitferry: push");
+                applied.err().map(|e| format!("atomic update failed: {e}"))
+            }
+        };
         outcome.results = commands
             .into_iter()
             .map(|command| RefResult {
                 command,
-                rejected: verdict.as_ref().map(|e| format!("atomic update failed: {e}")),
+                rejected: verdict.clone(),
             })
             .collect();
     } else {
         outcome.results = commands
             .into_iter()
             .map(|command| {
-                let rejected = repo::apply_ref_updates(&target, &[to_update(&command)], None, "gitferry: push")
-                    .err()
-                    .map(|e| e.to_string());
+                let rejected = match refusals.get(&command.name) {
+                    Some(reason) => Some(reason.clone()),
+                    None => repo::apply_ref_updates(&target, &[to_update(&command)], None, "gitferry: push")
+                        .err()
+                        .map(|e| e.to_string()),
+                };
                 RefResult { command, rejected }
             })
             .collect();
     }
     Ok(outcome)
+}
+
+/// The commands a non-bare target refuses, as git's receive-pack does by default: updating or
+/// deleting a branch checked out in one of its work trees (allowed only when the target's
+/// `receive.denyCurrentBranch` / `receive.denyDeleteCurrent` say `ignore`, `warn` or `false`).
+fn checked_out_refusals(target: &gix::Repository, commands: &[Command]) -> BTreeMap<String, String> {
+    let checked_out = repo::checked_out_branches(target);
+    commands
+        .iter()
+        .filter(|c| checked_out.contains(&c.name))
+        .filter_map(|c| {
+            let (key, what) = match c.new {
+                Some(_) => ("receive.denyCurrentBranch", "update"),
+                None => ("receive.denyDeleteCurrent", "delete"),
+            };
+            (!repo::allows_pushing_checked_out(target, key)).then(|| {
+                let reason = format!("refusing to {what} the branch checked out in the target's work tree (see {key})");
+                (c.name.clone(), reason)
+            })
+        })
+        .collect()
 }
 
 fn push_network(
