@@ -1055,3 +1055,80 @@ fn non_bare_local_repositories_as_source_and_target() {
     assert_refs_equal(&source, &nb);
     assert_fsck_clean(&nb);
 }
+
+/// A reader that closes stdout early (`gitferry mirror --json | head -c 10`) ends the command
+/// quietly: no panic, the exit code of the operation itself (0: the mirror ran to the end), and
+/// the mirror done. Checked with a pipe already closed before anything is written (every write
+/// fails), for each subcommand that prints on stdout, and as a user types it.
+#[test]
+fn closed_stdout_ends_the_cli_quietly() {
+    let case = Case::new(Proto::GitDaemon);
+    let config = case.cache.path().join("mirrors.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[repos.app]\nurl = \"{}\"\n[[repos.app.targets]]\nurl = \"{}\"\n",
+            case.source.display(),
+            case.target.display()
+        ),
+    )
+    .unwrap();
+    let store = case.cache.path().join("store");
+    let config_arg = config.to_str().unwrap();
+    let store_arg = store.to_str().unwrap();
+    let src = case.servers.daemon.url("src.git");
+    let dst = case.servers.daemon.url("dst.git");
+    let cache_dir = case.cache.path().join("c");
+    let cache_arg = cache_dir.to_str().unwrap();
+    let commands: Vec<Vec<&str>> = vec![
+        vec!["mirror", &src, &dst, "--cache-dir", cache_arg, "--json"],
+        vec!["mirror", &src, &dst, "--cache-dir", cache_arg],
+        vec!["check-config", config_arg],
+        vec!["sync", "app", "--config", config_arg, "--store", store_arg],
+        vec!["status", "--config", config_arg, "--store", store_arg, "--json"],
+        vec!["status", "--config", config_arg, "--store", store_arg],
+    ];
+    for args in &commands {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = std::process::Command::new(harness::gitferry_bin())
+            .args(args)
+            .stdout(writer)
+            .checked_output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("Broken pipe") && stderr.trim().is_empty(),
+            "{args:?}: {stderr}"
+        );
+    }
+    assert_refs_equal(&case.source, &case.target);
+
+    // Output lost for another reason (a full disk behind a redirect) is an error, in one line.
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let out = std::process::Command::new(harness::gitferry_bin())
+        .args(["check-config", config_arg])
+        .stdout(full)
+        .checked_output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with("error: writing to stdout:") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+
+    // As typed in a shell; `head` may or may not have closed the pipe before the write.
+    let script = format!(
+        "\"$0\" mirror {src} {dst} --cache-dir {cache_arg} --json | head -c 10 >/dev/null; exit ${{PIPESTATUS[0]}}"
+    );
+    let out = std::process::Command::new("bash")
+        .args(["-c", &script])
+        .arg(harness::gitferry_bin())
+        .checked_output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
