@@ -28,7 +28,7 @@ use std::io::{BufWriter, Write};
 use std::sync::atomic::AtomicBool;
 
 use gix::ObjectId;
-use gix::protocol::transport::client::blocking_io::{ExtendedBufRead, Transport};
+use gix::protocol::transport::client::blocking_io::{ReadlineBufRead, Transport};
 use gix::protocol::transport::client::{MessageKind, WriteMode};
 use gix::protocol::transport::packetline::PacketLineRef;
 use gix::protocol::transport::packetline::blocking_io::{StreamingPeekableIter, encode};
@@ -486,9 +486,9 @@ fn is_progress(line: &str) -> bool {
 /// progress callback strips a trailing newline from every packet — and receive-pack relays hook
 /// output in arbitrary 128-byte chunks, so line boundaries would be lost. Channel 1 carries the
 /// (small) report as nested pkt-lines, 2 human text, 3 a fatal error.
-fn read_report<'a>(
+fn read_report(
     remote: &Remote,
-    reader: &mut Box<dyn ExtendedBufRead<'a> + Unpin + 'a>,
+    reader: &mut dyn ReadlineBufRead,
     sideband: bool,
     messages: &mut RemoteMessages,
 ) -> Result<Vec<String>, Error> {
@@ -533,24 +533,55 @@ fn read_report<'a>(
         }
     }
     if sideband {
-        let mut inner = StreamingPeekableIter::new(&band1[..], &[PacketLineRef::Flush], false);
-        while let Some(line) = inner.read_line() {
-            match line {
-                Ok(Ok(l)) => {
-                    if let Some(data) = l.as_slice() {
-                        push_text(&mut lines, data)?;
-                    }
-                }
-                Ok(Err(e)) => return Err(protocol(format!("malformed report-status: {e}"))),
-                Err(e) => return Err(protocol(format!("truncated report-status: {e}"))),
-            }
-        }
+        // A fatal error on channel 3 explains an empty or cut channel 1 better than we can.
         let fatal = String::from_utf8_lossy(&messages.fatal).trim().to_owned();
-        if lines.is_empty() && !fatal.is_empty() {
+        let unpacked = unpack_band1(&band1, &mut lines, push_text);
+        if !fatal.is_empty() && (unpacked.is_err() || lines.is_empty()) {
             return Err(protocol(format!("remote error: {fatal}")));
         }
+        unpacked.map_err(protocol)??;
     }
     Ok(lines)
+}
+
+/// The report-status pkt-lines nested in side-band channel 1 (nothing at all is no lines: the
+/// caller says what is missing). The outer error is a framing problem, the inner one what
+/// `push_text` refused.
+fn unpack_band1(
+    band1: &[u8],
+    lines: &mut Vec<String>,
+    push_text: impl Fn(&mut Vec<String>, &[u8]) -> Result<(), Error>,
+) -> Result<Result<(), Error>, String> {
+    if band1.is_empty() {
+        return Ok(Ok(()));
+    }
+    let mut inner = StreamingPeekableIter::new(band1, &[PacketLineRef::Flush], false);
+    while let Some(line) = inner.read_line() {
+        match line {
+            Ok(Ok(l)) => {
+                if let Some(data) = l.as_slice()
+                    && let Err(e) = push_text(lines, data)
+                {
+                    return Ok(Err(e));
+                }
+            }
+            Ok(Err(e)) => return Err(format!("malformed report-status: {e}")),
+            Err(e) => return Err(format!("truncated report-status: {e}")),
+        }
+    }
+    Ok(Ok(()))
+}
+
+/// Demultiplex and parse a whole receive-pack response held in memory, as [`push`] does with
+/// the one it reads from the connection: the report and the remote's messages. For fuzzing and
+/// tests.
+pub fn parse_push_response(data: &[u8], sideband: bool) -> Result<(ReportStatus, Vec<String>), String> {
+    let remote = Remote::local("receive-pack response".into());
+    let mut lines = StreamingPeekableIter::new(data, &[PacketLineRef::Flush], false);
+    let mut messages = RemoteMessages::default();
+    let report = read_report(&remote, &mut lines.as_read(), sideband, &mut messages).map_err(|e| e.to_string())?;
+    let status = parse_report_status(&report)?;
+    Ok((status, messages.lines(&remote)))
 }
 
 /// A parsed `report-status`.
@@ -672,6 +703,39 @@ mod tests {
         assert_eq!(names, vec!["refs/heads/gone", "refs/heads/theirs"]);
         let (all, none) = withhold_diverged(plan(&desired, &current, true, |_, _| false), &current, None);
         assert_eq!((all.len(), none.len()), (5, 0));
+    }
+
+    fn pkt(out: &mut Vec<u8>, data: &[u8]) {
+        out.extend_from_slice(format!("{:04x}", data.len() + 4).as_bytes());
+        out.extend_from_slice(data);
+    }
+
+    #[test]
+    fn side_band_response_is_demultiplexed() {
+        let mut report = Vec::new();
+        for l in ["unpack ok\n", "ok refs/heads/main\n", "ng refs/heads/x hook declined\n"] {
+            pkt(&mut report, l.as_bytes());
+        }
+        report.extend_from_slice(b"0000");
+        let mut data = Vec::new();
+        // The report split across two channel-1 packets, hook output in between on channel 2.
+        let (a, b) = report.split_at(7);
+        pkt(&mut data, &[&[1u8][..], a].concat());
+        pkt(&mut data, b"\x02policy: x is frozen\n");
+        pkt(&mut data, &[&[1u8][..], b].concat());
+        data.extend_from_slice(b"0000");
+        let (status, messages) = parse_push_response(&data, true).unwrap();
+        assert_eq!(status.unpack, Ok(()));
+        assert_eq!(status.refs["refs/heads/main"], None);
+        assert_eq!(status.refs["refs/heads/x"].as_deref(), Some("hook declined"));
+        assert_eq!(messages, ["policy: x is frozen"]);
+        // Without side-band the report lines come as they are; a fatal channel 3 is an error.
+        assert!(parse_push_response(&report, false).is_ok());
+        let mut fatal = Vec::new();
+        pkt(&mut fatal, b"\x03fatal: out of space");
+        fatal.extend_from_slice(b"0000");
+        let e = parse_push_response(&fatal, true).unwrap_err();
+        assert!(e.contains("out of space"), "{e}");
     }
 
     #[test]
