@@ -73,10 +73,11 @@ load:
 	GITFERRY_BIN=$(CURDIR)/target/release/gitferry $(CARGO) test -q -p gitferry-tests --test load -- --ignored --nocapture
 
 ## libFuzzer on the parsers of untrusted input (webhooks, report-status, queue messages,
-## configuration), FUZZ_SECONDS each. cargo-fuzz needs nightly flags: RUSTC_BOOTSTRAP=1 lets the
+## configuration, and what git servers send: ref advertisements v0/v2 and side-band
+## receive-pack responses), FUZZ_SECONDS each. cargo-fuzz needs nightly flags: RUSTC_BOOTSTRAP=1 lets the
 ## stable toolchain (the only one on these machines) accept them.
 FUZZ_SECONDS ?= 30
-FUZZ_TARGETS := webhook report_status sync_request config
+FUZZ_TARGETS := webhook report_status sync_request config protocol
 fuzz:
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install --locked cargo-fuzz
 	cd fuzz && for t in $(FUZZ_TARGETS); do \

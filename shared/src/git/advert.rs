@@ -20,6 +20,9 @@
 use std::sync::{Arc, Mutex, PoisonError};
 
 use gix::ObjectId;
+
+use super::Error;
+use super::refs::{RefPatterns, RefState};
 use gix::bstr::{BString, ByteSlice};
 use gix::protocol::handshake::Ref;
 use gix::protocol::transport::client::blocking_io::{ReadlineBufRead, SetServiceResponse, Transport};
@@ -37,6 +40,11 @@ pub struct Advertisement {
 impl Advertisement {
     pub fn offers(&self, name: &str) -> bool {
         self.capabilities.iter().any(|(n, _)| n == name)
+    }
+
+    /// The refs `patterns` select, names validated, `HEAD`'s target (unborn or not) as head.
+    pub fn ref_state(&self, patterns: &RefPatterns) -> Result<RefState, Error> {
+        super::lsremote::ref_state_from_advertisement(&self.refs, patterns)
     }
 }
 
@@ -354,6 +362,16 @@ pub fn parse_v1_bytes(data: &[u8]) -> Result<Advertisement, AdvertError> {
     ours
 }
 
+/// Parse a protocol v2 `ls-refs` response as it arrives on the wire, with gix's parser (the one
+/// ls-remote and fetch use for v2). For fuzzing and tests.
+pub fn parse_v2_bytes(data: &[u8]) -> Result<Vec<Ref>, String> {
+    use gix::protocol::transport::packetline::PacketLineRef;
+    use gix::protocol::transport::packetline::blocking_io::StreamingPeekableIter;
+
+    let mut lines = StreamingPeekableIter::new(data, &[PacketLineRef::Flush], false);
+    gix::protocol::handshake::refs::from_v2_refs(&mut lines.as_read()).map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -462,6 +480,32 @@ mod tests {
             let e = parse_v1_bytes(&advert(&[line.as_bytes()])).unwrap_err();
             assert!(matches!(&e, AdvertError::ObjectFormat(f) if f == "sha256"), "{e:?}");
         }
+    }
+
+    #[test]
+    fn v2_unborn_head_and_peeled_tags() {
+        let lines = [
+            "unborn HEAD symref-target:refs/heads/master\n".to_owned(),
+            format!("{A} refs/heads/main\n"),
+            format!("{B} refs/tags/v1 peeled:{A}\n"),
+        ];
+        let lines: Vec<&[u8]> = lines.iter().map(|l| l.as_bytes()).collect();
+        let refs = parse_v2_bytes(&advert(&lines)).unwrap();
+        let a = Advertisement {
+            refs,
+            capabilities: Vec::new(),
+        };
+        assert_eq!(
+            names(&a),
+            [
+                "unborn HEAD -> refs/heads/master",
+                "refs/heads/main",
+                "peeled refs/tags/v1"
+            ]
+        );
+        let state = a.ref_state(&RefPatterns::default()).unwrap();
+        assert_eq!(state.head.as_deref(), Some("refs/heads/master"));
+        assert_eq!(state.refs.len(), 2);
     }
 
     #[test]
