@@ -466,6 +466,11 @@ fn missing_repository_is_a_permanent_not_found() {
         let err = git::mirror(&missing, &case.target_remote(), case.cache.path(), &options()).unwrap_err();
         assert!(!err.is_transient(), "{proto:?}: {err:?}");
         assert!(matches!(err, git::Error::NotFound { .. }), "{proto:?}: {err:?}");
+        // Listing (the poller's probe) and pushing say the same.
+        let err = git::ls_remote(&missing, &RefPatterns::default()).unwrap_err();
+        assert!(matches!(err, git::Error::NotFound { .. }), "{proto:?}: {err:?}");
+        let err = git::mirror(&case.source_remote(), &missing, case.cache.path(), &options()).unwrap_err();
+        assert!(matches!(err, git::Error::NotFound { .. }), "{proto:?}: {err:?}");
     }
 }
 
