@@ -35,6 +35,13 @@ deps:
 	fi; \
 	echo "installing moto[server]==$(MOTO_VERSION) into $(VENV)"; \
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check "moto[server]==$(MOTO_VERSION)"
+	@# dulwich (pure-Python git server, protocol v0) is a second, non-git server in the engine
+	@# tests (tests/src/dulwich.rs); Debian's package, for /usr/bin/python3.
+	@if ! /usr/bin/python3 -c 'import dulwich' 2>/dev/null; then \
+	  echo "installing python3-dulwich (a second git server for the engine tests) from Debian"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-dulwich >/dev/null; \
+	fi
 	@# Headless Chromium renders the status page in one end-to-end test.
 	@if ! command -v chromium >/dev/null; then \
 	  echo "installing chromium (headless browser for the status page test) from Debian"; \
@@ -66,10 +73,11 @@ load:
 	GITFERRY_BIN=$(CURDIR)/target/release/gitferry $(CARGO) test -q -p gitferry-tests --test load -- --ignored --nocapture
 
 ## libFuzzer on the parsers of untrusted input (webhooks, report-status, queue messages,
-## configuration), FUZZ_SECONDS each. cargo-fuzz needs nightly flags: RUSTC_BOOTSTRAP=1 lets the
+## configuration, and what git servers send: ref advertisements v0/v2 and side-band
+## receive-pack responses), FUZZ_SECONDS each. cargo-fuzz needs nightly flags: RUSTC_BOOTSTRAP=1 lets the
 ## stable toolchain (the only one on these machines) accept them.
 FUZZ_SECONDS ?= 30
-FUZZ_TARGETS := webhook report_status sync_request config
+FUZZ_TARGETS := webhook report_status sync_request config protocol
 fuzz:
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install --locked cargo-fuzz
 	cd fuzz && for t in $(FUZZ_TARGETS); do \

@@ -26,11 +26,13 @@ use std::time::{Duration, Instant};
 
 pub mod alarms;
 pub mod aws;
+pub mod dulwich;
 pub mod lambda_rt;
 pub mod leaks;
 pub mod moto;
 pub mod proxy;
 pub mod receiver;
+pub mod v0proxy;
 
 pub use leaks::TempDir;
 

@@ -466,6 +466,11 @@ fn missing_repository_is_a_permanent_not_found() {
         let err = git::mirror(&missing, &case.target_remote(), case.cache.path(), &options()).unwrap_err();
         assert!(!err.is_transient(), "{proto:?}: {err:?}");
         assert!(matches!(err, git::Error::NotFound { .. }), "{proto:?}: {err:?}");
+        // Listing (the poller's probe) and pushing say the same.
+        let err = git::ls_remote(&missing, &RefPatterns::default()).unwrap_err();
+        assert!(matches!(err, git::Error::NotFound { .. }), "{proto:?}: {err:?}");
+        let err = git::mirror(&case.source_remote(), &missing, case.cache.path(), &options()).unwrap_err();
+        assert!(matches!(err, git::Error::NotFound { .. }), "{proto:?}: {err:?}");
     }
 }
 
@@ -792,4 +797,343 @@ fn hostile_ref_names_in_an_advertisement_are_refused() {
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
         server.join().unwrap();
     }
+}
+
+/// A protocol-v0 server whose HEAD symref names a branch that does not exist (as dulwich
+/// advertises for every new repository): listing, fetching from it and pushing to it work, the
+/// source's HEAD reads as that (unborn) branch, and the mirror is exact. The server is git
+/// itself behind a proxy that asks for v0 and adds `symref=HEAD:refs/heads/gone`.
+#[test]
+fn dangling_head_symref_on_a_v0_server_is_an_unborn_head() {
+    let case = Case::new(Proto::GitDaemon);
+    git(&case.source, ["symbolic-ref", "HEAD", "refs/heads/gone"]);
+    let proxy = harness::v0proxy::V0Proxy::start(case.servers.daemon.port, "symref=HEAD:refs/heads/gone");
+    let src = Remote::parse(&proxy.url("src.git")).unwrap();
+    let dst = Remote::parse(&proxy.url("dst.git")).unwrap();
+
+    let listed = git::ls_remote(&src, &RefPatterns::default()).expect("ls-remote");
+    let ids: std::collections::BTreeMap<String, String> =
+        listed.refs.iter().map(|(n, t)| (n.clone(), t.id.to_string())).collect();
+    assert_eq!(ids, mirrored_refs(&case.source));
+    assert_eq!(listed.head.as_deref(), Some("refs/heads/gone"));
+    assert!(
+        listed.refs["refs/tags/v1.0"].peeled.is_some(),
+        "peeled tags from v0 lines"
+    );
+    let target_listed = git::ls_remote(&dst, &RefPatterns::default()).expect("ls-remote of the empty target");
+    assert!(target_listed.refs.is_empty());
+
+    let run = || git::mirror(&src, &dst, case.cache.path(), &options()).expect("mirror through v0");
+    let cache = git::mirror::cache_path(case.cache.path(), &src);
+    let assert_mirrored = || {
+        for repo in [&case.target, &cache] {
+            assert_refs_equal(&case.source, repo);
+            assert_fsck_clean(repo);
+        }
+    };
+    let s = run();
+    assert!(s.push.rejected.is_empty(), "{:?}", s.push.rejected);
+    assert_mirrored();
+    assert_eq!(git(&cache, ["symbolic-ref", "HEAD"]), "refs/heads/gone");
+
+    // Incremental and pruning runs over the same advertisements, then a no-op.
+    git(&case.source, ["branch", "-D", "feature"]);
+    let s = run();
+    assert_eq!((s.fetch.refs.deleted, s.push.refs.deleted), (1, 1));
+    assert_mirrored();
+    let s = run();
+    assert!(s.fetch.up_to_date && s.push.results.is_empty(), "{s:?}");
+}
+
+/// dulwich as source and as target, new repositories included (their HEAD names
+/// `refs/heads/master`, which does not exist): no panic, an exact mirror, and a target whose
+/// HEAD branch the mirror prunes keeps syncing.
+#[test]
+fn dulwich_source_and_target_with_dangling_head() {
+    let dulwich = harness::dulwich::Dulwich::start();
+    let servers = Servers::start();
+    let cache = harness::tempdir();
+
+    // An empty dulwich repository (it sends a bare flush) lists as empty and mirrors as nothing.
+    dulwich.create_bare("empty.git");
+    let empty = Remote::parse(&dulwich.url("empty.git")).unwrap();
+    let listed = git::ls_remote(&empty, &RefPatterns::default()).expect("ls-remote of an empty dulwich repo");
+    assert!(listed.refs.is_empty(), "{listed:?}");
+
+    // git → new dulwich repository (capabilities-only advertisement with a dangling symref).
+    let source = servers.create_bare("src.git");
+    let mut wt = Worktree::new(&source);
+    wt.build_history();
+    wt.git(["push", "--quiet", "origin", "main:master"]);
+    let target = dulwich.create_bare("dst.git");
+    let src = Remote::parse(&servers.daemon.url("src.git")).unwrap();
+    let dst = Remote::parse(&dulwich.url("dst.git")).unwrap();
+    let s = git::mirror(&src, &dst, cache.path(), &options()).expect("mirror into a new dulwich repo");
+    assert!(s.push.rejected.is_empty(), "{:?}", s.push.rejected);
+    assert_refs_equal(&source, &target);
+    assert_fsck_clean(&target);
+
+    // The source drops the branch the target's HEAD names: pruned, and later syncs go on.
+    git(&source, ["branch", "-D", "master"]);
+    let s = git::mirror(&src, &dst, cache.path(), &options()).expect("prune the target's HEAD branch");
+    assert_eq!(s.push.refs.deleted, 1, "{:?}", s.push.results);
+    assert_refs_equal(&source, &target);
+    wt.commit_file("after.txt", b"after\n", "after the prune");
+    wt.push_all();
+    let s = git::mirror(&src, &dst, cache.path(), &options()).expect("sync with a dangling target HEAD");
+    assert_eq!(s.push.refs.updated, 1, "{:?}", s.push.results);
+    assert_refs_equal(&source, &target);
+    assert_fsck_clean(&target);
+
+    // dulwich as the source (HEAD → master, which it no longer has) → git.
+    let back = servers.create_bare("back.git");
+    let from_dulwich = Remote::parse(&dulwich.url("dst.git")).unwrap();
+    let listed = git::ls_remote(&from_dulwich, &RefPatterns::default()).expect("ls-remote of dulwich");
+    assert_eq!(listed.head.as_deref(), Some("refs/heads/master"));
+    assert_eq!(listed.refs.len(), mirrored_refs(&target).len());
+    let cache2 = harness::tempdir();
+    let s = git::mirror(
+        &from_dulwich,
+        &Remote::parse(&servers.http.url("back.git")).unwrap(),
+        cache2.path(),
+        &options(),
+    )
+    .expect("mirror from dulwich");
+    assert!(s.push.rejected.is_empty());
+    assert_refs_equal(&target, &back);
+    assert_fsck_clean(&back);
+}
+
+/// A bare SHA-256 repository `name` under `root`, with one commit on `main` when `commit`.
+fn sha256_repo(root: &std::path::Path, name: &str, commit: bool) -> PathBuf {
+    git(
+        root,
+        [
+            "init",
+            "--quiet",
+            "--bare",
+            "--object-format=sha256",
+            "--initial-branch=main",
+            name,
+        ],
+    );
+    let path = root.join(name);
+    if commit {
+        let wt = harness::tempdir();
+        git(
+            wt.path(),
+            [
+                "init",
+                "--quiet",
+                "--object-format=sha256",
+                "--initial-branch=main",
+                "wt",
+            ],
+        );
+        let wt = wt.path().join("wt");
+        git(&wt, ["commit", "--quiet", "--allow-empty", "-m", "sha256 commit"]);
+        git(&wt, ["push", "--quiet", path.to_str().unwrap(), "main"]);
+    }
+    path
+}
+
+/// SHA-256 repositories, as source or target, over git://, HTTP and as local paths, empty or
+/// not: refused with one clear, permanent message, and nothing is written to the target.
+#[test]
+fn sha256_repositories_are_refused_clearly_from_every_side() {
+    let case = Case::new(Proto::GitDaemon);
+    sha256_repo(case.servers.root(), "s256.git", true);
+    sha256_repo(case.servers.root(), "s256-empty.git", false);
+    let expect_refused = |err: git::Error, remote: &str| {
+        assert!(
+            matches!(err, git::Error::UnsupportedObjectFormat { .. }),
+            "{remote}: {err:?}"
+        );
+        assert!(!err.is_transient(), "{remote}: {err:?}");
+        assert_eq!(
+            err.to_string(),
+            format!("{remote}: SHA-256 repositories are not supported yet")
+        );
+    };
+    let mut remotes: Vec<String> = Vec::new();
+    for proto in Proto::ALL {
+        remotes.push(case.servers.url(proto, "s256.git"));
+        remotes.push(case.servers.url(proto, "s256-empty.git"));
+    }
+    remotes.push(case.servers.path("s256.git").display().to_string());
+    remotes.push(case.servers.path("s256-empty.git").display().to_string());
+    for url in &remotes {
+        let sha256 = Remote::parse(url).unwrap();
+        let cache = harness::tempdir();
+        // As a source: listing and mirroring.
+        match git::ls_remote(&sha256, &RefPatterns::default()) {
+            Err(err) => expect_refused(err, url),
+            // An empty repository over protocol v2 still names its format in the capabilities,
+            // so listing refuses too; nothing else may succeed.
+            Ok(state) => panic!("{url}: listed {state:?}"),
+        }
+        let err = git::mirror(&sha256, &case.target_remote(), cache.path(), &options()).unwrap_err();
+        expect_refused(err, url);
+        assert!(mirrored_refs(&case.target).is_empty(), "{url}: nothing pushed");
+        // As a target.
+        let err = git::mirror(&case.source_remote(), &sha256, cache.path(), &options()).unwrap_err();
+        expect_refused(err, url);
+    }
+    assert_eq!(
+        git(&case.servers.path("s256-empty.git"), ["for-each-ref"]),
+        "",
+        "the empty SHA-256 target got nothing"
+    );
+
+    // The CLI says the same in one line, exit 1.
+    let cli = std::process::Command::new(harness::gitferry_bin())
+        .args([
+            "mirror",
+            &remotes[0],
+            &case.servers.url(Proto::GitDaemon, "dst.git"),
+            "--cache-dir",
+        ])
+        .arg(case.cache.path())
+        .checked_output()
+        .unwrap();
+    assert_eq!(cli.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&cli.stderr).trim(),
+        format!("error: {}: SHA-256 repositories are not supported yet", remotes[0])
+    );
+}
+
+/// A non-bare repository (a work tree) as a local source mirrors like a bare one; as a target it
+/// is accepted with git's rule: the branch checked out in its work tree is refused (the files
+/// and index would no longer match), everything else lands, unless its
+/// `receive.denyCurrentBranch` says `ignore`.
+#[test]
+fn non_bare_local_repositories_as_source_and_target() {
+    let servers = Servers::start();
+    let source = servers.create_bare("src.git");
+    let mut wt = Worktree::new(&source);
+    wt.build_history();
+    let cache = harness::tempdir();
+    for (i, path) in [wt.path.clone(), wt.path.join(".git")].iter().enumerate() {
+        let target = servers.create_bare(&format!("dst{i}.git"));
+        let s = git::mirror(
+            &Remote::parse(path.to_str().unwrap()).unwrap(),
+            &Remote::parse(target.to_str().unwrap()).unwrap(),
+            cache.path(),
+            &options(),
+        )
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(s.push.rejected.is_empty());
+        assert_refs_equal(&wt.path, &target);
+        assert_fsck_clean(&target);
+    }
+    let listed = git::ls_remote(
+        &Remote::parse(wt.path.to_str().unwrap()).unwrap(),
+        &RefPatterns::default(),
+    )
+    .unwrap();
+    assert_eq!(listed.head.as_deref(), Some("refs/heads/main"));
+
+    // A non-bare target with `main` checked out (unborn, as after `git init`).
+    let work = harness::tempdir();
+    git(work.path(), ["init", "--quiet", "--initial-branch=main", "nb"]);
+    let nb = work.path().join("nb");
+    let target = Remote::parse(nb.to_str().unwrap()).unwrap();
+    let src = Remote::parse(source.to_str().unwrap()).unwrap();
+    let s = git::mirror(&src, &target, cache.path(), &options()).unwrap();
+    let rejected: Vec<&str> = s.push.rejected.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(rejected, ["refs/heads/main"], "{:?}", s.push.rejected);
+    assert!(
+        s.push.rejected[0].reason.contains("checked out"),
+        "{:?}",
+        s.push.rejected
+    );
+    let mut expected = mirrored_refs(&source);
+    expected.remove("refs/heads/main");
+    assert_eq!(mirrored_refs(&nb), expected);
+    assert_fsck_clean(&nb);
+    assert_eq!(git(&nb, ["status", "--porcelain"]), "", "the work tree is untouched");
+
+    git(&nb, ["config", "receive.denyCurrentBranch", "ignore"]);
+    let s = git::mirror(&src, &target, cache.path(), &options()).unwrap();
+    assert!(s.push.rejected.is_empty(), "{:?}", s.push.rejected);
+    assert_refs_equal(&source, &nb);
+    assert_fsck_clean(&nb);
+}
+
+/// A reader that closes stdout early (`gitferry mirror --json | head -c 10`) ends the command
+/// quietly: no panic, the exit code of the operation itself (0: the mirror ran to the end), and
+/// the mirror done. Checked with a pipe already closed before anything is written (every write
+/// fails), for each subcommand that prints on stdout, and as a user types it.
+#[test]
+fn closed_stdout_ends_the_cli_quietly() {
+    let case = Case::new(Proto::GitDaemon);
+    let config = case.cache.path().join("mirrors.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[repos.app]\nurl = \"{}\"\n[[repos.app.targets]]\nurl = \"{}\"\n",
+            case.source.display(),
+            case.target.display()
+        ),
+    )
+    .unwrap();
+    let store = case.cache.path().join("store");
+    let config_arg = config.to_str().unwrap();
+    let store_arg = store.to_str().unwrap();
+    let src = case.servers.daemon.url("src.git");
+    let dst = case.servers.daemon.url("dst.git");
+    let cache_dir = case.cache.path().join("c");
+    let cache_arg = cache_dir.to_str().unwrap();
+    let commands: Vec<Vec<&str>> = vec![
+        vec!["mirror", &src, &dst, "--cache-dir", cache_arg, "--json"],
+        vec!["mirror", &src, &dst, "--cache-dir", cache_arg],
+        vec!["check-config", config_arg],
+        vec!["sync", "app", "--config", config_arg, "--store", store_arg],
+        vec!["status", "--config", config_arg, "--store", store_arg, "--json"],
+        vec!["status", "--config", config_arg, "--store", store_arg],
+    ];
+    for args in &commands {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = std::process::Command::new(harness::gitferry_bin())
+            .args(args)
+            .stdout(writer)
+            .checked_output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("Broken pipe") && stderr.trim().is_empty(),
+            "{args:?}: {stderr}"
+        );
+    }
+    assert_refs_equal(&case.source, &case.target);
+
+    // Output lost for another reason (a full disk behind a redirect) is an error, in one line.
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let out = std::process::Command::new(harness::gitferry_bin())
+        .args(["check-config", config_arg])
+        .stdout(full)
+        .checked_output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with("error: writing to stdout:") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+
+    // As typed in a shell; `head` may or may not have closed the pipe before the write.
+    let script = format!(
+        "\"$0\" mirror {src} {dst} --cache-dir {cache_arg} --json | head -c 10 >/dev/null; exit ${{PIPESTATUS[0]}}"
+    );
+    let out = std::process::Command::new("bash")
+        .args(["-c", &script])
+        .arg(harness::gitferry_bin())
+        .checked_output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }

@@ -78,7 +78,7 @@ pub async fn run() -> Result<(), String> {
         _ => None,
     };
     let config = Config::parse(&config_text, &dir.path().join("mirrors.toml"), &env).map_err(|e| e.to_string())?;
-    println!("config ({}):\n{config_text}", dir.path().join("mirrors.toml").display());
+    outln!("config ({}):\n{config_text}", dir.path().join("mirrors.toml").display());
 
     step("starting the local service (store, queue, workers, HTTP) on a loopback port");
     let running = serve::start(ServeOptions {
@@ -93,10 +93,10 @@ pub async fn run() -> Result<(), String> {
     })
     .await?;
     let base = format!("http://{}", running.addr);
-    println!("serving on {base}");
+    outln!("serving on {base}");
     let book = StatusBook::new(running.store.clone());
     let first = wait_for(&book, |s| s.state == State::Success, "the startup sync").await?;
-    println!(
+    outln!(
         "startup reconciliation mirrored the source ({} refs)",
         first.source_refs
     );
@@ -134,7 +134,7 @@ pub async fn run() -> Result<(), String> {
         .await
         .map_err(|e| format!("delivering the webhook: {e}"))?;
     let code = reply.status().as_u16();
-    println!(
+    outln!(
         "POST /webhook/github → {code} {}",
         reply.text().await.unwrap_or_default()
     );
@@ -149,14 +149,14 @@ pub async fn run() -> Result<(), String> {
         "the webhook's sync",
     )
     .await?;
-    print!("{}", crate::table::render(&[done], gitferry_core::clock::now_ms()));
+    out!("{}", crate::table::render(&[done], gitferry_core::clock::now_ms()));
     // The notification for the webhook's change (the first one was for the startup sync).
     let until = Instant::now() + Duration::from_secs(5);
     while notifications.lock().expect("not poisoned").len() < 2 && Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     if let Some(last) = notifications.lock().expect("not poisoned").last() {
-        println!("\nnotification sent:\n{}", last["text"].as_str().unwrap_or_default());
+        outln!("\nnotification sent:\n{}", last["text"].as_str().unwrap_or_default());
     }
 
     step("verifying: target refs == source refs");
@@ -167,9 +167,9 @@ pub async fn run() -> Result<(), String> {
         return Err("the target does not match the source".into());
     }
     for (name, t) in &target_refs.refs {
-        println!("{} {name}", t.id);
+        outln!("{} {name}", t.id);
     }
-    println!(
+    outln!(
         "\nOK: the target is an exact mirror of the source ({:.1}s)",
         started.elapsed().as_secs_f64()
     );
@@ -177,7 +177,7 @@ pub async fn run() -> Result<(), String> {
 }
 
 fn step(what: &str) {
-    println!("\n== {what}");
+    outln!("\n== {what}");
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, String> + Send + 'static) -> Result<T, String> {

@@ -3,6 +3,11 @@
 //!
 //! Exit codes: 0 success, 1 the operation failed (a clear message on stderr, or a summary with
 //! failed refs or targets), 2 usage error (bad arguments or an invalid configuration file).
+//! A reader that closes stdout early (`| head`) changes none of them (see `output`).
+#![warn(clippy::print_stdout, clippy::print_stderr)]
+
+#[macro_use]
+mod output;
 
 mod adapters;
 mod demo;
@@ -152,11 +157,31 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    runtime.block_on(run(cli.command))
+    install_panic_hook();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
+    };
+    output::finish(runtime.block_on(run(cli.command)))
+}
+
+/// A panic is a bug, and the engine turns one in a git task into an error that names the remote
+/// and phase; what the user sees of the panic itself is one line with its location (for the
+/// bug report) instead of the default hook's several. `RUST_BACKTRACE` keeps the default.
+fn install_panic_hook() {
+    if std::env::var_os("RUST_BACKTRACE").is_some() {
+        return;
+    }
+    std::panic::set_hook(Box::new(|info| {
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let location = info.location().map(|l| format!(" at {l}")).unwrap_or_default();
+        errln!("gitferry: internal error (a bug, please report it){location}: {message}");
+    }));
 }
 
 async fn run(command: Command) -> ExitCode {
@@ -202,11 +227,11 @@ async fn run(command: Command) -> ExitCode {
         Command::Status { repo, at, json } => status(repo.as_deref(), &at, json).await,
         Command::CheckConfig { file } => match Config::load(&file) {
             Ok(c) => {
-                println!("OK: {} ({} repositories)", file.display(), c.repos.len());
+                outln!("OK: {} ({} repositories)", file.display(), c.repos.len());
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("{e}");
+                errln!("{e}");
                 ExitCode::from(1)
             }
         },
@@ -232,7 +257,7 @@ async fn run(command: Command) -> ExitCode {
 
 fn load_config(path: &Path) -> Result<Config, ExitCode> {
     Config::load(path).map_err(|e| {
-        eprintln!("{e}");
+        errln!("{e}");
         ExitCode::from(2)
     })
 }
@@ -269,30 +294,30 @@ async fn sync_now(repo: &str, at: &Where, json: bool) -> ExitCode {
         .await;
     let status = manager.status_book().get(repo).await.ok().flatten();
     if json {
-        println!("{}", serde_json::to_string_pretty(&status).expect("status serialises"));
+        outln!("{}", serde_json::to_string_pretty(&status).expect("status serialises"));
     }
     match &outcome.repos[0].outcome {
         RepoOutcome::NoOp => {
             if !json {
-                println!("{repo}: up to date (nothing to do)");
+                outln!("{repo}: up to date (nothing to do)");
             }
             ExitCode::SUCCESS
         }
         RepoOutcome::Synced(s) if s.state == State::Success => {
             if !json {
-                print!("{}", table::render(&[(**s).clone()], gitferry_core::clock::now_ms()));
+                out!("{}", table::render(&[(**s).clone()], gitferry_core::clock::now_ms()));
             }
             ExitCode::SUCCESS
         }
         RepoOutcome::Synced(s) => {
             if !json {
-                print!("{}", table::render(&[(**s).clone()], gitferry_core::clock::now_ms()));
+                out!("{}", table::render(&[(**s).clone()], gitferry_core::clock::now_ms()));
             }
             ExitCode::from(1)
         }
         RepoOutcome::Interrupted { status, .. } => {
             if !json {
-                print!(
+                out!(
                     "{}",
                     table::render(&[(**status).clone()], gitferry_core::clock::now_ms())
                 );
@@ -323,9 +348,9 @@ async fn status(repo: Option<&str>, at: &Where, json: bool) -> ExitCode {
     match StatusBook::new(store).all(names).await {
         Ok(all) => {
             if json {
-                println!("{}", serde_json::to_string_pretty(&all).expect("status serialises"));
+                outln!("{}", serde_json::to_string_pretty(&all).expect("status serialises"));
             } else {
-                print!("{}", table::render(&all, gitferry_core::clock::now_ms()));
+                out!("{}", table::render(&all, gitferry_core::clock::now_ms()));
             }
             if all.iter().any(|s| s.state == State::Failed) {
                 ExitCode::from(1)
@@ -353,14 +378,14 @@ async fn enqueue_all(config: &Path, server: &str) -> ExitCode {
             req = req.bearer_auth(&token);
         }
         match req.send().await {
-            Ok(r) if r.status().as_u16() == 202 => println!("queued {repo}"),
+            Ok(r) if r.status().as_u16() == 202 => outln!("queued {repo}"),
             Ok(r) => {
                 failed += 1;
-                eprintln!("{repo}: the server answered {}", r.status());
+                errln!("{repo}: the server answered {}", r.status());
             }
             Err(e) => {
                 failed += 1;
-                eprintln!(
+                errln!(
                     "{repo}: {}",
                     if e.is_connect() {
                         format!("cannot reach {server}")
@@ -423,20 +448,22 @@ async fn mirror(
     };
     let started = Instant::now();
     let target_name = target.to_string();
-    let result = tokio::task::spawn_blocking(move || git::mirror(&source, &target, &cache_dir, &options))
-        .await
-        .expect("mirror thread");
+    // `git::mirror` turns its own panics into errors; a join error is left for anything else.
+    let result = match tokio::task::spawn_blocking(move || git::mirror(&source, &target, &cache_dir, &options)).await {
+        Ok(result) => result,
+        Err(e) => return fail(&format!("internal error (a bug in gitferry): {e}")),
+    };
     match result {
         Ok(summary) => {
             if json {
-                println!("{}", serde_json::to_string(&summary).expect("summary serialises"));
+                outln!("{}", serde_json::to_string(&summary).expect("summary serialises"));
             } else {
-                print!("{}", summary.human());
+                out!("{}", summary.human());
             }
             if summary.push.rejected.is_empty() {
                 ExitCode::SUCCESS
             } else {
-                eprintln!(
+                errln!(
                     "error: {} ref(s) rejected by {} ({:.1}s)",
                     summary.push.rejected.len(),
                     target_name,
@@ -460,12 +487,12 @@ fn progress_line() -> Arc<dyn Fn(&str) + Send + Sync> {
             bar.set_message(line.to_owned());
         })
     } else {
-        Arc::new(|line: &str| eprintln!("{line}"))
+        Arc::new(|line: &str| errln!("{line}"))
     }
 }
 
 fn fail(message: &str) -> ExitCode {
-    eprintln!("error: {message}");
+    errln!("error: {message}");
     ExitCode::from(1)
 }
 

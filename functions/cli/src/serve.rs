@@ -147,9 +147,9 @@ pub async fn start(opts: ServeOptions) -> Result<Running, String> {
 /// Serve until SIGINT/SIGTERM.
 pub async fn serve(opts: ServeOptions) -> Result<(), String> {
     let running = start(opts).await?;
-    eprintln!("gitferry listening on http://{}", running.addr);
+    errln!("gitferry listening on http://{}", running.addr);
     wait_for_signal().await;
-    eprintln!("stopping: finishing in-flight work");
+    errln!("stopping: finishing in-flight work");
     running.stop().await;
     Ok(())
 }

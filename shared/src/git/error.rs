@@ -47,8 +47,30 @@ pub enum Error {
     #[error("local repository {path}: {message}")]
     Local { path: String, message: String },
 
+    /// The repository uses an object format gix is not built for here (SHA-256): permanent
+    /// until gitferry supports it.
+    #[error("{remote}: {}", object_format_message(format))]
+    UnsupportedObjectFormat { remote: String, format: String },
+
+    /// A panic (a bug, in gitferry or a library) caught at one of the engine's entry points.
+    /// Permanent: the same input would panic again.
+    #[error("{remote}: internal error while {phase} (a bug in gitferry, not retried): {message}")]
+    Panic {
+        remote: String,
+        phase: String,
+        message: String,
+    },
+
     #[error("interrupted")]
     Interrupted,
+}
+
+fn object_format_message(format: &str) -> String {
+    if format.eq_ignore_ascii_case("sha256") {
+        "SHA-256 repositories are not supported yet".into()
+    } else {
+        format!("object format {format:?} is not supported (only SHA-1 repositories are)")
+    }
 }
 
 /// Retry classification.
@@ -69,7 +91,9 @@ impl Error {
             | Error::InvalidRefName { .. }
             | Error::Auth { .. }
             | Error::NotFound { .. }
-            | Error::Local { .. } => false,
+            | Error::Local { .. }
+            | Error::UnsupportedObjectFormat { .. }
+            | Error::Panic { .. } => false,
         }
     }
 
@@ -136,6 +160,51 @@ impl Error {
             remote: name,
             message,
             transient: true,
+        }
+    }
+
+    /// Classify an error of gix's transport layer (handshake, request) talking to `remote`.
+    pub(crate) fn from_client(remote: &Remote, context: &str, e: &gix::protocol::transport::client::Error) -> Error {
+        use gix::protocol::transport::client::Error as C;
+        match e {
+            C::Io(io) => Error::from_io(remote, context, io),
+            C::AuthenticationRefused(_) | C::AuthenticationUnsupported => Error::Auth {
+                remote: remote.to_string(),
+                message: scrub(&e.to_string(), remote),
+            },
+            other => {
+                let message = scrub(&format!("{context}: {}", bytes_as_text(&chain(other))), remote);
+                let class = || gix::error::classify(other);
+                if class().is_unauthenticated() || class().is_permission_denied() {
+                    Error::Auth {
+                        remote: remote.to_string(),
+                        message,
+                    }
+                } else {
+                    Error::Remote {
+                        remote: remote.to_string(),
+                        message,
+                        transient: class().can_retry_lenient(),
+                    }
+                }
+            }
+        }
+    }
+
+    /// An advertisement we refused or could not read ([`super::advert`]).
+    pub(crate) fn from_advert(remote: &Remote, context: &str, e: super::advert::AdvertError) -> Error {
+        use super::advert::AdvertError as A;
+        match e {
+            A::Malformed(m) => Error::Remote {
+                remote: remote.to_string(),
+                message: scrub(&format!("{context}: malformed ref advertisement, refused: {m}"), remote),
+                transient: false,
+            },
+            A::ObjectFormat(format) => Error::UnsupportedObjectFormat {
+                remote: remote.to_string(),
+                format,
+            },
+            A::Io(io) => Error::from_io(remote, context, &io),
         }
     }
 

@@ -14,10 +14,11 @@ use std::sync::atomic::AtomicBool;
 use gix::remote::Direction;
 use gix::remote::fetch::Tags;
 
+use super::guard::guard;
 use super::refs::{self, RefDelta, RefPatterns, RefState};
 use super::remote::{Location, Remote};
 use super::repo::{self, LocalUpdate, Peel};
-use super::{Error, local, lsremote, transport};
+use super::{Error, advert, local, lsremote, transport};
 
 /// How to fetch.
 #[derive(Clone, Debug)]
@@ -55,6 +56,17 @@ pub struct FetchOutcome {
 
 /// Fetch `remote` into the bare repository `cache` as a mirror.
 pub fn mirror_fetch(
+    cache: &gix::Repository,
+    remote: &Remote,
+    options: &FetchOptions,
+    interrupt: &AtomicBool,
+) -> Result<FetchOutcome, Error> {
+    guard(remote, "fetching", || {
+        fetch_and_prune(cache, remote, options, interrupt)
+    })
+}
+
+fn fetch_and_prune(
     cache: &gix::Repository,
     remote: &Remote,
     options: &FetchOptions,
@@ -109,7 +121,16 @@ fn fetch_network(
     interrupt: &AtomicBool,
 ) -> Result<(RefState, u64, u64), Error> {
     let patterns = &options.refs;
-    let gix_err = |e: gix::Error| Error::from_gix(remote, "fetch", &e);
+    // gix parses the advertisement itself: `Guarded` keeps it from the path that panics on a
+    // dangling symref, and notices a SHA-256 repository before gix fails on its ids.
+    let (t, seen) = advert::Guarded::new(transport::open(remote, gix::protocol::transport::Protocol::V2)?);
+    let gix_err = |e: gix::Error| match advert::seen(&seen).object_format {
+        Some(format) => Error::UnsupportedObjectFormat {
+            remote: remote.to_string(),
+            format,
+        },
+        None => Error::from_gix(remote, "fetch", &e),
+    };
     let specs: Vec<String> = patterns
         .include
         .iter()
@@ -122,7 +143,6 @@ fn fetch_network(
         .with_refspecs(specs.iter().map(String::as_str), Direction::Fetch)
         .map_err(gix_err)?
         .with_fetch_tags(Tags::None);
-    let t = transport::open(remote, gix::protocol::transport::Protocol::V2)?;
     let mut connection = r.to_connection_with_transport(t).with_credentials(|_| Ok(None));
     if remote.is_http() {
         connection = connection.with_transport_options(transport::http_options());
@@ -149,7 +169,13 @@ fn fetch_network(
             },
         )
         .map_err(gix_err)?;
-    let source = lsremote::ref_state_from_advertisement(&prepare.ref_map().remote_refs, patterns)?;
+    let mut source = lsremote::ref_state_from_advertisement(&prepare.ref_map().remote_refs, patterns)?;
+    if source.head.is_none() {
+        // v0/v1: HEAD's target came as a capability (unborn when no such branch is listed).
+        source.head = advert::seen(&seen)
+            .head()
+            .and_then(|target| refs::validate_ref_name(target.as_bytes()).ok());
+    }
     let up_to_date = source
         .refs
         .iter()

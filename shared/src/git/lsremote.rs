@@ -2,16 +2,18 @@
 //!
 //! Over the network this is one handshake plus (protocol v2) one `ls-refs` limited to the
 //! prefixes the mirror cares about (so a GitHub repository's thousands of `refs/pull/*` are not
-//! even listed); local repositories are read directly.
+//! even listed); a v0/v1 server's advertisement is read by [`super::advert`]; local
+//! repositories are read directly.
 
 use std::time::Duration;
 
 use gix::protocol::handshake::Ref;
 use gix::protocol::transport::{Protocol, Service};
 
+use super::guard::guard;
 use super::refs::{RefPatterns, RefState, RefTarget, validate_ref_name};
 use super::remote::{Location, Remote};
-use super::{Error, repo, transport};
+use super::{Error, advert, repo, transport};
 
 /// List the refs of `remote` that `patterns` select, with peeled tags and the HEAD symref.
 pub fn ls_remote(remote: &Remote, patterns: &RefPatterns) -> Result<RefState, Error> {
@@ -26,54 +28,60 @@ pub fn ls_remote_within(remote: &Remote, patterns: &RefPatterns, limit: Duration
 }
 
 fn list(remote: &Remote, patterns: &RefPatterns, limits: transport::Timeouts) -> Result<RefState, Error> {
-    match remote.location() {
+    guard(remote, "listing refs", || match remote.location() {
         Location::Local(path) => {
             let r = repo::open(path).map_err(|e| not_found_if_missing(remote, path, e))?;
             repo::read_refs(&r, patterns, repo::Peel::Yes)
         }
-        Location::Network(_) => {
-            let mut t = transport::open_with(remote, Protocol::V2, limits)?;
-            let gix_err = |e: gix::Error| {
-                let mapped = Error::from_gix(remote, "list refs", &e);
-                match mapped {
-                    // A ref line that does not parse came whole (pkt-line framing): the server
-                    // will send it again on every retry. Refuse it like an invalid ref name.
-                    Error::Remote { remote, message, .. } if e.is_corrupted() => Error::Remote {
-                        remote,
-                        message: format!("malformed ref advertisement, refused: {message}"),
-                        transient: false,
-                    },
-                    other => other,
-                }
-            };
-            let mut handshake = gix::protocol::handshake(
-                &mut t,
-                Service::UploadPack,
-                |_| Ok(None),
-                Vec::new(),
-                &mut gix::progress::Discard,
-            )
-            .map_err(gix_err)?;
-            let refs = match handshake.refs.take() {
-                Some(v1_refs) => v1_refs,
-                None => {
-                    let mut prefixes = gix::protocol::ls_refs::RefPrefixes::new();
-                    prefixes.extend(patterns.prefixes().into_iter().map(Into::into));
-                    prefixes.extend(["HEAD".into()]);
-                    let refs = gix::protocol::LsRefsCommand::new(
-                        Some(prefixes),
-                        &handshake.capabilities,
-                        ("agent", Some(gix::protocol::agent(transport::AGENT))),
-                    )
-                    .invoke_blocking(&mut t, &mut gix::progress::Discard, false)
-                    .map_err(gix_err)?;
-                    let _ = gix::protocol::indicate_end_of_interaction(&mut t, false);
-                    refs
-                }
-            };
-            ref_state_from_advertisement(&refs, patterns)
-        }
+        Location::Network(_) => list_network(remote, patterns, limits),
+    })
+}
+
+/// One handshake; a v0/v1 server sends its refs right away (parsed by [`advert::parse_v1`]), a
+/// v2 server is asked with `ls-refs` for our prefixes only.
+fn list_network(remote: &Remote, patterns: &RefPatterns, limits: transport::Timeouts) -> Result<RefState, Error> {
+    let mut t = transport::open_with(remote, Protocol::V2, limits)?;
+    let (v1, capabilities) = {
+        let response = t
+            .handshake(Service::UploadPack, &[])
+            .map_err(|e| Error::from_client(remote, "list refs", &e))?;
+        let v1 = response
+            .refs
+            .map(|mut reader| advert::parse_v1(&mut reader, response.actual_protocol, &response.capabilities));
+        (v1, response.capabilities)
+    };
+    if let Some(advertised) = v1 {
+        let advertised = advertised.map_err(|e| Error::from_advert(remote, "list refs", e))?;
+        let _ = gix::protocol::indicate_end_of_interaction(&mut t, false);
+        return ref_state_from_advertisement(&advertised.refs, patterns);
     }
+    let listed = advert::capability_list(Protocol::V2, &capabilities);
+    advert::check_object_format(&listed).map_err(|e| Error::from_advert(remote, "list refs", e))?;
+    let gix_err = |e: gix::Error| {
+        let mapped = Error::from_gix(remote, "list refs", &e);
+        match mapped {
+            // A ref line that does not parse came whole (pkt-line framing): the server will send
+            // it again on every retry. Refuse it like an invalid ref name.
+            Error::Remote { remote, message, .. } if e.is_corrupted() => Error::Remote {
+                remote,
+                message: format!("malformed ref advertisement, refused: {message}"),
+                transient: false,
+            },
+            other => other,
+        }
+    };
+    let mut prefixes = gix::protocol::ls_refs::RefPrefixes::new();
+    prefixes.extend(patterns.prefixes().into_iter().map(Into::into));
+    prefixes.extend(["HEAD".into()]);
+    let refs = gix::protocol::LsRefsCommand::new(
+        Some(prefixes),
+        &capabilities,
+        ("agent", Some(gix::protocol::agent(transport::AGENT))),
+    )
+    .invoke_blocking(&mut t, &mut gix::progress::Discard, false)
+    .map_err(gix_err)?;
+    let _ = gix::protocol::indicate_end_of_interaction(&mut t, false);
+    ref_state_from_advertisement(&refs, patterns)
 }
 
 /// Turn an advertisement into a [`RefState`]: only refs the patterns select, every name

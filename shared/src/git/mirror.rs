@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use super::Error;
 use super::fetch::{FetchOptions, mirror_fetch};
+use super::guard::guard;
 use super::push::{PushOptions, RefResult, push};
 use super::refs::{DeltaCounts, RefDelta, RefPatterns};
 use super::remote::Remote;
@@ -79,6 +80,19 @@ pub fn cache_path(cache_dir: &Path, source: &Remote) -> PathBuf {
 
 /// Mirror `source` to `target` through a bare cache under `cache_dir`.
 pub fn mirror(
+    source: &Remote,
+    target: &Remote,
+    cache_dir: &Path,
+    options: &MirrorOptions,
+) -> Result<MirrorSummary, Error> {
+    // Fetch and push have guards of their own (naming the source and the target); this one
+    // covers the rest (the cache, progress callbacks, the summary).
+    guard(source, &format!("mirroring to {target}"), || {
+        mirror_through_cache(source, target, cache_dir, options)
+    })
+}
+
+fn mirror_through_cache(
     source: &Remote,
     target: &Remote,
     cache_dir: &Path,

@@ -7,15 +7,20 @@
 //! * [`remote`] — locations and credentials, redacted everywhere they are shown;
 //! * [`refs`] — ref snapshots ([`RefState`]), patterns, and what changed ([`RefDelta`]);
 //! * [`ls_remote`] — a remote's refs without fetching;
+//! * [`advert`] — protocol v0/v1 ref advertisements, read without gix's parser (it panics on a
+//!   dangling HEAD symref);
 //! * [`fetch`] — mirror fetch into a bare cache, with prune;
 //! * [`mod@push`] — a receive-pack client (plan, pack, report-status) and local-path pushes;
 //! * [`pack`] / [`local`] — streamed pack generation and local object copies;
 //! * [`mirror()`] — the one-shot porcelain behind `gitferry mirror`.
 //!
-//! Errors are one enum, [`Error`], each transient or permanent.
+//! Errors are one enum, [`Error`], each transient or permanent. A panic never leaves the engine:
+//! [`guard`] turns it into a permanent [`Error::Panic`] at every entry point above.
 
+pub mod advert;
 pub mod error;
 pub mod fetch;
+pub mod guard;
 pub mod local;
 mod lsremote;
 pub mod mirror;

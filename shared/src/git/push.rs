@@ -17,24 +17,30 @@
 //!
 //! A ref the target refuses (hook, protection, non-fast-forward policy) is a per-ref
 //! rejection in the outcome, not an error: the other refs still land (unless `atomic`).
+//!
+//! Local-path targets get the same plan, applied in process. A non-bare one (a work tree) is
+//! accepted under git's rule: a branch checked out in one of its work trees is refused, since
+//! its files and index would silently fall behind, unless its `receive.denyCurrentBranch`
+//! (`receive.denyDeleteCurrent` for deletes) is `ignore`, `warn` or `false`.
 
 use std::collections::BTreeMap;
 use std::io::{BufWriter, Write};
 use std::sync::atomic::AtomicBool;
 
 use gix::ObjectId;
-use gix::protocol::transport::client::blocking_io::{ExtendedBufRead, Transport};
+use gix::protocol::transport::client::blocking_io::{ReadlineBufRead, Transport};
 use gix::protocol::transport::client::{MessageKind, WriteMode};
 use gix::protocol::transport::packetline::PacketLineRef;
 use gix::protocol::transport::packetline::blocking_io::{StreamingPeekableIter, encode};
 use gix::protocol::transport::{Protocol, Service};
 use serde::Serialize;
 
+use super::guard::guard;
 use super::pack::{self, PackError};
 use super::refs::{self, DeltaKind, RefPatterns, RefState};
 use super::remote::{Location, Remote, scrub};
 use super::repo::{self, LocalUpdate, Peel};
-use super::{Error, local, lsremote, transport};
+use super::{Error, advert, local, lsremote, transport};
 
 /// How to push.
 #[derive(Clone, Debug)]
@@ -189,11 +195,13 @@ pub fn push(
     options: &PushOptions,
     interrupt: &AtomicBool,
 ) -> Result<PushOutcome, Error> {
-    let desired = desired.filtered(&options.refs).ids();
-    match remote.location() {
-        Location::Local(path) => push_local(repo, remote, path, &desired, options, interrupt),
-        Location::Network(_) => push_network(repo, remote, &desired, options, interrupt),
-    }
+    guard(remote, "pushing", || {
+        let desired = desired.filtered(&options.refs).ids();
+        match remote.location() {
+            Location::Local(path) => push_local(repo, remote, path, &desired, options, interrupt),
+            Location::Network(_) => push_network(repo, remote, &desired, options, interrupt),
+        }
+    })
 }
 
 fn push_local(
@@ -221,6 +229,7 @@ fn push_local(
     if commands.is_empty() {
         return Ok(outcome);
     }
+    let refusals = checked_out_refusals(&target, &commands);
     let tips: Vec<ObjectId> = commands.iter().filter_map(|c| c.new).collect();
     let haves: Vec<ObjectId> = target_all.refs.values().map(|t| t.id).collect();
     let old: Vec<ObjectId> = commands.iter().filter_map(|c| c.old).collect();
@@ -234,22 +243,31 @@ fn push_local(
         new: c.new,
     };
     if options.atomic {
-        let updates: Vec<_> = commands.iter().map(to_update).collect();
-        let verdict = repo::apply_ref_updates(&target, &updates, None, "gitferry: push").err();
+        let verdict = match refusals.iter().next() {
+            Some((name, reason)) => Some(format!("atomic update refused: {name}: {reason}")),
+            None => {
+                let updates: Vec<_> = commands.iter().map(to_update).collect();
+                let applied = repo::apply_ref_updates(&target, &updates, None, "gitferry: push");
+                applied.err().map(|e| format!("atomic update failed: {e}"))
+            }
+        };
         outcome.results = commands
             .into_iter()
             .map(|command| RefResult {
                 command,
-                rejected: verdict.as_ref().map(|e| format!("atomic update failed: {e}")),
+                rejected: verdict.clone(),
             })
             .collect();
     } else {
         outcome.results = commands
             .into_iter()
             .map(|command| {
-                let rejected = repo::apply_ref_updates(&target, &[to_update(&command)], None, "gitferry: push")
-                    .err()
-                    .map(|e| e.to_string());
+                let rejected = match refusals.get(&command.name) {
+                    Some(reason) => Some(reason.clone()),
+                    None => repo::apply_ref_updates(&target, &[to_update(&command)], None, "gitferry: push")
+                        .err()
+                        .map(|e| e.to_string()),
+                };
                 RefResult { command, rejected }
             })
             .collect();
@@ -257,30 +275,25 @@ fn push_local(
     Ok(outcome)
 }
 
-fn client_err(remote: &Remote, context: &str, e: &gix::protocol::transport::client::Error) -> Error {
-    use gix::protocol::transport::client::Error as C;
-    match e {
-        C::Io(io) => Error::from_io(remote, context, io),
-        C::AuthenticationRefused(_) | C::AuthenticationUnsupported => Error::Auth {
-            remote: remote.to_string(),
-            message: scrub(&e.to_string(), remote),
-        },
-        other => {
-            let message = scrub(&format!("{context}: {}", super::error::chain(other)), remote);
-            if gix::error::classify(other).is_unauthenticated() || gix::error::classify(other).is_permission_denied() {
-                Error::Auth {
-                    remote: remote.to_string(),
-                    message,
-                }
-            } else {
-                Error::Remote {
-                    remote: remote.to_string(),
-                    message,
-                    transient: gix::error::classify(other).can_retry_lenient(),
-                }
-            }
-        }
-    }
+/// The commands a non-bare target refuses, as git's receive-pack does by default: updating or
+/// deleting a branch checked out in one of its work trees (allowed only when the target's
+/// `receive.denyCurrentBranch` / `receive.denyDeleteCurrent` say `ignore`, `warn` or `false`).
+fn checked_out_refusals(target: &gix::Repository, commands: &[Command]) -> BTreeMap<String, String> {
+    let checked_out = repo::checked_out_branches(target);
+    commands
+        .iter()
+        .filter(|c| checked_out.contains(&c.name))
+        .filter_map(|c| {
+            let (key, what) = match c.new {
+                Some(_) => ("receive.denyCurrentBranch", "update"),
+                None => ("receive.denyDeleteCurrent", "delete"),
+            };
+            (!repo::allows_pushing_checked_out(target, key)).then(|| {
+                let reason = format!("refusing to {what} the branch checked out in the target's work tree (see {key})");
+                (c.name.clone(), reason)
+            })
+        })
+        .collect()
 }
 
 fn push_network(
@@ -292,48 +305,24 @@ fn push_network(
 ) -> Result<PushOutcome, Error> {
     let mut t = transport::open(remote, Protocol::V1)?;
 
-    // Handshake: the target's refs and capabilities.
-    let (advertised, caps) = {
+    // Handshake: the target's refs and capabilities, read by us (see `advert`: gix's reader
+    // panics on the dangling HEAD symref dulwich advertises for every new repository).
+    let advertised = {
         let response = t
             .handshake(Service::ReceivePack, &[])
-            .map_err(|e| client_err(remote, "receive-pack handshake", &e))?;
-        // A server that sent nothing at all gets gix's default capabilities, which claim
-        // features nobody offered: treat it as offering none.
-        let caps: Vec<(String, Option<String>)> = if response.actual_protocol == Protocol::V0 {
-            Vec::new()
-        } else {
-            response
-                .capabilities
-                .iter()
-                .map(|c| (c.name().to_string(), c.value().map(|v| v.to_string())))
-                .collect()
-        };
+            .map_err(|e| Error::from_client(remote, "receive-pack handshake", &e))?;
         let mut reader = response.refs.ok_or_else(|| Error::Remote {
             remote: remote.to_string(),
             message: "receive-pack sent no ref advertisement".into(),
             transient: true,
         })?;
-        let (advertised, _shallow) =
-            gix::protocol::handshake::refs::from_v1_refs_received_as_part_of_handshake_and_capabilities(
-                &mut reader,
-                response.capabilities.iter(),
-            )
-            .map_err(|e| Error::from_gix(remote, "reading the target's refs", &e))?;
-        (advertised, caps)
+        advert::parse_v1(&mut reader, response.actual_protocol, &response.capabilities)
+            .map_err(|e| Error::from_advert(remote, "reading the target's refs", e))?
     };
-    let offers = |name: &str| caps.iter().any(|(n, _)| n == name);
-    if let Some((_, Some(format))) = caps.iter().find(|(n, _)| n == "object-format")
-        && format != "sha1"
-    {
-        return Err(Error::Remote {
-            remote: remote.to_string(),
-            message: format!("target uses object format {format}; only sha1 is supported"),
-            transient: false,
-        });
-    }
+    let offers = |name: &str| advertised.offers(name);
 
     let all = RefPatterns::all();
-    let target_all = lsremote::ref_state_from_advertisement(&advertised, &all)?;
+    let target_all = lsremote::ref_state_from_advertisement(&advertised.refs, &all)?;
     let current = target_all.filtered(&options.refs).ids();
     let commands = plan(desired, &current, options.prune, |old, new| {
         repo::is_ancestor(repo, old, new)
@@ -376,7 +365,7 @@ fn push_network(
 
     let request = t
         .request(WriteMode::Binary, MessageKind::Flush, false)
-        .map_err(|e| client_err(remote, "starting push", &e))?;
+        .map_err(|e| Error::from_client(remote, "starting push", &e))?;
     let (mut raw, mut reader) = request.into_parts();
 
     // Commands, then (if anything is created or updated) the pack, all on one stream.
@@ -500,9 +489,9 @@ fn is_progress(line: &str) -> bool {
 /// progress callback strips a trailing newline from every packet — and receive-pack relays hook
 /// output in arbitrary 128-byte chunks, so line boundaries would be lost. Channel 1 carries the
 /// (small) report as nested pkt-lines, 2 human text, 3 a fatal error.
-fn read_report<'a>(
+fn read_report(
     remote: &Remote,
-    reader: &mut Box<dyn ExtendedBufRead<'a> + Unpin + 'a>,
+    reader: &mut dyn ReadlineBufRead,
     sideband: bool,
     messages: &mut RemoteMessages,
 ) -> Result<Vec<String>, Error> {
@@ -547,24 +536,55 @@ fn read_report<'a>(
         }
     }
     if sideband {
-        let mut inner = StreamingPeekableIter::new(&band1[..], &[PacketLineRef::Flush], false);
-        while let Some(line) = inner.read_line() {
-            match line {
-                Ok(Ok(l)) => {
-                    if let Some(data) = l.as_slice() {
-                        push_text(&mut lines, data)?;
-                    }
-                }
-                Ok(Err(e)) => return Err(protocol(format!("malformed report-status: {e}"))),
-                Err(e) => return Err(protocol(format!("truncated report-status: {e}"))),
-            }
-        }
+        // A fatal error on channel 3 explains an empty or cut channel 1 better than we can.
         let fatal = String::from_utf8_lossy(&messages.fatal).trim().to_owned();
-        if lines.is_empty() && !fatal.is_empty() {
+        let unpacked = unpack_band1(&band1, &mut lines, push_text);
+        if !fatal.is_empty() && (unpacked.is_err() || lines.is_empty()) {
             return Err(protocol(format!("remote error: {fatal}")));
         }
+        unpacked.map_err(protocol)??;
     }
     Ok(lines)
+}
+
+/// The report-status pkt-lines nested in side-band channel 1 (nothing at all is no lines: the
+/// caller says what is missing). The outer error is a framing problem, the inner one what
+/// `push_text` refused.
+fn unpack_band1(
+    band1: &[u8],
+    lines: &mut Vec<String>,
+    push_text: impl Fn(&mut Vec<String>, &[u8]) -> Result<(), Error>,
+) -> Result<Result<(), Error>, String> {
+    if band1.is_empty() {
+        return Ok(Ok(()));
+    }
+    let mut inner = StreamingPeekableIter::new(band1, &[PacketLineRef::Flush], false);
+    while let Some(line) = inner.read_line() {
+        match line {
+            Ok(Ok(l)) => {
+                if let Some(data) = l.as_slice()
+                    && let Err(e) = push_text(lines, data)
+                {
+                    return Ok(Err(e));
+                }
+            }
+            Ok(Err(e)) => return Err(format!("malformed report-status: {e}")),
+            Err(e) => return Err(format!("truncated report-status: {e}")),
+        }
+    }
+    Ok(Ok(()))
+}
+
+/// Demultiplex and parse a whole receive-pack response held in memory, as [`push`] does with
+/// the one it reads from the connection: the report and the remote's messages. For fuzzing and
+/// tests.
+pub fn parse_push_response(data: &[u8], sideband: bool) -> Result<(ReportStatus, Vec<String>), String> {
+    let remote = Remote::local("receive-pack response".into());
+    let mut lines = StreamingPeekableIter::new(data, &[PacketLineRef::Flush], false);
+    let mut messages = RemoteMessages::default();
+    let report = read_report(&remote, &mut lines.as_read(), sideband, &mut messages).map_err(|e| e.to_string())?;
+    let status = parse_report_status(&report)?;
+    Ok((status, messages.lines(&remote)))
 }
 
 /// A parsed `report-status`.
@@ -686,6 +706,39 @@ mod tests {
         assert_eq!(names, vec!["refs/heads/gone", "refs/heads/theirs"]);
         let (all, none) = withhold_diverged(plan(&desired, &current, true, |_, _| false), &current, None);
         assert_eq!((all.len(), none.len()), (5, 0));
+    }
+
+    fn pkt(out: &mut Vec<u8>, data: &[u8]) {
+        out.extend_from_slice(format!("{:04x}", data.len() + 4).as_bytes());
+        out.extend_from_slice(data);
+    }
+
+    #[test]
+    fn side_band_response_is_demultiplexed() {
+        let mut report = Vec::new();
+        for l in ["unpack ok\n", "ok refs/heads/main\n", "ng refs/heads/x hook declined\n"] {
+            pkt(&mut report, l.as_bytes());
+        }
+        report.extend_from_slice(b"0000");
+        let mut data = Vec::new();
+        // The report split across two channel-1 packets, hook output in between on channel 2.
+        let (a, b) = report.split_at(7);
+        pkt(&mut data, &[&[1u8][..], a].concat());
+        pkt(&mut data, b"\x02policy: x is frozen\n");
+        pkt(&mut data, &[&[1u8][..], b].concat());
+        data.extend_from_slice(b"0000");
+        let (status, messages) = parse_push_response(&data, true).unwrap();
+        assert_eq!(status.unpack, Ok(()));
+        assert_eq!(status.refs["refs/heads/main"], None);
+        assert_eq!(status.refs["refs/heads/x"].as_deref(), Some("hook declined"));
+        assert_eq!(messages, ["policy: x is frozen"]);
+        // Without side-band the report lines come as they are; a fatal channel 3 is an error.
+        assert!(parse_push_response(&report, false).is_ok());
+        let mut fatal = Vec::new();
+        pkt(&mut fatal, b"\x03fatal: out of space");
+        fatal.extend_from_slice(b"0000");
+        let e = parse_push_response(&fatal, true).unwrap_err();
+        assert!(e.contains("out of space"), "{e}");
     }
 
     #[test]

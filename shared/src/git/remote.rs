@@ -132,7 +132,7 @@ impl Remote {
         })
     }
 
-    fn local(path: PathBuf) -> Remote {
+    pub(crate) fn local(path: PathBuf) -> Remote {
         Remote {
             display: path.display().to_string(),
             location: Location::Local(path),

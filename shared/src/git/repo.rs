@@ -26,9 +26,61 @@ fn open_options() -> gix::open::Options {
         .strict_config(false)
 }
 
-/// Open an existing repository (bare or not) at `path`.
+/// Open an existing repository at `path`: a bare repository (or any git directory), or a work
+/// tree with its `.git` (directory, or file for linked work trees and submodules) inside.
 pub fn open(path: &Path) -> Result<gix::Repository, Error> {
-    gix::open_opts(path, open_options().open_path_as_is(true)).map_err(|e| Error::local(path, super::error::chain(&e)))
+    let git_dir_itself = !path.join(".git").exists();
+    gix::open_opts(path, open_options().open_path_as_is(git_dir_itself)).map_err(|e| refused(path, &e))
+}
+
+/// The branches checked out in the work trees of `repo` (its own unless it is bare, and every
+/// linked one): pushing to one would leave that work tree's files and index behind.
+pub fn checked_out_branches(repo: &gix::Repository) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    if !repo.is_bare()
+        && let Ok(Some(head)) = repo.head_name()
+    {
+        out.insert(head.as_bstr().to_string());
+    }
+    for linked in repo.worktrees().unwrap_or_default() {
+        let head = std::fs::read_to_string(linked.git_dir().join("HEAD")).unwrap_or_default();
+        if let Some(branch) = head.trim().strip_prefix("ref: ") {
+            out.insert(branch.to_owned());
+        }
+    }
+    out
+}
+
+/// Whether `repo`'s config `key` (`receive.denyCurrentBranch`, `receive.denyDeleteCurrent`)
+/// lets a push touch a checked-out branch: only `ignore`, `warn` or `false` do, as in git
+/// (`updateInstead` would need a checkout, which a mirror never does).
+pub fn allows_pushing_checked_out(repo: &gix::Repository, key: &str) -> bool {
+    let value = repo
+        .config_snapshot()
+        .string(key)
+        .map(|v| v.to_string().to_ascii_lowercase());
+    matches!(value.as_deref(), Some("ignore" | "warn" | "false" | "no" | "off" | "0"))
+}
+
+/// Why `path` did not open. gix reads SHA-1 repositories only (in this build) and says so as a
+/// configuration error; name the real reason instead.
+fn refused(path: &Path, e: &(dyn std::error::Error + 'static)) -> Error {
+    match declared_object_format(path) {
+        Some(format) if !format.eq_ignore_ascii_case("sha1") => Error::UnsupportedObjectFormat {
+            remote: path.display().to_string(),
+            format,
+        },
+        _ => Error::local(path, super::error::chain(e)),
+    }
+}
+
+/// The object format a repository's own config declares (`extensions.objectFormat`), read
+/// from the file directly: gix refuses to open such a repository at all.
+fn declared_object_format(path: &Path) -> Option<String> {
+    [path.to_owned(), path.join(".git")].into_iter().find_map(|dir| {
+        let config = gix::config::File::from_path_no_includes(dir.join("config"), gix::config::Source::Local).ok()?;
+        config.string("extensions.objectFormat").map(|v| v.to_string())
+    })
 }
 
 /// Open the bare cache repository at `path`, creating it (and its parents) if missing.

@@ -746,3 +746,17 @@ async fn blocking<T: Send + 'static>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_git_task_is_a_permanent_failure() {
+        let failure = blocking("testing", || -> Result<(), git::Error> { panic!("boom in a git task") })
+            .await
+            .unwrap_err();
+        assert_eq!(failure.class, ErrorClass::Permanent);
+        assert!(failure.message.contains("boom in a git task"), "{}", failure.message);
+    }
+}
