@@ -3,10 +3,12 @@
 //!
 //! **Schedule.** Every repo polls every `poll_interval_secs`, offset by a phase derived from its
 //! name, so a thousand repos with the same interval spread over the interval instead of all
-//! firing in the same minute. A repo is due in a tick when its slot `⌊(t + phase) / interval⌋`
-//! changed since the previous tick (a late or failed tick is made up for, up to ten ticks back);
-//! the slot is also the poll request's deduplication id (`poll:{repo}:{slot}`), so a retried
-//! tick enqueues nothing twice.
+//! firing in the same minute. A repo is due in the tick at `t` when its slot
+//! `⌊(t + phase) / interval⌋` changes in `(t − tick, t]`; `t` is the schedule's own time for the
+//! tick ([`tick_time`]: EventBridge's event time, or the wall clock aligned to the tick), so
+//! consecutive ticks cover time without gaps or overlaps however late they start. The slot is
+//! also the poll request's deduplication id (`poll:{repo}:{slot}`), so a retried tick enqueues
+//! nothing twice; a tick that never ran delays its repos by one interval.
 //!
 //! **Probing.** Enqueueing every due repo would cost a queue round trip, a sync invocation and a
 //! manifest read per poll even when nothing changed (docs/cost.md). Instead the poller lists
@@ -60,8 +62,6 @@ use crate::store::{Condition, ObjectStore, StoreError};
 
 /// The EventBridge schedule's period (`rate(1 minute)` in template.yaml).
 pub const TICK_SECS: u64 = 60;
-/// A late or failed tick is made up for, this many ticks back at most.
-const CATCH_UP_TICKS: u64 = 10;
 /// Probe state whose only change is check times is written at most this often.
 const SAVE_EVERY: Duration = Duration::from_secs(300);
 /// Enqueue what finished probing once no probe finished for this long.
@@ -70,6 +70,16 @@ const FLUSH_AFTER: Duration = Duration::from_millis(50);
 /// The tick period as this process runs it.
 pub fn tick_period() -> Duration {
     scaled_secs(TICK_SECS)
+}
+
+/// The time a tick stands for: the schedule's time for it (EventBridge's `time`) when it is
+/// plausible, else the wall clock aligned down to the tick period.
+pub fn tick_time(scheduled_ms: Option<u64>, wall_ms: u64) -> u64 {
+    let tick = (tick_period().as_millis() as u64).max(1);
+    match scheduled_ms {
+        Some(t) if t.abs_diff(wall_ms) <= 2 * tick => t,
+        _ => wall_ms / tick * tick,
+    }
 }
 
 /// A repo's poll interval in (scaled) milliseconds.
@@ -279,13 +289,7 @@ impl Poller {
     pub async fn tick(&self, now: u64) -> Result<Tick, PollError> {
         let reconciled = self.reconcile_new_config(now).await?;
         let (mut state, saved) = self.load_state().await?;
-        let since = if state.ticked_at == 0 || state.ticked_at > now {
-            now.saturating_sub(tick_period().as_millis() as u64)
-        } else {
-            state
-                .ticked_at
-                .max(now.saturating_sub(CATCH_UP_TICKS * tick_period().as_millis() as u64))
-        };
+        let since = now.saturating_sub(tick_period().as_millis() as u64);
         for name in self.config.repos.keys() {
             let entry = state.repos.entry(name.clone()).or_default();
             if entry.since == 0 {
@@ -593,7 +597,7 @@ pub async fn run(poller: Poller, mut shutdown: watch::Receiver<bool>) {
             _ = interval.tick() => {}
             _ = shutdown.changed() => return,
         }
-        match poller.tick(now_ms()).await {
+        match poller.tick(tick_time(None, now_ms())).await {
             Ok(t) => tracing::debug!(?t, "poll tick"),
             Err(e) => tracing::error!(error = %e, "poll tick failed"),
         }
@@ -652,12 +656,15 @@ mod tests {
     }
 
     #[test]
-    fn a_missed_tick_is_made_up_for() {
-        let c = config(100, 300);
-        let t = 1_800_000_000_000u64;
-        let two_ticks = due(&c, t - 120_000, t).len();
-        let separately = due(&c, t - 120_000, t - 60_000).len() + due(&c, t - 60_000, t).len();
-        assert_eq!(two_ticks, separately);
+    fn ticks_stand_for_their_scheduled_time() {
+        let t = 1_800_000_000_000u64; // a whole minute
+        assert_eq!(tick_time(Some(t), t + 1_500), t, "a late start keeps its minute");
+        assert_eq!(tick_time(None, t + 59_999), t, "the wall clock, aligned");
+        assert_eq!(
+            tick_time(Some(t - 3_600_000), t + 10),
+            t,
+            "an implausible event time is ignored"
+        );
     }
 
     #[test]

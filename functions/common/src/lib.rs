@@ -50,6 +50,15 @@ pub use gitferry_core::clock::now_ms;
 pub use gitferry_core::poll::Tick;
 pub use serde_json::Value;
 
+/// The time a scheduled event stands for (see `gitferry_core::poll::tick_time`).
+pub fn tick_time(event: &ScheduledEvent) -> u64 {
+    let scheduled = event
+        .time
+        .map(|t| t.timestamp_millis())
+        .and_then(|t| u64::try_from(t).ok());
+    gitferry_core::poll::tick_time(scheduled, now_ms())
+}
+
 /// The poll function's result, as logged by the runtime.
 pub fn tick_json(t: &Tick) -> Value {
     serde_json::to_value(t).unwrap_or_default()
