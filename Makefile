@@ -52,10 +52,12 @@ deps:
 build:
 	$(CARGO) build --workspace --bins
 
-## The CLI binary is built first: end-to-end tests run it as a user would.
+## The CLI binary is built first: end-to-end tests run it as a user would. Afterwards, no
+## server the harness started may still run (tests/src/process.rs marks them all).
 test: deps cfn-lint
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --no-fail-fast
+	@bash tests/leftovers.sh
 
 demo:
 	$(CARGO) run -q -p gitferry -- demo
