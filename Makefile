@@ -42,6 +42,14 @@ deps:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-dulwich >/dev/null; \
 	fi
+	@# playwright-core drives Chromium's keyboard in the status page tests (npm, pinned in
+	@# tests/ui/package-lock.json; it downloads no browser: it uses Debian's chromium).
+	@if [ ! -d tests/ui/node_modules/playwright-core ]; then \
+	  command -v npm >/dev/null || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; }; \
+	  echo "installing playwright-core into tests/ui"; \
+	  (cd tests/ui && npm ci --no-audit --no-fund --silent); \
+	fi
 	@# Headless Chromium renders the status page in one end-to-end test.
 	@if ! command -v chromium >/dev/null; then \
 	  echo "installing chromium (headless browser for the status page test) from Debian"; \

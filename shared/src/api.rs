@@ -4,27 +4,27 @@
 //! | route                      | auth              | what |
 //! |----------------------------|-------------------|------|
 //! | `POST /webhook/{provider}` | signature         | verify and enqueue ([`crate::webhook`]) |
-//! | `GET /status`              | bearer token      | every repo's status (JSON, or HTML for browsers) |
-//! | `GET /status/{repo}`       | bearer token      | one repo's status |
-//! | `POST /repos/{repo}/sync`  | bearer token      | enqueue a manual sync |
-//! | `GET /`                    | bearer token      | the status page (HTML) |
+//! | `GET /status`              | status token      | every repo's status (JSON) |
+//! | `GET /status/{repo}`       | status token      | one repo's status, history and refs (JSON) |
+//! | `POST /repos/{repo}/sync`  | status token      | enqueue a manual sync (JSON; a form from the page) |
+//! | `GET /`                    | status token      | the overview page (HTML; `?q=&state=&page=`) |
+//! | `GET /repos/{repo}`        | status token      | one repository's page (HTML) |
 //! | `GET /healthz`             | none              | liveness |
 //! | `GET /metrics`             | none (local only) | Prometheus text |
 //!
-//! The bearer token comes from the environment (`GITFERRY_STATUS_TOKEN`); without one the
-//! status and manual routes answer 401 to everyone — they are never open by accident (the one
-//! exception: a local server listening on loopback only, where only this machine can ask).
-//! Tokens are compared in constant time.
+//! The status token comes from the environment (`GITFERRY_STATUS_TOKEN`) and is accepted as a
+//! bearer token or as the HTTP Basic password, so a browser can open the pages ([`crate::ui`]);
+//! without one the status and manual routes answer 401 to everyone — they are never open by
+//! accident (the one exception: a local server listening on loopback only, where only this
+//! machine can ask). Tokens are compared in constant time.
 
 use std::sync::Arc;
 
 use serde_json::json;
-use subtle::ConstantTimeEq;
 
 use crate::config::{Config, Secret, valid_repo_name};
 use crate::metrics::{Metrics, Prometheus};
 use crate::queue::Queue;
-use crate::request::SyncRequest;
 use crate::status::StatusBook;
 use crate::webhook::{self, Delivery};
 
@@ -34,12 +34,14 @@ pub struct Request<'a> {
     pub method: &'a str,
     /// The path without query string.
     pub path: &'a str,
+    /// The raw query string (without `?`; empty if none).
+    pub query: &'a str,
     pub headers: Vec<(String, String)>,
     pub body: &'a [u8],
 }
 
 impl Request<'_> {
-    fn header(&self, name: &str) -> Option<&str> {
+    pub fn header(&self, name: &str) -> Option<&str> {
         webhook::header(&self.headers, name)
     }
 }
@@ -49,27 +51,40 @@ impl Request<'_> {
 pub struct Response {
     pub status: u16,
     pub content_type: &'static str,
+    /// Headers besides the content type (`WWW-Authenticate`, `Location`, …).
+    pub headers: Vec<(&'static str, String)>,
     pub body: Vec<u8>,
 }
 
 impl Response {
     pub fn json(status: u16, body: serde_json::Value) -> Response {
-        Response {
-            status,
-            content_type: "application/json",
-            body: body.to_string().into_bytes(),
-        }
+        Response::text(status, "application/json", body.to_string())
     }
 
-    fn text(status: u16, content_type: &'static str, body: String) -> Response {
+    pub fn text(status: u16, content_type: &'static str, body: String) -> Response {
         Response {
             status,
             content_type,
+            headers: Vec::new(),
             body: body.into_bytes(),
         }
     }
 
-    fn error(status: u16, message: &str) -> Response {
+    pub fn html(body: String) -> Response {
+        Response::text(200, "text/html; charset=utf-8", body)
+    }
+
+    /// 303 See Other: after a form POST, back to a page.
+    pub fn redirect(to: &str) -> Response {
+        Response::text(303, "text/plain; charset=utf-8", format!("see {to}\n")).with_header("location", to)
+    }
+
+    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Response {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    pub fn error(status: u16, message: &str) -> Response {
         Response::json(status, json!({ "error": message }))
     }
 
@@ -92,6 +107,9 @@ pub struct Api {
     /// Local server on a loopback address without a token: status routes are open (only this
     /// machine can reach them). Never set on Lambda.
     pub anonymous_status: bool,
+    /// A random key of this process: signs the page's form tokens when there is no status
+    /// token to derive them from (a local server on loopback).
+    pub session_key: String,
 }
 
 impl Api {
@@ -123,81 +141,33 @@ impl Api {
                 }
                 None => Response::error(404, "metrics are published to CloudWatch"),
             },
-            ("GET", [] | ["status"]) => {
-                if let Some(denied) = self.authorize(&req) {
-                    return denied;
-                }
-                let names = self.config.repos.keys().map(String::as_str);
-                match self.status.all(names).await {
-                    Ok(all) => {
-                        let wants_html =
-                            segments.is_empty() || req.header("accept").is_some_and(|a| a.contains("text/html"));
-                        if wants_html {
-                            Response::text(
-                                200,
-                                "text/html; charset=utf-8",
-                                crate::page::render(&all, crate::clock::now_ms()),
-                            )
-                        } else {
-                            Response::json(200, json!({ "repos": all }))
-                        }
+            ("GET", [] | ["status"] | ["status", _] | ["repos", _]) | ("POST", ["repos", _, "sync"]) => {
+                let auth = match crate::ui::authenticate(self, &req) {
+                    Ok(a) => a,
+                    Err(denied) => return denied,
+                };
+                match (req.method, segments.as_slice()) {
+                    ("GET", []) => crate::ui::overview(self, &req).await,
+                    ("GET", ["status"]) => crate::ui::status_json(self).await,
+                    ("GET", ["status", repo]) => crate::ui::repo_json(self, repo).await,
+                    ("GET", ["repos", repo]) => crate::ui::repo_page(self, repo).await,
+                    (_, ["repos", repo, _]) if valid_repo_name(repo) => {
+                        crate::ui::sync_now(self, &req, repo, auth).await
                     }
-                    Err(e) => Response::error(503, &format!("status unavailable: {e}")),
+                    _ => Response::error(404, "repository not configured"),
                 }
             }
-            ("GET", ["status", repo]) => {
-                if let Some(denied) = self.authorize(&req) {
-                    return denied;
-                }
-                if self.config.repo(repo).is_none() {
-                    return Response::error(404, "repository not configured");
-                }
-                match self.status.all([*repo]).await {
-                    Ok(mut one) => Response::json(200, serde_json::to_value(one.remove(0)).expect("status serialises")),
-                    Err(e) => Response::error(503, &format!("status unavailable: {e}")),
-                }
-            }
-            ("POST", ["repos", repo, "sync"]) => {
-                if let Some(denied) = self.authorize(&req) {
-                    return denied;
-                }
-                if !valid_repo_name(repo) || self.config.repo(repo).is_none() {
-                    return Response::error(404, "repository not configured");
-                }
-                let who = req
-                    .header("x-requested-by")
-                    .unwrap_or("api")
-                    .chars()
-                    .take(64)
-                    .collect::<String>();
-                let request = SyncRequest::manual(repo, &who);
-                match self.queue.send(std::slice::from_ref(&request)).await {
-                    Ok(_) => Response::json(202, json!({ "queued": [repo], "request": request.dedup_id() })),
-                    Err(e) => {
-                        tracing::error!(error = %e, "could not enqueue manual sync");
-                        Response::error(503, "queue unavailable")
-                    }
-                }
-            }
-            (_, ["webhook", _] | ["healthz"] | ["metrics"] | ["status"] | ["status", _] | ["repos", _, "sync"]) => {
-                Response::error(405, "method not allowed")
-            }
+            (
+                _,
+                ["webhook", _]
+                | ["healthz"]
+                | ["metrics"]
+                | ["status"]
+                | ["status", _]
+                | ["repos", _]
+                | ["repos", _, "sync"],
+            ) => Response::error(405, "method not allowed"),
             _ => Response::error(404, "not found"),
-        }
-    }
-
-    /// `None` if the request carries the status token; otherwise the 401 to send.
-    fn authorize(&self, req: &Request<'_>) -> Option<Response> {
-        let presented = req
-            .header("authorization")
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .map(str::trim);
-        if self.anonymous_status && self.status_token.is_none() {
-            return None;
-        }
-        match (&self.status_token, presented) {
-            (Some(token), Some(p)) if bool::from(p.as_bytes().ct_eq(token.expose().as_bytes())) => None,
-            _ => Some(Response::error(401, "a valid bearer token is required")),
         }
     }
 }

@@ -7,6 +7,7 @@
 //! repos/{repo}/packs/{sha}.idx     ...and their indexes
 //! repos/{repo}/lease.json          who is syncing the repo (owner, heartbeat, expiry)
 //! repos/{repo}/status.json         written only by `crate::status`
+//! repos/{repo}/history.json        the last syncs that changed something or failed (status)
 //! state/probe.json                 the poller: per repo the confirmed refs digest, last check
 //! state/config-seen/{digest}       "this configuration was reconciled" markers of the poller
 //! state/queue.json                 the embedded queue of `gitferry serve` (local only)
@@ -38,6 +39,10 @@ pub fn lease(repo: &str) -> String {
 
 pub fn status(repo: &str) -> String {
     format!("repos/{repo}/status.json")
+}
+
+pub fn history(repo: &str) -> String {
+    format!("repos/{repo}/history.json")
 }
 
 /// Where a repository's packs live (for listings).

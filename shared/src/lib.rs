@@ -14,7 +14,9 @@
 //! * [`sync`] — `SyncManager`, the one sync algorithm;
 //! * [`worker`] — the one queue consumer (sync Lambda and `gitferry serve`);
 //! * [`poll`] — the one (probing) poller (poll Lambda and `gitferry serve`);
-//! * [`keys`] — the whole store layout; [`clock`] — time and the test time scale.
+//! * [`keys`] — the whole store layout; [`clock`] — time and the test time scale;
+//! * [`api`] — the HTTP routes (webhook Lambda and `serve`); [`ui`] and [`page`] — the status
+//!   pages and their JSON.
 
 pub mod api;
 pub mod cache;
@@ -31,5 +33,6 @@ pub mod request;
 pub mod status;
 pub mod store;
 pub mod sync;
+pub mod ui;
 pub mod webhook;
 pub mod worker;

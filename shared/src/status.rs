@@ -92,6 +92,32 @@ pub struct Backup {
     pub at: u64,
 }
 
+/// Statuses read at once by [`StatusBook::all`].
+pub const READ_AHEAD: usize = 64;
+
+/// How many syncs [`History`] keeps.
+pub const HISTORY: usize = 30;
+
+/// One sync that changed something or did not succeed, for the repository page and its charts.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SyncRecord {
+    pub started_at: u64,
+    pub finished_at: u64,
+    pub duration_ms: u64,
+    /// How long the request that started it waited in the queue.
+    pub queue_lag_ms: Option<u64>,
+    pub trigger: Option<TriggerKind>,
+    /// `Success`, `Failed` or `Interrupted`.
+    pub state: State,
+    /// Refs that moved (the first ten are in `changes`).
+    pub refs_changed: usize,
+    pub changes: Vec<RefDelta>,
+    pub error: Option<String>,
+    /// Targets that failed, with why.
+    pub failed_targets: Vec<RefIssue>,
+}
+
 /// `status.json`: everything an operator asks about a repository.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 // Every field defaults: statuses written by older versions (fewer fields) still load.
@@ -127,6 +153,15 @@ pub struct RepoStatus {
     pub updated_at: u64,
 }
 
+/// `history.json`: the last [`HISTORY`] syncs that changed something or did not succeed, oldest
+/// first. Beside the status rather than in it: the overview reads every status, the history only
+/// a repository's own page; and an idle repository adds nothing, so it still writes nothing.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct History {
+    pub syncs: Vec<SyncRecord>,
+}
+
 /// What a finished sync reports to the chokepoint.
 #[derive(Clone, Debug, Default)]
 pub struct Finish {
@@ -144,6 +179,8 @@ pub struct Finish {
     pub interrupted: Option<String>,
     /// The cache was rebuilt from the source, and why.
     pub cache_rebuilt: Option<String>,
+    /// How long the request that started the sync waited in the queue.
+    pub queue_lag_ms: Option<u64>,
 }
 
 /// One target's result.
@@ -188,6 +225,35 @@ impl StatusBook {
         StatusBook { store }
     }
 
+    /// The store the statuses live in.
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// A repository's history (empty if none was recorded).
+    pub async fn history(&self, repo: &str) -> Result<History, StoreError> {
+        Ok(self
+            .store
+            .get(&keys::history(repo))
+            .await?
+            .and_then(|o| serde_json::from_slice(&o.body).ok())
+            .unwrap_or_default())
+    }
+
+    /// Append to the history, keeping the last [`HISTORY`]. Unconditional writes: only the
+    /// lease holder finishes syncs of a repository.
+    async fn remember(&self, repo: &str, record: SyncRecord) -> Result<(), StoreError> {
+        let mut history = self.history(repo).await?;
+        history.syncs.push(record);
+        let excess = history.syncs.len().saturating_sub(HISTORY);
+        history.syncs.drain(..excess);
+        let body = serde_json::to_vec(&history).expect("history serialises");
+        self.store
+            .put(&keys::history(repo), body, Condition::Always)
+            .await
+            .map(|_| ())
+    }
+
     /// The stored record, as written.
     async fn read(&self, repo: &str) -> Result<Option<RepoStatus>, StoreError> {
         Ok(self
@@ -230,18 +296,39 @@ impl StatusBook {
         }
     }
 
-    /// Status of each named repo as readers should see it; repos never synced show as `New`.
+    /// Status of each named repo as readers should see it (in the order given); repos never
+    /// synced show as `New`. Read [`READ_AHEAD`] at a time: an overview of 5,000 repositories
+    /// on S3 is a few seconds, not minutes.
     pub async fn all<'a>(&self, repos: impl IntoIterator<Item = &'a str>) -> Result<Vec<RepoStatus>, StoreError> {
-        let checked = crate::poll::last_checked(self.store.as_ref()).await;
-        let mut out = Vec::new();
-        for repo in repos {
-            let stored = self.read(repo).await?.unwrap_or_else(|| RepoStatus {
-                repo: repo.to_owned(),
-                ..Default::default()
+        let checked = Arc::new(crate::poll::last_checked(self.store.as_ref()).await);
+        let names: Vec<String> = repos.into_iter().map(str::to_owned).collect();
+        let permits = Arc::new(tokio::sync::Semaphore::new(READ_AHEAD));
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, repo) in names.into_iter().enumerate() {
+            let (book, checked, permits) = (self.clone(), checked.clone(), permits.clone());
+            tasks.spawn(async move {
+                let _permit = permits.acquire_owned().await;
+                let stored = book.read(&repo).await?.unwrap_or_else(|| RepoStatus {
+                    repo: repo.clone(),
+                    ..Default::default()
+                });
+                Ok::<_, StoreError>((i, book.view(stored, &checked).await))
             });
-            out.push(self.view(stored, &checked).await);
         }
-        Ok(out)
+        let mut out = Vec::new();
+        while let Some(done) = tasks.join_next().await {
+            match done {
+                Ok(r) => out.push(r?),
+                Err(e) => {
+                    return Err(StoreError::Unavailable {
+                        key: "repos/*/status.json".into(),
+                        message: format!("reading a status: {e}"),
+                    });
+                }
+            }
+        }
+        out.sort_by_key(|(i, _)| *i);
+        Ok(out.into_iter().map(|(_, s)| s).collect())
     }
 
     /// `Syncing` without a live lease is `Stalled`; a poller confirmation newer than the
@@ -336,9 +423,10 @@ impl StatusBook {
         if let Some(n) = finish.source_refs {
             next.source_refs = n;
         }
-        if !finish.changes.is_empty() {
+        let changes = finish.changes;
+        if !changes.is_empty() {
             next.last_change_at = Some(now);
-            next.last_changes = finish.changes.into_iter().take(50).collect();
+            next.last_changes = changes.iter().take(50).cloned().collect();
         }
         next.guard = finish.guard;
         if let Some(backups) = finish.overwritten {
@@ -380,9 +468,43 @@ impl StatusBook {
         }
         next.updated_at = now;
         self.write_retrying(&next).await?;
+        if let Some(record) = record_of(&next, &changes, finish.queue_lag_ms)
+            && let Err(e) = self.remember(&next.repo, record).await
+        {
+            // The history is for people; the status is what must be right.
+            tracing::warn!(repo = %next.repo, error = %e, "could not record the sync in the history");
+        }
         let repo = streak(previous.consecutive_failures, next.consecutive_failures);
         Ok((next, Transitions { repo, targets }))
     }
+}
+
+/// The history record of a sync that changed something or did not succeed.
+fn record_of(next: &RepoStatus, changes: &[RefDelta], queue_lag_ms: Option<u64>) -> Option<SyncRecord> {
+    if changes.is_empty() && next.state == State::Success {
+        return None;
+    }
+    let failed_targets = next
+        .targets
+        .iter()
+        .filter(|(_, t)| t.state == State::Failed && t.last_attempt_at == next.finished_at)
+        .map(|(name, t)| RefIssue {
+            name: name.clone(),
+            reason: t.last_error.clone().unwrap_or_default(),
+        })
+        .collect();
+    Some(SyncRecord {
+        started_at: next.started_at.unwrap_or_default(),
+        finished_at: next.finished_at.unwrap_or_default(),
+        duration_ms: next.duration_ms.unwrap_or_default(),
+        queue_lag_ms,
+        trigger: next.last_trigger,
+        state: next.state,
+        refs_changed: changes.len(),
+        changes: changes.iter().take(10).cloned().collect(),
+        error: next.last_error.clone().filter(|_| next.state != State::Success),
+        failed_targets,
+    })
 }
 
 /// Apply one target's result; its error, if it failed.

@@ -330,7 +330,7 @@ fn check_config_status_and_sync_commands() {
     )
     .unwrap();
     let bad = run(&["check-config", "bad.toml"]);
-    assert_eq!(bad.status.code(), Some(1));
+    assert_eq!(bad.status.code(), Some(2), "an invalid configuration is a usage error");
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(
         err.contains("bad.toml:2: repos.x.url") && err.contains("bad.toml:3: repos.x.poll_interval_secs"),
@@ -354,6 +354,44 @@ fn check_config_status_and_sync_commands() {
     );
     let unknown = run(&["sync", "nope", "--store", store]);
     assert_eq!(unknown.status.code(), Some(1));
+
+    // The source force-moves main back: the overwritten tip is kept, and restoring it puts it
+    // back on the source under a new name, which the next sync mirrors.
+    let tip = git(&s.source, ["rev-parse", "refs/heads/main"]);
+    git(&s.source, ["update-ref", "refs/heads/main", "refs/heads/main~1"]);
+    assert!(run(&["sync", "app", "--store", store]).status.success());
+    let st = run(&["status", "app", "--store", store, "--json"]);
+    let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    let backup = st[0]["overwritten"][0]["backup_ref"].as_str().unwrap().to_owned();
+    assert_eq!(st[0]["overwritten"][0]["id"], tip.as_str());
+    let restored = run(&[
+        "restore",
+        "app",
+        &backup,
+        "--as",
+        "refs/heads/main-restored",
+        "--store",
+        store,
+    ]);
+    assert!(
+        restored.status.success(),
+        "{}",
+        String::from_utf8_lossy(&restored.stderr)
+    );
+    assert_eq!(git(&s.source, ["rev-parse", "refs/heads/main-restored"]), tip);
+    let twice = run(&[
+        "restore",
+        "app",
+        &backup,
+        "--as",
+        "refs/heads/main-restored",
+        "--store",
+        store,
+    ]);
+    assert_eq!(twice.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&twice.stderr).contains("already exists"));
+    assert!(run(&["sync", "app", "--store", store]).status.success());
+    assert_eq!(git(&s.target, ["rev-parse", "refs/heads/main-restored"]), tip);
 }
 
 /// `kill -9` at 20 pseudo-random points of 20 syncs (issue 7): after each restart on the same

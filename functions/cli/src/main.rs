@@ -107,6 +107,21 @@ enum Command {
     },
     /// Check a configuration file: prints OK, or every problem with file:line and field.
     CheckConfig { file: PathBuf },
+    /// Bring back a tip the source force-pushed or deleted: push a backup gitferry kept
+    /// (`refs/gitferry/overwritten/…`, listed by `status` and on the repository page) to the
+    /// source under a new name; the next sync mirrors it to every target.
+    #[command(after_help = "Example:\n  \
+        gitferry restore app refs/gitferry/overwritten/heads/main/1732870000000 --as refs/heads/main-restored")]
+    Restore {
+        repo: String,
+        /// The backup ref, as listed.
+        backup: String,
+        /// The ref to create on the source (it must not exist yet).
+        #[arg(long = "as", value_name = "REF")]
+        as_ref: String,
+        #[command(flatten)]
+        at: Where,
+    },
     /// Ask a running server to sync every repository now (reconcile).
     #[command(after_help = "Example:\n  GITFERRY_STATUS_TOKEN=… gitferry enqueue --all --server http://127.0.0.1:8080")]
     Enqueue {
@@ -232,10 +247,16 @@ async fn run(command: Command) -> ExitCode {
             }
             Err(e) => {
                 errln!("{e}");
-                ExitCode::from(1)
+                ExitCode::from(2)
             }
         },
         Command::Enqueue { config, server, .. } => enqueue_all(&config, &server).await,
+        Command::Restore {
+            repo,
+            backup,
+            as_ref,
+            at,
+        } => restore(&repo, &backup, &as_ref, &at).await,
         Command::Mirror {
             source,
             target,
@@ -359,6 +380,47 @@ async fn status(repo: Option<&str>, at: &Where, json: bool) -> ExitCode {
             }
         }
         Err(e) => fail(&format!("reading status: {e}")),
+    }
+}
+
+async fn restore(repo: &str, backup: &str, as_ref: &str, at: &Where) -> ExitCode {
+    let config = match load_config(&at.config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let Some(repo_config) = config.repo(repo) else {
+        return fail(&format!("repository {repo:?} is not in {}", at.config.display()));
+    };
+    let store = match adapters::store(&at.store).await {
+        Ok(s) => s,
+        Err(e) => return fail(&e),
+    };
+    // A private copy of the cache: a running server's working copy is left alone.
+    let work = match tempfile::tempdir() {
+        Ok(w) => w,
+        Err(e) => return fail(&format!("a temporary directory: {e}")),
+    };
+    let cache = gitferry_core::cache::RepoCache::new(store, work.path(), repo);
+    let restored = match cache.load().await {
+        Ok(snapshot) => cache.restore(&snapshot).await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = restored {
+        return fail(&format!("reading the cache of {repo}: {e}"));
+    }
+    let (path, source) = (cache.path().to_owned(), repo_config.source.clone());
+    let (b, name) = (backup.to_owned(), as_ref.to_owned());
+    let pushed = tokio::task::spawn_blocking(move || git::restore_ref(&path, &source, &b, &name)).await;
+    match pushed {
+        Ok(Ok(id)) => {
+            outln!(
+                "restored {id} as {as_ref} on {}: the next sync mirrors it to the targets",
+                repo_config.source
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(Err(e)) => fail_err(&e),
+        Err(e) => fail(&format!("internal error: {e}")),
     }
 }
 

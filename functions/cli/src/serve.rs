@@ -93,6 +93,7 @@ pub async fn start(opts: ServeOptions) -> Result<Running, String> {
         status_token: opts.status_token,
         max_body: gitferry_core::webhook::DEFAULT_MAX_BODY,
         prometheus: Some(prometheus),
+        session_key: uuid::Uuid::new_v4().to_string(),
     };
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
@@ -184,6 +185,7 @@ async fn handle(State(api): State<Arc<Api>>, request: axum::extract::Request) ->
         .handle(api::Request {
             method: parts.method.as_str(),
             path: parts.uri.path(),
+            query: parts.uri.query().unwrap_or_default(),
             headers,
             body: &body,
         })
@@ -192,9 +194,11 @@ async fn handle(State(api): State<Arc<Api>>, request: axum::extract::Request) ->
 }
 
 fn to_axum(r: api::Response) -> axum::response::Response {
-    axum::response::Response::builder()
+    let mut builder = axum::response::Response::builder()
         .status(r.status)
-        .header("content-type", r.content_type)
-        .body(axum::body::Body::from(r.body))
-        .expect("valid response")
+        .header("content-type", r.content_type);
+    for (name, value) in &r.headers {
+        builder = builder.header(*name, value);
+    }
+    builder.body(axum::body::Body::from(r.body)).expect("valid response")
 }

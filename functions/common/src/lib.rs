@@ -323,6 +323,8 @@ pub async fn webhook(rt: &Runtime, event: ApiGatewayV2httpRequest) -> ApiGateway
         max_body: rt.env.max_body,
         prometheus: None,
         anonymous_status: false,
+        // Form tokens derive from the status token on Lambda (anonymous access is never on).
+        session_key: String::new(),
     };
     let body = match event.body.as_deref() {
         None => Vec::new(),
@@ -348,10 +350,12 @@ pub async fn webhook(rt: &Runtime, event: ApiGatewayV2httpRequest) -> ApiGateway
         .or_else(|| event.request_context.http.path.clone())
         .unwrap_or_else(|| "/".into());
     let method = event.request_context.http.method.as_str().to_owned();
+    let query = event.raw_query_string.clone().unwrap_or_default();
     let reply = api
         .handle(api::Request {
             method: &method,
             path: &path,
+            query: &query,
             headers,
             body: &body,
         })
@@ -364,6 +368,11 @@ fn response(r: api::Response) -> ApiGatewayV2httpResponse {
     out.status_code = i64::from(r.status);
     out.headers
         .insert("content-type", r.content_type.parse().expect("valid header value"));
+    for (name, value) in &r.headers {
+        if let Ok(value) = value.parse() {
+            out.headers.insert(*name, value);
+        }
+    }
     out.body = Some(Body::Text(String::from_utf8_lossy(&r.body).into_owned()));
     out.is_base64_encoded = false;
     out

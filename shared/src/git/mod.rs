@@ -29,6 +29,7 @@ pub mod push;
 pub mod refs;
 pub mod remote;
 pub mod repo;
+mod restore;
 mod transport;
 
 pub use error::{Error, ErrorClass};
@@ -38,4 +39,5 @@ pub use mirror::{MirrorOptions, MirrorSummary, ProgressFn, mirror};
 pub use push::{PushOptions, PushOutcome, RefResult, push};
 pub use refs::{DeltaKind, RefDelta, RefPatterns, RefState, RefTarget};
 pub use remote::{Credentials, Remote};
+pub use restore::restore_ref;
 pub use transport::AGENT;

@@ -572,6 +572,7 @@ impl SyncManager {
                 return Err(e.into());
             }
         };
+        let started_ms = now_ms();
         let stop_at = deadline.checked_sub(self.options.margin()).unwrap_or(deadline);
         let interrupt = Interrupt::arm(stop_at, self.shutdown.clone());
         let mut run = Run::new(
@@ -586,7 +587,7 @@ impl SyncManager {
         );
         let result = run.run().await;
         let work = run.work;
-        let finish = finish_of(&result, &work, lease.record().await);
+        let finish = finish_of(&result, &work, lease.record().await, primary.lag_ms(started_ms));
         let finished = self.status.finish(&previous, finish).await;
         if let Err(e) = lease.release().await {
             tracing::warn!(repo, error = %e, "could not release lease (it will expire)");
@@ -680,7 +681,12 @@ fn verdict_of(outcome: &RepoOutcome) -> Verdict {
 }
 
 /// The status record of a run's result.
-fn finish_of(result: &Result<(), Failure>, work: &Work, lease: crate::cache::lease::LeaseRecord) -> Finish {
+fn finish_of(
+    result: &Result<(), Failure>,
+    work: &Work,
+    lease: crate::cache::lease::LeaseRecord,
+    queue_lag_ms: u64,
+) -> Finish {
     let interrupted = result.as_ref().err().filter(|f| f.interrupted);
     Finish {
         error: result
@@ -696,6 +702,7 @@ fn finish_of(result: &Result<(), Failure>, work: &Work, lease: crate::cache::lea
         guard: work.guard.clone(),
         lease: Some(lease),
         cache_rebuilt: work.cache_rebuilt.clone(),
+        queue_lag_ms: Some(queue_lag_ms),
     }
 }
 
