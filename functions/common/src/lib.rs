@@ -29,16 +29,16 @@ use std::time::{Duration, Instant};
 use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
 use aws_lambda_events::encodings::Body;
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse};
+use gitferry_aws::S3Store;
+use gitferry_aws::SqsQueue;
 use gitferry_core::api::{self, Api};
 use gitferry_core::config::{Config, Secret};
 use gitferry_core::metrics::{Emf, Metrics};
 use gitferry_core::notify::Notifier;
 use gitferry_core::poll::{PollOptions, Poller};
-use gitferry_core::queue::sqs::SqsQueue;
 use gitferry_core::queue::{Message, Queue};
 use gitferry_core::status::StatusBook;
 use gitferry_core::store::ObjectStore;
-use gitferry_core::store::s3::S3Store;
 use gitferry_core::sync::{SyncManager, SyncOptions};
 use gitferry_core::worker::{Ack, Disposition, Worker, WorkerOptions};
 
@@ -283,21 +283,10 @@ impl Runtime {
 }
 
 async fn load_secrets(arn: &str) -> Result<HashMap<String, String>, SetupError> {
-    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
-    let client = aws_sdk_secretsmanager::Client::new(&sdk);
-    let out = client.get_secret_value().secret_id(arn).send().await.map_err(|e| {
-        SetupError::Aws(format!(
-            "reading secrets: {}",
-            aws_sdk_secretsmanager::error::DisplayErrorContext(e)
-        ))
-    })?;
-    let text = out.secret_string().unwrap_or("{}");
-    let map: HashMap<String, serde_json::Value> = serde_json::from_str(text)
-        .map_err(|_| SetupError::Config("the secrets secret must be a JSON object".into()))?;
-    Ok(map
-        .into_iter()
-        .filter_map(|(k, v)| v.as_str().map(|s| (k, s.to_owned())))
-        .collect())
+    gitferry_aws::secrets::load(arn).await.map_err(|e| match e {
+        gitferry_aws::secrets::SecretsError::Shape => SetupError::Config(e.to_string()),
+        e => SetupError::Aws(e.to_string()),
+    })
 }
 
 // ---- webhook -------------------------------------------------------------------------------

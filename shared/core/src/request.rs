@@ -64,6 +64,22 @@ impl TriggerKind {
     }
 }
 
+impl crate::config::RepoConfig {
+    /// Does this repo follow triggers of `kind`? (Here, not in `config`, so the dependency runs
+    /// one way: requests know the configuration, the configuration knows nothing of requests.)
+    pub fn follows(&self, kind: TriggerKind) -> bool {
+        use crate::config::SyncPolicy;
+        use TriggerKind as K;
+        matches!(
+            (self.sync_policy, kind),
+            (_, K::Manual | K::Resume)
+                | (SyncPolicy::Both, _)
+                | (SyncPolicy::WebhookOnly, K::Webhook)
+                | (SyncPolicy::PollOnly, K::Poll)
+        )
+    }
+}
+
 impl SyncTrigger {
     pub fn kind(&self) -> TriggerKind {
         match self {
@@ -172,7 +188,7 @@ impl SyncRequest {
         } else {
             // Keep it recognisable and unique: a prefix plus a digest of the whole.
             let prefix: String = id.chars().filter(char::is_ascii_graphic).take(80).collect();
-            format!("{prefix}#{:016x}", crate::git::remote::fnv1a(id.as_bytes()))
+            format!("{prefix}#{:016x}", crate::git::hash::fnv1a(id.as_bytes()))
         }
     }
 
@@ -211,6 +227,27 @@ impl SyncRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sync_policies_choose_the_triggers_a_repo_follows() {
+        use TriggerKind as K;
+        let config = crate::config::Config::parse(
+            "[repos.app]\nurl = \"/a\"\nsync_policy = \"webhook_only\"\n[[repos.app.targets]]\nurl = \"/t\"\n\
+             [repos.lib]\nurl = \"/l\"\nsync_policy = \"poll_only\"\n[[repos.lib.targets]]\nurl = \"/t\"\n\
+             [repos.both]\nurl = \"/b\"\n[[repos.both.targets]]\nurl = \"/t\"\n",
+            std::path::Path::new("mirrors.toml"),
+            &|_| None,
+        )
+        .expect("valid");
+        let (app, lib, both) = (
+            config.repo("app").unwrap(),
+            config.repo("lib").unwrap(),
+            config.repo("both").unwrap(),
+        );
+        assert!(app.follows(K::Webhook) && !app.follows(K::Poll) && app.follows(K::Manual) && app.follows(K::Resume));
+        assert!(!lib.follows(K::Webhook) && lib.follows(K::Poll) && lib.follows(K::Manual) && lib.follows(K::Resume));
+        assert!(both.follows(K::Webhook) && both.follows(K::Poll));
+    }
 
     #[test]
     fn json_v1_roundtrip_and_shape() {

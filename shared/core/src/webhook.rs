@@ -278,7 +278,7 @@ fn parse(provider: Provider, d: &Delivery<'_>, json: &Value) -> Parsed {
     let delivery_id = delivery_id
         .filter(|id| !id.is_empty() && id.len() <= 200 && id.bytes().all(|b| b.is_ascii_graphic()))
         .map(str::to_owned)
-        .unwrap_or_else(|| format!("body-{:016x}", crate::git::remote::fnv1a(d.body)));
+        .unwrap_or_else(|| format!("body-{:016x}", crate::git::hash::fnv1a(d.body)));
     let git_ref = s(&json["ref"]).filter(|r| r.starts_with("refs/"));
     let after = s(&json["after"]).filter(|a| a.len() == 40 && a.bytes().all(|b| b.is_ascii_hexdigit()));
     Parsed {

@@ -1,5 +1,6 @@
 //! The queue between triggers and sync workers, behind one trait: SQS FIFO on AWS
-//! (`sqs.rs`, with the Lambda functions), an in-process FIFO locally ([`memory`]).
+//! (`gitferry_aws::SqsQueue`, outside the core), an in-process FIFO locally ([`memory`]) or one
+//! kept on disk ([`persistent`]).
 //!
 //! Semantics are SQS FIFO's, because that is what production runs on: messages carry a group
 //! (the repository) and a deduplication id; within a group, delivery is in order and a group with
@@ -12,7 +13,6 @@ use crate::request::SyncRequest;
 
 pub mod memory;
 pub mod persistent;
-pub mod sqs;
 
 /// A received message.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -89,7 +89,7 @@ fn interval_ms(repo: &RepoConfig) -> u64 {
 
 /// The phase of a repository within its interval.
 pub fn phase(repo: &str, interval_ms: u64) -> u64 {
-    crate::git::remote::fnv1a(repo.as_bytes()) % interval_ms.max(1)
+    crate::git::hash::fnv1a(repo.as_bytes()) % interval_ms.max(1)
 }
 
 fn slot(t_ms: u64, phase: u64, interval_ms: u64) -> u64 {

@@ -69,7 +69,7 @@ const MAX_MEMO: usize = 100_000;
 /// The part before a trailing `/` must itself pass [`validate_key`], so `repos/`, `repos/a` and
 /// `repos/a/packs/` are accepted, and `/x`, `../`, `a//` are refused. (It lives here rather than
 /// next to `validate_key` only because `mod.rs` holds the fixed trait.)
-pub(crate) fn validate_prefix(prefix: &str) -> Result<(), StoreError> {
+pub fn validate_prefix(prefix: &str) -> Result<(), StoreError> {
     if prefix.is_empty() {
         return Ok(());
     }

@@ -12,8 +12,8 @@ use std::time::Duration;
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::types::{MessageSystemAttributeName, SendMessageBatchRequestEntry};
 
-use super::{Message, Queue, QueueError, Sent};
-use crate::request::SyncRequest;
+use gitferry_core::queue::{Message, Queue, QueueError, Sent};
+use gitferry_core::request::SyncRequest;
 
 /// SQS's batch size limit.
 const BATCH: usize = 10;

@@ -1,7 +1,10 @@
-//! The git engine: pure Rust on gix, no `git` binary at run time (Lambda's provided.al2023 has
-//! none).
+//! `gitferry-git`: the git engine of gitferry — pure Rust on gix, no `git` binary at run time
+//! (Lambda's provided.al2023 has none). Its own crate because it is the part with one job and
+//! no opinion about where repositories are cached or when syncs run: it knows remotes, refs,
+//! packs and the wire protocols, and nothing of queues, stores, statuses or AWS. It is blocking
+//! (gix's blocking client); async callers run it on `spawn_blocking`.
 //!
-//! gix provides transports, ls-refs and fetch; it has no push and no prune. This module adds
+//! gix provides transports, ls-refs and fetch; it has no push and no prune. This crate adds
 //! them on gix's plumbing:
 //!
 //! * [`remote`] — locations and credentials, redacted everywhere they are shown;
@@ -21,6 +24,7 @@ pub mod advert;
 pub mod error;
 pub mod fetch;
 pub mod guard;
+pub mod hash;
 pub mod local;
 mod lsremote;
 pub mod mirror;

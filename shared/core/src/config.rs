@@ -234,21 +234,7 @@ impl Config {
 
     /// A stable digest of the configuration as written (for "config changed" detection).
     pub fn digest(text: &str) -> String {
-        format!("{:016x}", crate::git::remote::fnv1a(text.as_bytes()))
-    }
-}
-
-impl RepoConfig {
-    /// Does this repo follow triggers of `kind`?
-    pub fn follows(&self, kind: crate::request::TriggerKind) -> bool {
-        use crate::request::TriggerKind as K;
-        matches!(
-            (self.sync_policy, kind),
-            (_, K::Manual | K::Resume)
-                | (SyncPolicy::Both, _)
-                | (SyncPolicy::WebhookOnly, K::Webhook)
-                | (SyncPolicy::PollOnly, K::Poll)
-        )
+        format!("{:016x}", crate::git::hash::fnv1a(text.as_bytes()))
     }
 }
 
@@ -841,15 +827,6 @@ webhook = { provider = "gitea", secret_env = "NOPE" }
     fn syntax_errors_point_at_the_line() {
         let e = errors("[repos.a]\nurl = \"/x\"\nprune = maybe\n");
         assert!(e[0].starts_with("mirrors.toml:3"), "{e:?}");
-    }
-
-    #[test]
-    fn policies() {
-        use crate::request::TriggerKind as K;
-        let c = parse(GOOD).unwrap();
-        let (app, lib) = (c.repo("app").unwrap(), c.repo("lib").unwrap());
-        assert!(app.follows(K::Webhook) && !app.follows(K::Poll) && app.follows(K::Manual));
-        assert!(!lib.follows(K::Webhook) && lib.follows(K::Poll) && lib.follows(K::Manual));
     }
 
     #[test]

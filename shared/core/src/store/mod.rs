@@ -1,5 +1,5 @@
-//! Object storage behind one trait: S3 in AWS, a local directory on one machine, and a
-//! fault-injecting wrapper for tests.
+//! Object storage behind one trait: S3 in AWS (`gitferry_aws::S3Store`, outside the core), a
+//! local directory on one machine ([`fs`]), and a fault-injecting wrapper for tests ([`fault`]).
 //!
 //! The cache (`crate::cache`) needs exactly what S3 offers and nothing more: whole-object reads
 //! with an ETag, conditional writes (`If-Match` the ETag read, or `If-None-Match: *` to create),
@@ -13,7 +13,6 @@ use std::path::Path;
 
 pub mod fault;
 pub mod fs;
-pub mod s3;
 
 /// A whole object and its ETag.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -10,7 +10,7 @@
 //! does not hold with 412, and a conditional write that races another one on the same key with
 //! 409 `ConditionalRequestConflict`; both become [`StoreError::PreconditionFailed`]. `If-Match`
 //! on a missing object is answered 404 `NoSuchKey`; for a write that also means the condition
-//! did not hold, so it is `PreconditionFailed` too (the same as [`super::fs::FsStore`]).
+//! did not hold, so it is `PreconditionFailed` too (the same as [`gitferry_core::store::fs::FsStore`]).
 //!
 //! **Uploads** of files up to [`MULTIPART_THRESHOLD`] are one `PutObject` streamed from the
 //! file. Larger ones are multipart: parts of [`PART_SIZE`] are streamed from the file one at a
@@ -41,7 +41,7 @@
 //! conditional `PutObject` whose first attempt succeeded but whose reply was lost is retried
 //! and then fails its own condition (412). Callers of conditional writes must therefore treat
 //! `PreconditionFailed` as "re-read and decide", never as proof that nothing was written —
-//! which is what [`super::fault::Fault::ReplyLost`] exercises.
+//! which is what [`gitferry_core::store::fault::Fault::ReplyLost`] exercises.
 
 use std::path::Path;
 
@@ -51,8 +51,8 @@ use aws_sdk_s3::primitives::{ByteStream, Length};
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use tokio::io::AsyncWriteExt;
 
-use super::fs::validate_prefix;
-use super::{Condition, Object, ObjectInfo, ObjectStore, StoreError, validate_key};
+use gitferry_core::store::fs::validate_prefix;
+use gitferry_core::store::{Condition, Object, ObjectInfo, ObjectStore, StoreError, validate_key};
 
 /// Files larger than this are uploaded in parts.
 pub const MULTIPART_THRESHOLD: u64 = 16 * 1024 * 1024;

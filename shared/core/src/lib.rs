@@ -1,16 +1,20 @@
 //! `gitferry-core`: everything in gitferry that is not an entrypoint.
 //!
 //! The Lambda functions and the `gitferry` command line are thin shells around this crate. It
-//! holds no AWS types: storage and queues (later) are traits with adapters.
+//! holds no AWS types — it does not even depend on the AWS SDK: storage and queues are traits
+//! ([`store::ObjectStore`], [`queue::Queue`]) with local adapters here (a directory, an
+//! in-process queue) and AWS ones (S3, SQS) in `gitferry-aws`.
 //!
-//! * [`git`] — the pure-Rust git engine: ls-remote, mirror fetch with prune, push (a
-//!   receive-pack client), and the one-shot [`git::mirror()`];
+//! * [`git`] — the pure-Rust git engine (crate `gitferry-git`): ls-remote, mirror fetch with
+//!   prune, push (a receive-pack client), and the one-shot [`git::mirror()`];
 //! * [`config`] — `mirrors.toml`, validated with errors naming file, line and field;
 //! * [`request`] — `SyncRequest`, the one message every trigger becomes;
-//! * [`store`] — object storage (S3, local directory, fault injection) behind one trait;
+//! * [`store`] — object storage behind one trait (a local directory, fault injection; S3 in
+//!   `gitferry-aws`);
 //! * [`cache`] — bare repositories cached in a store: manifest, packs, leases;
 //! * [`status`] — the single chokepoint for status writes; [`notify`], [`metrics`];
-//! * [`queue`] — the queue trait, its in-process FIFO and the saved local queue;
+//! * [`queue`] — the queue trait, its in-process FIFO and the saved local queue (SQS in
+//!   `gitferry-aws`);
 //! * [`sync`] — `SyncManager`, the one sync algorithm;
 //! * [`worker`] — the one queue consumer (sync Lambda and `gitferry serve`);
 //! * [`poll`] — the one (probing) poller (poll Lambda and `gitferry serve`);
@@ -22,7 +26,8 @@ pub mod api;
 pub mod cache;
 pub mod clock;
 pub mod config;
-pub mod git;
+/// The git engine (crate `gitferry-git`), under the name the rest of the core uses.
+pub use gitferry_git as git;
 pub mod keys;
 pub mod metrics;
 pub mod notify;

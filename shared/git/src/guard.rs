@@ -87,7 +87,7 @@ mod tests {
     use std::sync::atomic::AtomicBool;
 
     use super::*;
-    use crate::git::{self, FetchOptions, MirrorOptions, PushOptions, RefPatterns, repo};
+    use crate::{self as git, FetchOptions, MirrorOptions, PushOptions, RefPatterns, repo};
 
     /// A local source with one commit on `main`, an empty bare target and a cache directory.
     struct Fixture {

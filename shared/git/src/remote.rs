@@ -201,7 +201,7 @@ impl Remote {
         }
         name.truncate(64);
         // Distinguish same-named repositories of different hosts/owners.
-        format!("{name}-{:016x}", fnv1a(self.display.as_bytes()))
+        format!("{name}-{:016x}", crate::hash::fnv1a(self.display.as_bytes()))
     }
 }
 
@@ -211,16 +211,6 @@ fn looks_like_scp(input: &str) -> bool {
         Some((before, _)) => !before.contains('/') && before.len() > 1,
         None => false,
     }
-}
-
-/// Stable 64-bit FNV-1a, for names that must not change between releases.
-pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
 }
 
 /// Replace any userinfo (`user:password@`) in a URL-like string with `***@`. Used for input that
