@@ -208,15 +208,16 @@ async fn webhook_status_codes_and_what_reaches_the_queue() {
         code(&gitferry_lambda::webhook(&rt, github("d-json", "push", "{not json", SECRET)).await),
         400
     );
-    let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(2 << 20));
+    let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(25 << 20));
     assert_eq!(
         code(&gitferry_lambda::webhook(&rt, github("d-big", "push", &big, SECRET)).await),
         413
     );
+    // An unknown repository looks like a wrong signature: the caller proved nothing.
     let other = push_payload("https://github.com/org/unknown.git");
     assert_eq!(
         code(&gitferry_lambda::webhook(&rt, github("d-unk", "push", &other, SECRET)).await),
-        404
+        401
     );
     let polled = push_payload("https://github.com/org/polled.git");
     let r = gitferry_lambda::webhook(&rt, github("d-poll", "push", &polled, SECRET)).await;
@@ -266,7 +267,8 @@ async fn webhook_status_codes_and_what_reaches_the_queue() {
         vec!["app", "app", "app-copy", "app-copy"],
         "d-1 once per repo (redelivery dropped), d-2 once per repo"
     );
-    assert_eq!(recorder.total("WebhookResponses", &[("Code", "401")]), 3.0);
+    assert_eq!(recorder.total("WebhookResponses", &[("Code", "401")]), 4.0);
+    assert_eq!(recorder.total("WebhookResponses", &[("Code", "413")]), 1.0);
 
     // GitLab and Gitea/Forgejo signatures.
     let lab = serde_json::json!({ "project": { "git_http_url": "https://gitlab.com/org/lab.git" }, "ref": "refs/heads/main" }).to_string();
@@ -573,12 +575,12 @@ async fn hostile_webhook_corpus_enqueues_nothing() {
     let rt = aws.runtime(&config(""), Arc::new(Recorder::default())).await;
     let body = push_payload(SRC);
     let nested = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
-    let ten_mb = format!("{{\"x\":\"{}\"}}", "y".repeat(10 << 20));
+    let too_big = format!("{{\"x\":\"{}\"}}", "y".repeat(25 << 20));
     let unicode =
         serde_json::json!({ "repository": { "clone_url": "https://github.com/org/\u{0430}pp.git" } }).to_string();
     let cases: Vec<(&str, ApiGatewayV2httpRequest, i64)> = vec![
         ("deeply nested JSON", github("h1", "push", &nested, SECRET), 400),
-        ("10 MB body", github("h2", "push", &ten_mb, SECRET), 413),
+        ("a body over 25 MiB", github("h2", "push", &too_big, SECRET), 413),
         (
             "truncated JSON",
             github("h3", "push", &body[..body.len() / 2], SECRET),
@@ -587,7 +589,7 @@ async fn hostile_webhook_corpus_enqueues_nothing() {
         (
             "look-alike unicode repository",
             github("h4", "push", &unicode, SECRET),
-            404,
+            401,
         ),
         (
             "unknown provider",
@@ -612,7 +614,7 @@ async fn hostile_webhook_corpus_enqueues_nothing() {
                 e.body = Some(push_payload("https://github.com/org/app-copy.git"));
                 e
             },
-            404,
+            401,
         ),
         // (CR/LF in a header cannot even be represented: API Gateway and hyper refuse them.)
         (

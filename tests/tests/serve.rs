@@ -147,8 +147,8 @@ fn signed_webhook_syncs_and_status_and_metrics_show_it() {
     let body = r#"{"repository":{"clone_url":"x"}}"#;
     assert_eq!(
         deliver(&base, "nope-2", body, Some("sha256=00")),
-        404,
-        "unknown repository"
+        401,
+        "unknown repository: the same answer as a wrong signature"
     );
 
     assert_eq!(s.push_and_deliver(&base, "delivery-42"), 202);
@@ -168,7 +168,7 @@ fn signed_webhook_syncs_and_status_and_metrics_show_it() {
         "{metrics}"
     );
     assert!(
-        metrics.contains("gitferry_webhook_responses_total{code=\"401\",provider=\"github\"} 1"),
+        metrics.contains("gitferry_webhook_responses_total{code=\"401\",provider=\"github\"} 2"),
         "{metrics}"
     );
     assert!(
