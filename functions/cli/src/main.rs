@@ -60,9 +60,10 @@ enum Command {
         gitferry serve --config mirrors.toml\n  \
         GITFERRY_STATUS_TOKEN=… gitferry serve --listen 0.0.0.0:8080 --workers 4\n  \
         gitferry serve --store s3://my-bucket/gitferry --queue sqs://https://sqs.eu-west-1.amazonaws.com/123/gitferry.fifo\n\n\
-        Routes: POST /webhook/{github,gitlab,gitea}, GET / (status page), GET /status[/REPO],\n\
+        Routes: POST /webhook/{github,gitlab,gitea,forgejo}, GET / (status page), GET /status[/REPO],\n\
         POST /repos/REPO/sync, GET /metrics, GET /healthz. Status routes need\n\
-        `Authorization: Bearer $GITFERRY_STATUS_TOKEN`, except on a loopback address without a token.")]
+        `Authorization: Bearer $GITFERRY_STATUS_TOKEN`, except on a loopback address without a token.\n\
+        GITFERRY_MAX_BODY: the webhook body limit in bytes (default 25 MiB).")]
     Serve(ServeArgs),
     /// A complete tour, offline, in a temp dir: creates a source repository, serves it, pushes
     /// to it, delivers a signed webhook, waits for the sync, shows status and notification, and
@@ -241,6 +242,15 @@ async fn serve_cmd(args: ServeArgs) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
+    let max_body =
+        gitferry_core::webhook::max_body_setting(std::env::var(gitferry_core::webhook::MAX_BODY_ENV).ok().as_deref());
+    let max_body = match max_body {
+        Ok(n) => n,
+        Err(e) => {
+            errln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
     let status_token = std::env::var("GITFERRY_STATUS_TOKEN")
         .ok()
         .filter(|t| !t.is_empty())
@@ -257,6 +267,7 @@ async fn serve_cmd(args: ServeArgs) -> ExitCode {
         workers: args.workers,
         work_dir: args.work_dir,
         status_token,
+        max_body,
     };
     match serve::serve(opts).await {
         Ok(()) => ExitCode::SUCCESS,

@@ -18,7 +18,7 @@
 //! | `GITFERRY_QUEUE_URL` | all | the SQS FIFO queue |
 //! | `GITFERRY_SECRETS_ARN` | all | optional Secrets Manager secret with the referenced secrets |
 //! | `GITFERRY_STATUS_TOKEN` | webhook | bearer token of the status and manual-sync routes |
-//! | `GITFERRY_MAX_BODY` | webhook | webhook body limit in bytes (default 1 MiB) |
+//! | `GITFERRY_MAX_BODY` | webhook | webhook body limit in bytes (default 25 MiB; the same setting as `gitferry serve`'s — API Gateway and Lambda cut at 10 MB and 6 MB before it) |
 //! | `GITFERRY_VISIBILITY_SECS` | sync | the queue's visibility timeout (the worker's heartbeat extends it) |
 //! | `GITFERRY_TIME_SCALE` | all | tests only: run every waiting period this many times faster (`gitferry_core::clock`) |
 
@@ -169,9 +169,8 @@ impl Env {
             queue_url: need("GITFERRY_QUEUE_URL")?,
             secrets_arn: get("GITFERRY_SECRETS_ARN"),
             status_token: get("GITFERRY_STATUS_TOKEN").map(|v| Secret::new("GITFERRY_STATUS_TOKEN", v)),
-            max_body: get("GITFERRY_MAX_BODY")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(gitferry_core::webhook::DEFAULT_MAX_BODY),
+            max_body: gitferry_core::webhook::max_body_setting(get(gitferry_core::webhook::MAX_BODY_ENV).as_deref())
+                .map_err(SetupError::Config)?,
             visibility: gitferry_core::clock::scaled_secs(
                 get("GITFERRY_VISIBILITY_SECS")
                     .and_then(|v| v.parse().ok())
@@ -315,19 +314,6 @@ pub async fn webhook(rt: &Runtime, event: ApiGatewayV2httpRequest) -> ApiGateway
         // Form tokens derive from the status token on Lambda (anonymous access is never on).
         session_key: String::new(),
     };
-    let body = match event.body.as_deref() {
-        None => Vec::new(),
-        Some(b) if event.is_base64_encoded => match base64_decode(b) {
-            Some(bytes) => bytes,
-            None => {
-                return response(api::Response::json(
-                    400,
-                    serde_json::json!({ "error": "body is not valid base64" }),
-                ));
-            }
-        },
-        Some(b) => b.as_bytes().to_vec(),
-    };
     let headers: Vec<(String, String)> = event
         .headers
         .iter()
@@ -340,6 +326,15 @@ pub async fn webhook(rt: &Runtime, event: ApiGatewayV2httpRequest) -> ApiGateway
         .unwrap_or_else(|| "/".into());
     let method = event.request_context.http.method.as_str().to_owned();
     let query = event.raw_query_string.clone().unwrap_or_default();
+    // API Gateway base64-encodes bodies it does not consider text (form bodies among them).
+    let body = match event.body.as_deref() {
+        None => Vec::new(),
+        Some(b) if event.is_base64_encoded => match base64_decode(b) {
+            Some(bytes) => bytes,
+            None => return response(api.refuse_body(&method, &path, &headers, 400, "body is not valid base64")),
+        },
+        Some(b) => b.as_bytes().to_vec(),
+    };
     let reply = api
         .handle(api::Request {
             method: &method,

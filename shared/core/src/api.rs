@@ -128,7 +128,8 @@ impl Api {
                     body: req.body,
                 };
                 let reply = webhook::accept(&self.config, self.queue.as_ref(), &delivery, self.max_body).await;
-                self.metrics.webhook_response(provider, reply.status);
+                self.metrics
+                    .webhook_response(webhook::provider_label(provider), reply.status);
                 Response::json(reply.status, reply.body)
             }
             ("GET", ["healthz"]) => Response::json(200, json!({ "ok": true })),
@@ -168,6 +169,30 @@ impl Api {
                 | ["repos", _, "sync"],
             ) => Response::error(405, "method not allowed"),
             _ => Response::error(404, "not found"),
+        }
+    }
+
+    /// The answer to a request whose body a front end could not read whole — over
+    /// [`Api::max_body`] before it was all read (`serve` stops reading there), or not decodable
+    /// (an API Gateway event whose base64 is broken). A webhook delivery is logged and counted
+    /// like any other answer ([`webhook::refuse`]); other routes just get the error.
+    pub fn refuse_body(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(String, String)],
+        status: u16,
+        message: &str,
+    ) -> Response {
+        let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        match (method, segments.as_slice()) {
+            ("POST", ["webhook", provider]) => {
+                let reply = webhook::refuse(provider, headers, status, message);
+                self.metrics
+                    .webhook_response(webhook::provider_label(provider), reply.status);
+                Response::json(reply.status, reply.body)
+            }
+            _ => Response::error(status, message),
         }
     }
 }

@@ -29,7 +29,20 @@
 //! token_env = "GITLAB_TOKEN"
 //! username = "oauth2"                 # optional (default x-access-token)
 //! divergence = "keep"                 # force (default) | keep: leave refs changed on the target
+//!
+//! [webhooks.github]                   # optional: organisation hooks (GitLab: group and system
+//! secret_env = "GITHUB_ORG_HOOK_SECRET" # hooks; Gitea/Forgejo: organisation and system hooks)
 //! ```
+//!
+//! **Account-level webhook secrets** (`[webhooks.github]`, `[webhooks.gitlab]`,
+//! `[webhooks.gitea]` — `forgejo` is the same table): an organisation, group or system hook has
+//! one secret for every repository it reports on, and it also sends deliveries that name no
+//! repository (GitHub's `ping` of an organisation hook) or repositories that are not mirrored.
+//! One secret per provider authenticates those. It is tried in addition to a repository's own
+//! `webhook.secret_env`, so per-repository hooks keep working unchanged and both kinds can be
+//! set up at once. A later `[accounts.NAME]` (whole organisations) can add a secret per account
+//! the same way: the webhook code asks the configuration for the secrets that could apply to a
+//! delivery ([`Config::account_webhook`]) and does not care where they were written.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -62,12 +75,14 @@ pub enum SyncPolicy {
     Both,
 }
 
-/// Webhook providers gitferry verifies deliveries from.
+/// Webhook providers gitferry verifies deliveries from. Forgejo is Gitea's fork and signs the
+/// same way, so `forgejo` is accepted as another name for `gitea`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Provider {
     Github,
     Gitlab,
+    #[serde(alias = "forgejo")]
     Gitea,
 }
 
@@ -102,6 +117,8 @@ pub struct Config {
     pub stale_after_intervals: u32,
     pub notify: NotifyConfig,
     pub repos: BTreeMap<String, RepoConfig>,
+    /// Account-level webhook secrets (`[webhooks.PROVIDER]`), at most one per provider.
+    pub webhooks: Vec<WebhookConfig>,
 }
 
 /// Where notifications go (URLs resolved from the environment).
@@ -147,7 +164,8 @@ impl TargetConfig {
     }
 }
 
-/// How deliveries for a repo are authenticated.
+/// How deliveries are authenticated: a repository's own hook (`repos.NAME.webhook`) or an
+/// account-level one (`[webhooks.PROVIDER]`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct WebhookConfig {
     pub provider: Provider,
@@ -184,6 +202,11 @@ impl fmt::Debug for Secret {
 impl Config {
     pub fn repo(&self, name: &str) -> Option<&RepoConfig> {
         self.repos.get(name)
+    }
+
+    /// The account-level webhook secret of `provider`, if one is configured.
+    pub fn account_webhook(&self, provider: Provider) -> Option<&WebhookConfig> {
+        self.webhooks.iter().find(|w| w.provider == provider)
     }
 
     /// Load and validate a file, reading secrets from the process environment.
@@ -288,6 +311,24 @@ struct RawConfig {
     notify: RawNotify,
     #[serde(default)]
     repos: BTreeMap<Spanned<String>, RawRepo>,
+    #[serde(default)]
+    webhooks: RawAccountWebhooks,
+}
+
+/// `[webhooks.PROVIDER]` tables.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAccountWebhooks {
+    github: Option<RawAccountWebhook>,
+    gitlab: Option<RawAccountWebhook>,
+    #[serde(alias = "forgejo")]
+    gitea: Option<RawAccountWebhook>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAccountWebhook {
+    secret_env: Spanned<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -437,6 +478,16 @@ impl Validator<'_> {
         field: &str,
     ) -> Option<Remote> {
         let raw = url.get_ref();
+        // Parse first: a location that cannot be used at all (`ssh://git@host/…`, whose user
+        // name is not a credential) is reported for that reason, not for its userinfo. The
+        // parse error shows the URL redacted.
+        let remote = match Remote::parse(raw) {
+            Ok(r) => r,
+            Err(e) => {
+                self.error(url.span().start, format!("{field}.url"), e.to_string());
+                return None;
+            }
+        };
         if crate::git::remote::redact_url(raw) != *raw {
             self.error(
                 url.span().start,
@@ -445,13 +496,6 @@ impl Validator<'_> {
             );
             return None;
         }
-        let remote = match Remote::parse(raw) {
-            Ok(r) => r,
-            Err(e) => {
-                self.error(url.span().start, format!("{field}.url"), e.to_string());
-                return None;
-            }
-        };
         let Some(token_env) = token_env else {
             return Some(remote);
         };
@@ -645,13 +689,30 @@ impl Validator<'_> {
                 );
             }
         }
+        let webhooks = self.account_webhooks(&raw.webhooks);
         Config {
             default_sync_policy: raw.default_sync_policy,
             poll_interval_secs,
             stale_after_intervals,
             notify,
             repos,
+            webhooks,
         }
+    }
+
+    fn account_webhooks(&mut self, raw: &RawAccountWebhooks) -> Vec<WebhookConfig> {
+        [
+            (Provider::Github, &raw.github),
+            (Provider::Gitlab, &raw.gitlab),
+            (Provider::Gitea, &raw.gitea),
+        ]
+        .into_iter()
+        .filter_map(|(provider, hook)| {
+            let hook = hook.as_ref()?;
+            let secret = self.secret(&hook.secret_env, &format!("webhooks.{provider}.secret_env"))?;
+            Some(WebhookConfig { provider, secret })
+        })
+        .collect()
     }
 }
 
@@ -821,6 +882,54 @@ webhook = { provider = "gitea", secret_env = "NOPE" }
         has(17, "repos.c.targets: at least one target");
         has(18, "repos.c.webhook.secret_env: environment variable NOPE is not set");
         assert!(!e.join("\n").contains("pass@"), "no secret in errors: {e:?}");
+    }
+
+    #[test]
+    fn account_webhook_secrets_one_per_provider() {
+        let text = "[webhooks.github]\nsecret_env = \"SECRET\"\n[webhooks.forgejo]\nsecret_env = \"TOKEN\"\n\
+                    [repos.a]\nurl = \"/x\"\nwebhook = { provider = \"forgejo\", secret_env = \"SECRET\" }\n\
+                    [[repos.a.targets]]\nurl = \"/y\"\n";
+        let c = parse(text).unwrap();
+        assert_eq!(
+            c.account_webhook(Provider::Github).unwrap().secret.expose(),
+            "hook-secret"
+        );
+        assert_eq!(
+            c.account_webhook(Provider::Gitea).unwrap().secret.expose(),
+            "tok-123456"
+        );
+        assert!(c.account_webhook(Provider::Gitlab).is_none());
+        assert_eq!(c.repo("a").unwrap().webhook.as_ref().unwrap().provider, Provider::Gitea);
+        assert!(!format!("{c:?}").contains("hook-secret"), "secrets never show in Debug");
+        let e = errors(
+            "[webhooks.gitlab]\nsecret_env = \"NOPE\"\n[repos.a]\nurl = \"/x\"\n[[repos.a.targets]]\nurl = \"/y\"\n",
+        );
+        assert!(
+            e.iter().any(|l| l.starts_with("mirrors.toml:2:")
+                && l.contains("webhooks.gitlab.secret_env: environment variable NOPE is not set")),
+            "{e:?}"
+        );
+        let e = errors(
+            "[webhooks.bitbucket]\nsecret_env = \"SECRET\"\n[repos.a]\nurl = \"/x\"\n[[repos.a.targets]]\nurl = \"/y\"\n",
+        );
+        assert!(
+            e[0].starts_with("mirrors.toml:1") && e[0].contains("bitbucket"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn an_ssh_url_is_refused_for_what_it_is_not_for_its_user_name() {
+        let e = errors("[repos.a]\nurl = \"ssh://git@github.com/org/a.git\"\n[[repos.a.targets]]\nurl = \"/y\"\n");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].contains("ssh:// is not supported yet"), "{e:?}");
+        assert!(!e[0].contains("credentials do not belong"), "{e:?}");
+        // A password is still refused as a credential, and never echoed.
+        let e = errors("[repos.a]\nurl = \"https://u:pw-secret@h/a.git\"\n[[repos.a.targets]]\nurl = \"/y\"\n");
+        assert!(
+            e[0].contains("credentials do not belong") && !e[0].contains("pw-secret"),
+            "{e:?}"
+        );
     }
 
     #[test]
