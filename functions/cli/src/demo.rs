@@ -10,6 +10,8 @@
 //! 5. wait for that sync, print the status table and the notification that was sent;
 //! 6. verify the target's refs equal the source's, stop, clean up.
 
+use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -31,7 +33,39 @@ pub async fn run() -> Result<(), String> {
     let source = dir.path().join("source.git");
     let target = dir.path().join("target.git");
     step("creating a source repository with history, and an empty target");
-    let src = source.clone();
+    create_repositories(&source, &target).await?;
+    // A receiver for the notifications the service sends.
+    let notifications: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+    let receiver = receiver(notifications.clone()).await?;
+    let running = start_service(dir.path(), &source, &target, receiver).await?;
+    let base = format!("http://{}", running.addr);
+    outln!("serving on {base}");
+    let book = StatusBook::new(running.store.clone());
+    let first = wait_for(&book, |s| s.state == State::Success, "the startup sync").await?;
+    outln!(
+        "startup reconciliation mirrored the source ({} refs)",
+        first.source_refs
+    );
+
+    step("committing to the source, then delivering a signed GitHub push webhook");
+    let delivery = deliver_push(&source, &base).await?;
+    step("waiting for the sync");
+    show_sync(&book, &delivery, &notifications).await?;
+
+    step("verifying: target refs == source refs");
+    let result = verify(&source, &target).await;
+    running.stop().await;
+    result?;
+    outln!(
+        "\nOK: the target is an exact mirror of the source ({:.1}s)",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// A source with three commits on `main`, a `feature` branch and a tag; an empty bare target.
+async fn create_repositories(source: &Path, target: &Path) -> Result<(), String> {
+    let src = source.to_path_buf();
     blocking(move || {
         let r = repo::open_or_init_bare(&src).map_err(|e| e.to_string())?;
         let mut tip = None;
@@ -55,13 +89,17 @@ pub async fn run() -> Result<(), String> {
         )
     })
     .await?;
-    let tgt = target.clone();
-    blocking(move || repo::open_or_init_bare(&tgt).map(|_| ()).map_err(|e| e.to_string())).await?;
+    let tgt = target.to_path_buf();
+    blocking(move || repo::open_or_init_bare(&tgt).map(|_| ()).map_err(|e| e.to_string())).await
+}
 
-    // A receiver for the notifications the service sends.
-    let notifications: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
-    let receiver = receiver(notifications.clone()).await?;
-
+/// `serve`'s own code on a loopback port, with a config mirroring `source` to `target`.
+async fn start_service(
+    dir: &Path,
+    source: &Path,
+    target: &Path,
+    receiver: SocketAddr,
+) -> Result<serve::Running, String> {
     let config_text = format!(
         "[notify]\ngeneric_webhook_url_env = \"DEMO_NOTIFY_URL\"\n\n\
          [repos.demo]\nurl = \"{}\"\nsync_policy = \"webhook_only\"\n\
@@ -70,40 +108,34 @@ pub async fn run() -> Result<(), String> {
         source.display(),
         target.display()
     );
-    std::fs::write(dir.path().join("mirrors.toml"), &config_text).map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("mirrors.toml"), &config_text).map_err(|e| e.to_string())?;
     let receiver_url = format!("http://{receiver}/notify");
     let env = move |name: &str| match name {
         "DEMO_NOTIFY_URL" => Some(receiver_url.clone()),
         "DEMO_WEBHOOK_SECRET" => Some(SECRET.to_owned()),
         _ => None,
     };
-    let config = Config::parse(&config_text, &dir.path().join("mirrors.toml"), &env).map_err(|e| e.to_string())?;
-    outln!("config ({}):\n{config_text}", dir.path().join("mirrors.toml").display());
+    let config = Config::parse(&config_text, &dir.join("mirrors.toml"), &env).map_err(|e| e.to_string())?;
+    outln!("config ({}):\n{config_text}", dir.join("mirrors.toml").display());
 
     step("starting the local service (store, queue, workers, HTTP) on a loopback port");
-    let running = serve::start(ServeOptions {
+    serve::start(ServeOptions {
         config: Arc::new(config),
         config_digest: Config::digest(&config_text),
         listen: "127.0.0.1:0".parse().expect("valid"),
-        store: dir.path().join("store").display().to_string(),
+        store: dir.join("store").display().to_string(),
         queue: "memory".into(),
         workers: 2,
-        work_dir: Some(dir.path().join("work")),
+        work_dir: Some(dir.join("work")),
         status_token: None,
         max_body: gitferry_core::webhook::DEFAULT_MAX_BODY,
     })
-    .await?;
-    let base = format!("http://{}", running.addr);
-    outln!("serving on {base}");
-    let book = StatusBook::new(running.store.clone());
-    let first = wait_for(&book, |s| s.state == State::Success, "the startup sync").await?;
-    outln!(
-        "startup reconciliation mirrored the source ({} refs)",
-        first.source_refs
-    );
+    .await
+}
 
-    step("committing to the source, then delivering a signed GitHub push webhook");
-    let src = source.clone();
+/// Commits to the source and delivers a signed GitHub `push` for it; the delivery id.
+async fn deliver_push(source: &Path, base: &str) -> Result<String, String> {
+    let src = source.to_path_buf();
     let after = blocking(move || {
         let r = repo::open(&src).map_err(|e| e.to_string())?;
         let main = r
@@ -142,11 +174,18 @@ pub async fn run() -> Result<(), String> {
     if code != 202 {
         return Err(format!("the webhook was not accepted ({code})"));
     }
+    Ok(delivery)
+}
 
-    step("waiting for the sync");
+/// Waits for the webhook's sync, prints the status table and the notification sent for it.
+async fn show_sync(
+    book: &StatusBook,
+    delivery: &str,
+    notifications: &Mutex<Vec<serde_json::Value>>,
+) -> Result<(), String> {
     let done = wait_for(
         &book,
-        |s| s.state == State::Success && s.last_delivery_id.as_deref() == Some(delivery.as_str()),
+        |s| s.state == State::Success && s.last_delivery_id.as_deref() == Some(delivery),
         "the webhook's sync",
     )
     .await?;
@@ -159,21 +198,19 @@ pub async fn run() -> Result<(), String> {
     if let Some(last) = notifications.lock().expect("not poisoned").last() {
         outln!("\nnotification sent:\n{}", last["text"].as_str().unwrap_or_default());
     }
+    Ok(())
+}
 
-    step("verifying: target refs == source refs");
-    let (s, t) = (source.clone(), target.clone());
+/// The target's refs must equal the source's; prints them.
+async fn verify(source: &Path, target: &Path) -> Result<(), String> {
+    let (s, t) = (source.to_path_buf(), target.to_path_buf());
     let (source_refs, target_refs) = blocking(move || Ok((refs_of(&s)?, refs_of(&t)?))).await?;
-    running.stop().await;
     if source_refs.ids() != target_refs.ids() {
         return Err("the target does not match the source".into());
     }
     for (name, t) in &target_refs.refs {
         outln!("{} {name}", t.id);
     }
-    outln!(
-        "\nOK: the target is an exact mirror of the source ({:.1}s)",
-        started.elapsed().as_secs_f64()
-    );
     Ok(())
 }
 

@@ -7,6 +7,9 @@
 //!   deduplication ids, visibility changes for the worker's heartbeat and retries);
 //! - [`secrets`]: the Secrets Manager secret that config secret references resolve from.
 //!
+//! CloudWatch metrics need no adapter here: `gitferry_core::metrics` writes Embedded Metric
+//! Format lines to stdout, which Lambda ships to CloudWatch Logs — no SDK call, no AWS type.
+//!
 //! The Lambda functions and the `gitferry` CLI (its default `aws` feature) build these; the
 //! tests run them against moto.
 

@@ -387,6 +387,13 @@ struct RawWebhook {
     secret_env: Spanned<String>,
 }
 
+/// The top-level settings every `[repos.*]` table inherits.
+struct RepoDefaults {
+    sync_policy: SyncPolicy,
+    poll_interval_secs: u64,
+    probe_timeout_secs: u64,
+}
+
 struct Validator<'a> {
     text: &'a str,
     errors: Vec<ConfigError>,
@@ -515,16 +522,19 @@ impl Validator<'_> {
     }
 
     fn validate(&mut self, raw: RawConfig) -> Config {
-        let poll_interval_secs = self.interval(
-            &raw.poll_interval_secs,
-            DEFAULT_POLL_INTERVAL_SECS,
-            "poll_interval_secs",
-        );
-        let probe_timeout_secs = self.probe_timeout(
-            &raw.probe_timeout_secs,
-            DEFAULT_PROBE_TIMEOUT_SECS,
-            "probe_timeout_secs",
-        );
+        let defaults = RepoDefaults {
+            sync_policy: raw.default_sync_policy,
+            poll_interval_secs: self.interval(
+                &raw.poll_interval_secs,
+                DEFAULT_POLL_INTERVAL_SECS,
+                "poll_interval_secs",
+            ),
+            probe_timeout_secs: self.probe_timeout(
+                &raw.probe_timeout_secs,
+                DEFAULT_PROBE_TIMEOUT_SECS,
+                "probe_timeout_secs",
+            ),
+        };
         let stale_after_intervals = match &raw.stale_after_intervals {
             Some(v) if *v.get_ref() == 0 => {
                 self.error(v.span().start, "stale_after_intervals", "must be at least 1");
@@ -545,7 +555,6 @@ impl Validator<'_> {
                 .as_ref()
                 .and_then(|r| self.secret(r, "notify.generic_webhook_url_env")),
         };
-        let mut repos = BTreeMap::new();
         if raw.repos.is_empty() {
             self.errors.push(ConfigError {
                 line: None,
@@ -553,151 +562,162 @@ impl Validator<'_> {
                 message: "no repositories configured (add a [repos.NAME] table)".into(),
             });
         }
-        for (name, repo) in raw.repos {
-            let (name_span, name) = (name.span().start, name.into_inner());
-            let field = format!("repos.{name}");
-            if !valid_repo_name(&name) {
-                self.error(
-                    name_span,
-                    &field,
-                    "repository names use letters, digits, '-', '_' and '.', and do not start with '.'",
-                );
-            }
-            let source = self.remote(&repo.url, &repo.token_env, &repo.username, &field);
-            let mut targets = Vec::new();
-            let mut seen_urls = BTreeSet::new();
-            let mut seen_names = BTreeSet::new();
-            if repo.targets.is_empty() {
-                self.error(
-                    repo.url.span().start,
-                    format!("{field}.targets"),
-                    "at least one target is needed ([[repos.NAME.targets]] with a url)",
-                );
-            }
-            for (i, t) in repo.targets.iter().enumerate() {
-                let tfield = format!("{field}.targets[{i}]");
-                let Some(remote) = self.remote(&t.url, &t.token_env, &t.username, &tfield) else {
-                    continue;
-                };
-                if !seen_urls.insert(remote.to_string()) {
-                    self.error(
-                        t.url.span().start,
-                        format!("{tfield}.url"),
-                        format!("duplicate target {remote}"),
-                    );
-                    continue;
-                }
-                if source.as_ref().is_some_and(|s| s.to_string() == remote.to_string()) {
-                    self.error(
-                        t.url.span().start,
-                        format!("{tfield}.url"),
-                        "a target cannot be the source itself",
-                    );
-                    continue;
-                }
-                let name = match &t.name {
-                    Some(n) => {
-                        if !valid_repo_name(n.get_ref()) {
-                            self.error(
-                                n.span().start,
-                                format!("{tfield}.name"),
-                                "use letters, digits, '-', '_' and '.'",
-                            );
-                        }
-                        n.get_ref().clone()
-                    }
-                    None => default_target_name(&remote, &seen_names),
-                };
-                if !seen_names.insert(name.clone()) {
-                    let at = t.name.as_ref().map_or(t.url.span().start, |n| n.span().start);
-                    self.error(at, format!("{tfield}.name"), format!("duplicate target name {name:?}"));
-                    continue;
-                }
-                targets.push(TargetConfig {
-                    name,
-                    remote,
-                    divergence: t.divergence,
-                });
-            }
-            let refs = match &repo.refs {
-                None => RefPatterns::default(),
-                Some(r) => {
-                    let patterns = &r.get_ref();
-                    let mut ok =
-                        RefPatterns::new(patterns.include.clone(), patterns.exclude.clone()).unwrap_or_else(|e| {
-                            self.error(r.span().start, format!("{field}.refs"), e.to_string());
-                            RefPatterns::default()
-                        });
-                    if ok.include.iter().chain(&ok.exclude).any(|p| p.matches('*').count() > 1) {
-                        self.error(
-                            r.span().start,
-                            format!("{field}.refs"),
-                            "a pattern may contain at most one '*'",
-                        );
-                        ok = RefPatterns::default();
-                    }
-                    ok
-                }
-            };
-            let max_delete_fraction = match &repo.max_delete_fraction {
-                Some(f) if !(0.0..=1.0).contains(f.get_ref()) => {
-                    self.error(
-                        f.span().start,
-                        format!("{field}.max_delete_fraction"),
-                        "must be between 0.0 and 1.0",
-                    );
-                    DEFAULT_MAX_DELETE_FRACTION
-                }
-                Some(f) => *f.get_ref(),
-                None => DEFAULT_MAX_DELETE_FRACTION,
-            };
-            let webhook = repo.webhook.as_ref().and_then(|w| {
-                self.secret(&w.secret_env, &format!("{field}.webhook.secret_env"))
-                    .map(|secret| WebhookConfig {
-                        provider: w.provider,
-                        secret,
-                    })
-            });
-            let poll = self.interval(
-                &repo.poll_interval_secs,
-                poll_interval_secs,
-                &format!("{field}.poll_interval_secs"),
-            );
-            let probe_timeout = self.probe_timeout(
-                &repo.probe_timeout_secs,
-                probe_timeout_secs,
-                &format!("{field}.probe_timeout_secs"),
-            );
-            if let Some(source) = source {
-                repos.insert(
-                    name.clone(),
-                    RepoConfig {
-                        name,
-                        source,
-                        targets,
-                        sync_policy: repo.sync_policy.unwrap_or(raw.default_sync_policy),
-                        poll_interval_secs: poll,
-                        probe_timeout_secs: probe_timeout,
-                        refs,
-                        prune: repo.prune.unwrap_or(true),
-                        max_delete_fraction,
-                        overwritten_retention_days: repo
-                            .overwritten_retention_days
-                            .unwrap_or(DEFAULT_OVERWRITTEN_RETENTION_DAYS),
-                        webhook,
-                    },
-                );
-            }
-        }
+        let repos = raw
+            .repos
+            .into_iter()
+            .filter_map(|(name, repo)| self.repo(name, &repo, &defaults))
+            .map(|r| (r.name.clone(), r))
+            .collect();
         let webhooks = self.account_webhooks(&raw.webhooks);
         Config {
             default_sync_policy: raw.default_sync_policy,
-            poll_interval_secs,
+            poll_interval_secs: defaults.poll_interval_secs,
             stale_after_intervals,
             notify,
             repos,
             webhooks,
         }
+    }
+
+    /// One `[repos.NAME]` table; `None` when its source is unusable (the errors are recorded).
+    fn repo(&mut self, name: Spanned<String>, repo: &RawRepo, defaults: &RepoDefaults) -> Option<RepoConfig> {
+        let (name_span, name) = (name.span().start, name.into_inner());
+        let field = format!("repos.{name}");
+        if !valid_repo_name(&name) {
+            self.error(
+                name_span,
+                &field,
+                "repository names use letters, digits, '-', '_' and '.', and do not start with '.'",
+            );
+        }
+        let source = self.remote(&repo.url, &repo.token_env, &repo.username, &field);
+        let targets = self.targets(repo, source.as_ref(), &field);
+        let refs = self.refs(&repo.refs, &field);
+        let max_delete_fraction = match &repo.max_delete_fraction {
+            Some(f) if !(0.0..=1.0).contains(f.get_ref()) => {
+                self.error(
+                    f.span().start,
+                    format!("{field}.max_delete_fraction"),
+                    "must be between 0.0 and 1.0",
+                );
+                DEFAULT_MAX_DELETE_FRACTION
+            }
+            Some(f) => *f.get_ref(),
+            None => DEFAULT_MAX_DELETE_FRACTION,
+        };
+        let webhook = repo.webhook.as_ref().and_then(|w| {
+            self.secret(&w.secret_env, &format!("{field}.webhook.secret_env"))
+                .map(|secret| WebhookConfig {
+                    provider: w.provider,
+                    secret,
+                })
+        });
+        let poll_interval_secs = self.interval(
+            &repo.poll_interval_secs,
+            defaults.poll_interval_secs,
+            &format!("{field}.poll_interval_secs"),
+        );
+        let probe_timeout_secs = self.probe_timeout(
+            &repo.probe_timeout_secs,
+            defaults.probe_timeout_secs,
+            &format!("{field}.probe_timeout_secs"),
+        );
+        Some(RepoConfig {
+            name,
+            source: source?,
+            targets,
+            sync_policy: repo.sync_policy.unwrap_or(defaults.sync_policy),
+            poll_interval_secs,
+            probe_timeout_secs,
+            refs,
+            prune: repo.prune.unwrap_or(true),
+            max_delete_fraction,
+            overwritten_retention_days: repo
+                .overwritten_retention_days
+                .unwrap_or(DEFAULT_OVERWRITTEN_RETENTION_DAYS),
+            webhook,
+        })
+    }
+
+    /// A repository's `[[targets]]`: each usable, distinct from the others and from the source.
+    fn targets(&mut self, repo: &RawRepo, source: Option<&Remote>, field: &str) -> Vec<TargetConfig> {
+        let mut targets = Vec::new();
+        let mut seen_urls = BTreeSet::new();
+        let mut seen_names = BTreeSet::new();
+        if repo.targets.is_empty() {
+            self.error(
+                repo.url.span().start,
+                format!("{field}.targets"),
+                "at least one target is needed ([[repos.NAME.targets]] with a url)",
+            );
+        }
+        for (i, t) in repo.targets.iter().enumerate() {
+            let tfield = format!("{field}.targets[{i}]");
+            let Some(remote) = self.remote(&t.url, &t.token_env, &t.username, &tfield) else {
+                continue;
+            };
+            let problem = if !seen_urls.insert(remote.to_string()) {
+                Some(format!("duplicate target {remote}"))
+            } else if source.is_some_and(|s| s.to_string() == remote.to_string()) {
+                Some("a target cannot be the source itself".to_owned())
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                self.error(t.url.span().start, format!("{tfield}.url"), problem);
+                continue;
+            }
+            let name = match &t.name {
+                Some(n) => {
+                    if !valid_repo_name(n.get_ref()) {
+                        self.error(
+                            n.span().start,
+                            format!("{tfield}.name"),
+                            "use letters, digits, '-', '_' and '.'",
+                        );
+                    }
+                    n.get_ref().clone()
+                }
+                None => default_target_name(&remote, &seen_names),
+            };
+            if !seen_names.insert(name.clone()) {
+                let at = t.name.as_ref().map_or(t.url.span().start, |n| n.span().start);
+                self.error(at, format!("{tfield}.name"), format!("duplicate target name {name:?}"));
+                continue;
+            }
+            targets.push(TargetConfig {
+                name,
+                remote,
+                divergence: t.divergence,
+            });
+        }
+        targets
+    }
+
+    /// A repository's `refs` include/exclude patterns (at most one `*` each).
+    fn refs(&mut self, refs: &Option<Spanned<RawRefs>>, field: &str) -> RefPatterns {
+        let Some(r) = refs else {
+            return RefPatterns::default();
+        };
+        let patterns = r.get_ref();
+        let parsed = RefPatterns::new(patterns.include.clone(), patterns.exclude.clone()).unwrap_or_else(|e| {
+            self.error(r.span().start, format!("{field}.refs"), e.to_string());
+            RefPatterns::default()
+        });
+        if parsed
+            .include
+            .iter()
+            .chain(&parsed.exclude)
+            .any(|p| p.matches('*').count() > 1)
+        {
+            self.error(
+                r.span().start,
+                format!("{field}.refs"),
+                "a pattern may contain at most one '*'",
+            );
+            return RefPatterns::default();
+        }
+        parsed
     }
 
     fn account_webhooks(&mut self, raw: &RawAccountWebhooks) -> Vec<WebhookConfig> {

@@ -19,8 +19,9 @@
 //! * [`worker`] — the one queue consumer (sync Lambda and `gitferry serve`);
 //! * [`poll`] — the one (probing) poller (poll Lambda and `gitferry serve`);
 //! * [`keys`] — the whole store layout; [`clock`] — time and the test time scale;
-//! * [`api`] — the HTTP routes (webhook Lambda and `serve`); [`ui`] and [`page`] — the status
-//!   pages and their JSON.
+//! * [`api`] — the HTTP routes (webhook Lambda and `serve`); [`webhook`] — provider deliveries
+//!   authenticated and turned into requests; [`ui`] and [`page`] — the status pages and their
+//!   JSON.
 
 pub mod api;
 pub mod cache;

@@ -409,7 +409,35 @@ impl RepoCache {
             written: true,
             ..Default::default()
         };
-        for pack in &uploads {
+        self.upload_packs(&uploads, &pack_dir, &mut stored, &mut outcome)
+            .await?;
+        if same_state {
+            // Only the objects needed repair (a rebuild after `Corrupt`): the manifest is right.
+            self.write_marker(snap)?;
+            outcome.snapshot = snap.clone();
+            return Ok(outcome);
+        }
+        let etag = self.put_manifest(snap, &manifest).await?;
+        // Only now that the manifest no longer names them may old packs go.
+        outcome.packs_deleted = self.delete_unnamed(snap, &manifest).await;
+        outcome.snapshot = Snapshot {
+            manifest,
+            etag: Some(etag),
+            unreadable: None,
+        };
+        self.write_marker(&outcome.snapshot)?;
+        Ok(outcome)
+    }
+
+    /// Upload each pack and its index, recording each as stored as soon as it is.
+    async fn upload_packs(
+        &self,
+        uploads: &[PackRef],
+        pack_dir: &Path,
+        stored: &mut BTreeSet<String>,
+        outcome: &mut CommitOutcome,
+    ) -> Result<(), CacheError> {
+        for pack in uploads {
             for (key, file) in [
                 (
                     keys::pack(&self.repo, &pack.name),
@@ -427,30 +455,32 @@ impl RepoCache {
             }
             outcome.packs_uploaded += 1;
             stored.insert(pack.name.clone());
-            self.write_stored_packs(&stored)?;
+            self.write_stored_packs(stored)?;
         }
-        if same_state {
-            // Only the objects needed repair (a rebuild after `Corrupt`): the manifest is right.
-            self.write_marker(snap)?;
-            outcome.snapshot = snap.clone();
-            return Ok(outcome);
-        }
+        Ok(())
+    }
+
+    /// Write the manifest on condition that nobody else committed since `snap`; its new ETag.
+    async fn put_manifest(&self, snap: &Snapshot, manifest: &Manifest) -> Result<String, CacheError> {
         let key = keys::manifest(&self.repo);
         let condition = match &snap.etag {
             Some(etag) => Condition::IfMatch(etag.clone()),
             None => Condition::IfAbsent,
         };
-        let body = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
-        let etag = match self.store.put(&key, body, condition).await {
-            Ok(etag) => etag,
-            Err(StoreError::PreconditionFailed { .. }) => {
-                return Err(CacheError::Conflict {
-                    repo: self.repo.clone(),
-                });
-            }
-            Err(e) => return Err(e.into()),
-        };
-        // Only now that the manifest no longer names them may old packs go.
+        let body = serde_json::to_vec_pretty(manifest).expect("manifest serialises");
+        match self.store.put(&key, body, condition).await {
+            Ok(etag) => Ok(etag),
+            Err(StoreError::PreconditionFailed { .. }) => Err(CacheError::Conflict {
+                repo: self.repo.clone(),
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Delete the packs `snap` named and `manifest` does not; how many. Failures are harmless
+    /// garbage that `collect_garbage` finds later.
+    async fn delete_unnamed(&self, snap: &Snapshot, manifest: &Manifest) -> usize {
+        let mut deleted = 0;
         let current: BTreeSet<&str> = manifest.packs.iter().map(|p| p.name.as_str()).collect();
         for old in snap
             .manifest
@@ -464,15 +494,9 @@ impl RepoCache {
                     tracing::warn!(key, error = %e, "could not delete an unreferenced pack");
                 }
             }
-            outcome.packs_deleted += 1;
+            deleted += 1;
         }
-        outcome.snapshot = Snapshot {
-            manifest,
-            etag: Some(etag),
-            unreadable: None,
-        };
-        self.write_marker(&outcome.snapshot)?;
-        Ok(outcome)
+        deleted
     }
 
     /// Delete pack objects that `manifest` (the one just committed) does not name and that were
