@@ -114,10 +114,13 @@ fn template_path() -> PathBuf {
 
 /// Where the bootstraps are: `GITFERRY_LAMBDA_DIR/{name}/bootstrap` when set (what `make
 /// package` builds with cargo-lambda for deployment), else the workspace's own build of the
-/// same binaries (the same code; only the linker differs).
+/// same binaries (the same code; only the linker differs). A relative directory is taken from
+/// the workspace root, where `make package` writes `target/lambda` (cargo runs tests from the
+/// test crate's directory).
 pub fn bootstrap(name: &str) -> PathBuf {
     if let Ok(dir) = std::env::var("GITFERRY_LAMBDA_DIR") {
-        return Path::new(&dir).join(name).join("bootstrap");
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        return root.join(dir).join(name).join("bootstrap");
     }
     let bin = crate::gitferry_bin();
     bin.with_file_name(name)

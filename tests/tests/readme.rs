@@ -35,7 +35,7 @@ fn readme_setup_commands_exist_and_ci_runs_the_test_command() {
     assert!(readme.contains("make demo") && readme.contains("make test"));
     let makefile = read("Makefile");
     assert!(
-        makefile.contains("demo:\n\t$(CARGO) run -q -p gitferry --no-default-features -- demo"),
+        makefile.contains("demo:\n\t$(CARGO) run -q --profile demo -p gitferry --no-default-features -- demo"),
         "make demo runs gitferry demo"
     );
     assert!(
