@@ -42,6 +42,19 @@ deps:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-dulwich >/dev/null; \
 	fi
+	@# JGit (the engine of Gerrit) is a third server in the engine tests (tests/src/jgit.rs):
+	@# jgit-cli runs `jgit daemon` (git://) once the HTTP client, commons-logging and slf4j jars
+	@# complete its classpath (as shipped it fails with NoClassDefFoundError); its smart HTTP
+	@# servlet runs on Jetty 9 through a JDK's source launcher (javac).
+	@if ! command -v jgit >/dev/null || ! command -v javac >/dev/null || \
+	    ! [ -f /usr/share/java/jetty9-server.jar -a -f /usr/share/java/servlet-api.jar -a -f /usr/share/java/httpclient.jar \
+	         -a -f /usr/share/java/httpcore.jar -a -f /usr/share/java/commons-logging.jar -a -f /usr/share/java/slf4j-nop.jar ]; then \
+	  echo "installing JGit (a third git server for the engine tests) from Debian"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    jgit-cli libjetty9-java libservlet-api-java libhttpclient-java libhttpcore-java libcommons-logging-java \
+	    libslf4j-java default-jdk-headless >/dev/null; \
+	fi
 	@# Headless Chromium renders the status page in one end-to-end test.
 	@if ! command -v chromium >/dev/null; then \
 	  echo "installing chromium (headless browser for the status page test) from Debian"; \
