@@ -218,13 +218,8 @@ fn fetch_local(
     let source = repo::read_refs(&src, patterns, Peel::No)?;
     let tips: Vec<_> = source.refs.values().map(|t| t.id).collect();
     let haves: Vec<_> = before.refs.values().map(|t| t.id).collect();
-    let old: Vec<_> = source
-        .refs
-        .iter()
-        .filter_map(|(name, t)| before.refs.get(name).map(|b| b.id).filter(|b| *b != t.id))
-        .collect();
-    let stats = local::copy_objects(&src, cache, &tips, &haves, &old, interrupt)
-        .map_err(|e| e.into_error(remote.to_string()))?;
+    let stats =
+        local::copy_objects(&src, cache, &tips, &haves, interrupt).map_err(|e| e.into_error(remote.to_string()))?;
     let updates: Vec<LocalUpdate> = source
         .refs
         .iter()

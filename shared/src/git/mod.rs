@@ -18,6 +18,7 @@
 //! [`guard`] turns it into a permanent [`Error::Panic`] at every entry point above.
 
 pub mod advert;
+mod count;
 pub mod error;
 pub mod fetch;
 pub mod guard;
