@@ -55,6 +55,14 @@ deps:
 	    jgit-cli libjetty9-java libservlet-api-java libhttpclient-java libhttpcore-java libcommons-logging-java \
 	    libslf4j-java default-jdk-headless >/dev/null; \
 	fi
+	@# playwright-core drives Chromium's keyboard in the status page tests (npm, pinned in
+	@# tests/ui/package-lock.json; it downloads no browser: it uses Debian's chromium).
+	@if [ ! -d tests/ui/node_modules/playwright-core ]; then \
+	  command -v npm >/dev/null || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; }; \
+	  echo "installing playwright-core into tests/ui"; \
+	  (cd tests/ui && npm ci --no-audit --no-fund --silent); \
+	fi
 	@# Headless Chromium renders the status page in one end-to-end test.
 	@if ! command -v chromium >/dev/null; then \
 	  echo "installing chromium (headless browser for the status page test) from Debian"; \
@@ -65,13 +73,15 @@ deps:
 build:
 	$(CARGO) build --workspace --bins
 
-## The CLI binary is built first: end-to-end tests run it as a user would.
+## The CLI binary is built first: end-to-end tests run it as a user would. Afterwards, no
+## server the harness started may still run (tests/src/process.rs marks them all).
 test: deps cfn-lint
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --no-fail-fast
+	@bash tests/leftovers.sh
 
 demo:
-	$(CARGO) run -q -p gitferry -- demo
+	$(CARGO) run -q -p gitferry --no-default-features -- demo
 
 ## The engine alone: `gitferry mirror` between two repositories on a loopback git daemon.
 demo-mirror: build

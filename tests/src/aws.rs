@@ -157,7 +157,7 @@ impl Stack {
         .collect();
         let template = Template::load(&template_path(), &d.params, &attrs).unwrap_or_else(|e| panic!("{e}"));
         let store: Arc<dyn gitferry_core::store::ObjectStore> =
-            Arc::new(gitferry_core::store::s3::S3Store::new(s3, bucket.clone(), "").expect("store"));
+            Arc::new(gitferry_aws::S3Store::new(s3, bucket.clone(), "").expect("store"));
         let logs = crate::tempdir();
         let function = |id: &str, bin: &str, concurrency: usize| {
             Arc::new(Function::new(function_spec(
@@ -227,8 +227,8 @@ impl Stack {
 
     /// One scheduled poll tick, as EventBridge delivers it.
     pub async fn poll_tick(&self) -> Invocation {
-        let poll = self.poll.clone();
-        tokio::task::spawn_blocking(move || poll.invoke(scheduled_event()))
+        let (poll, event) = (self.poll.clone(), scheduled_event(self.tick));
+        tokio::task::spawn_blocking(move || poll.invoke(event))
             .await
             .expect("poll invocation")
     }
@@ -553,18 +553,49 @@ pub fn api_event(path: &str, headers: &[(&str, &str)], body: &str) -> Value {
     v
 }
 
-fn scheduled_event() -> Value {
+/// EventBridge's event for the tick at `at_ms` (its `time` is the schedule's, not the
+/// delivery's: what the poller counts its windows from).
+fn scheduled_event_at(at_ms: u64) -> Value {
+    let secs = at_ms / 1000;
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    let time = format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60,
+        at_ms % 1000
+    );
     json!({
         "version": "0",
-        "id": format!("tick-{}", crate::now_ms()),
+        "id": format!("tick-{at_ms}"),
         "detail-type": "Scheduled Event",
         "source": "aws.events",
         "account": crate::lambda_rt::ACCOUNT_ID,
-        "time": "2026-11-29T12:00:00Z",
+        "time": time,
         "region": moto::REGION,
         "resources": [format!("arn:aws:events:{}:{}:rule/gitferry-poll", moto::REGION, crate::lambda_rt::ACCOUNT_ID)],
         "detail": {}
     })
+}
+
+/// The tick now, on the scaled schedule.
+fn scheduled_event(period: Duration) -> Value {
+    let p = (period.as_millis() as u64).max(1);
+    scheduled_event_at(crate::now_ms() / p * p)
+}
+
+/// (year, month, day) of a day count since 1970-01-01 (Howard Hinnant's civil-from-days).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 async fn depths(sqs: &aws_sdk_sqs::Client, url: &str) -> (u64, u64) {
@@ -598,7 +629,8 @@ async fn scheduler(poll: Arc<Function>, period: Duration, stop: Arc<AtomicBool>)
             break;
         }
         let poll = poll.clone();
-        pending.push(tokio::task::spawn_blocking(move || poll.invoke(scheduled_event())));
+        let event = scheduled_event(period);
+        pending.push(tokio::task::spawn_blocking(move || poll.invoke(event)));
     }
     for p in pending {
         let _ = p.await;

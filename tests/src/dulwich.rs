@@ -48,7 +48,9 @@ pub struct Dulwich {
 impl Dulwich {
     pub fn start() -> Dulwich {
         let dir = TempDir::new("gitferry-dulwich-");
-        let mut child = Command::new(PYTHON)
+        let mut cmd = Command::new(PYTHON);
+        super::process::server(&mut cmd);
+        let mut child = cmd
             .args(["-c", SERVER])
             .arg(dir.path())
             .stdin(Stdio::null())
@@ -129,7 +131,6 @@ impl RepoServer for Dulwich {
 
 impl Drop for Dulwich {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        super::process::stop(&mut self.child);
     }
 }

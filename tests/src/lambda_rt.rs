@@ -728,6 +728,7 @@ impl Runtime {
         let mut child = Command::new(task_root.join("bootstrap"))
             .env_clear()
             .envs(lambda_env(spec, port, &task_root, &sandbox.tmp))
+            .env(crate::process::MARK, "1")
             .current_dir(&task_root)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

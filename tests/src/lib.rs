@@ -26,11 +26,14 @@ use std::time::{Duration, Instant};
 
 pub mod alarms;
 pub mod aws;
+pub mod browser;
+pub mod deliveries;
 pub mod dulwich;
 pub mod jgit;
 pub mod lambda_rt;
 pub mod leaks;
 pub mod moto;
+pub mod process;
 pub mod proxy;
 pub mod receiver;
 pub mod v0proxy;
@@ -208,23 +211,22 @@ impl GitDaemon {
     pub fn start(root: &Path) -> GitDaemon {
         for _attempt in 0..5 {
             let port = free_port();
-            let mut child = git_cmd(root)
-                .args([
-                    "daemon",
-                    "--reuseaddr",
-                    "--export-all",
-                    "--enable=receive-pack",
-                    "--informative-errors",
-                    "--listen=127.0.0.1",
-                ])
-                .arg(format!("--port={port}"))
-                .arg(format!("--base-path={}", root.display()))
-                .arg(root)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("git daemon starts");
+            let mut cmd = git_cmd(root);
+            cmd.args([
+                "daemon",
+                "--reuseaddr",
+                "--export-all",
+                "--enable=receive-pack",
+                "--informative-errors",
+                "--listen=127.0.0.1",
+            ])
+            .arg(format!("--port={port}"))
+            .arg(format!("--base-path={}", root.display()))
+            .arg(root)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+            let mut child = process::server(&mut cmd).spawn().expect("git daemon starts");
             if wait_for_port(port, &mut child, "git daemon") {
                 return GitDaemon { child, port };
             }
@@ -239,8 +241,8 @@ impl GitDaemon {
 
 impl Drop for GitDaemon {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // `git daemon` runs as a child of the `git` wrapper: the whole group goes.
+        process::stop(&mut self.child);
     }
 }
 
@@ -381,7 +383,7 @@ fn serve_cgi(mut request: tiny_http::Request, root: &Path, auth: Option<&BasicAu
             cmd.env(cgi, v);
         }
     }
-    let mut child = cmd.spawn().expect("git http-backend starts");
+    let mut child = process::server(&mut cmd).spawn().expect("git http-backend starts");
     let mut stdin = child.stdin.take().expect("stdin");
     // Stream the request body into the CGI process while we read its output.
     let body_len = {
@@ -558,7 +560,9 @@ pub fn start_serve<S: AsRef<OsStr>>(
         Some(path) => Stdio::from(std::fs::File::create(path).expect("stdout file")),
         None => Stdio::null(),
     };
-    let child = Command::new(gitferry_bin())
+    let mut cmd = Command::new(gitferry_bin());
+    process::server(&mut cmd);
+    let child = cmd
         .args([
             "serve",
             "--config",

@@ -61,7 +61,9 @@ impl MotoServer {
                 .suffix(".log")
                 .tempfile()
                 .expect("moto log file");
-            let child = Command::new(&bin)
+            let mut cmd = Command::new(&bin);
+            super::process::server(&mut cmd);
+            let child = cmd
                 .args(["-H", "127.0.0.1", "-p", &port.to_string()])
                 .stdin(Stdio::null())
                 .stdout(log.reopen().expect("log"))
@@ -278,8 +280,7 @@ impl Drop for MotoServer {
         } else {
             self.stored_texts()
         };
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        super::process::stop(&mut self.child);
         super::leaks::at_teardown(|| {
             for (what, text) in stored {
                 super::leaks::check(&format!("s3://{what}"), &text);

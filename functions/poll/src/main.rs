@@ -10,8 +10,8 @@ async fn main() -> Result<(), Error> {
     let rt = gitferry_lambda::Runtime::init().await?;
     let rt = &rt;
     lambda_runtime::run(service_fn(
-        move |_: LambdaEvent<gitferry_lambda::ScheduledEvent>| async move {
-            let tick = gitferry_lambda::poll(rt, gitferry_lambda::now_ms()).await?;
+        move |event: LambdaEvent<gitferry_lambda::ScheduledEvent>| async move {
+            let tick = gitferry_lambda::poll(rt, gitferry_lambda::tick_time(&event.payload)).await?;
             Ok::<_, Diagnostic>(gitferry_lambda::tick_json(&tick))
         },
     ))
