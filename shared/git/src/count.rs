@@ -8,13 +8,17 @@
 //!    gix's hidden-tip walk painted every one of them down to where it met the new history,
 //!    which on a large repository with many old tags was most of the history.
 //! 2. **Trees and blobs** ([`objects`]): each new commit's tree, parents first, compared path by
-//!    path with the trees of its uninteresting parents (the *boundary*): a subtree or blob that
-//!    is the same as a boundary parent's at that path is the receiver's and is not read further;
-//!    what a new parent already had is known from having been counted. So only changed paths are
-//!    read (git's sparse algorithm), not every tree of every boundary commit.
-//! 3. **Thin bases**: the boundary's versions of the paths that changed are recorded as
-//!    [`Counted::known`] — the receiver has them, so the pack may carry deltas against them
-//!    without the bases (a thin pack), as `git push` does.
+//!    path with the trees of all its parents: a subtree or blob that is the same as a parent's
+//!    at that path is not read further — an uninteresting parent's (the *boundary*) is the
+//!    receiver's, a new parent's was counted with that parent (or found to be the receiver's).
+//!    So only changed paths are read (git's sparse algorithm), not every tree of every boundary
+//!    commit. Comparing with new parents too matters: `seen` alone holds only the tops of the
+//!    subtrees a commit left unchanged, so a later commit changing one file deep inside such a
+//!    subtree would count all its unchanged siblings again (20 new commits on a 386k-object
+//!    history counted 15,718 objects instead of 241).
+//! 3. **Thin bases**: the parents' versions of the paths that changed are recorded as
+//!    [`Counted::known`] — each is the receiver's or in the pack, so the pack may carry deltas
+//!    against them without the bases (a thin pack), as `git push` does.
 //!
 //! The result may hold an object the receiver has under another path (a rename, a revert), as
 //! git's sparse walk does; it never lacks one it needs.
@@ -107,13 +111,12 @@ pub fn objects(
         check(interrupt)?;
         counted.objects.push(commit.id);
         seen.insert(commit.id);
-        let boundary_trees: Vec<ObjectId> = commit
+        let parent_trees: Vec<ObjectId> = commit
             .parents
             .iter()
-            .filter(|p| walked.uninteresting.contains(*p))
             .map(|p| tree_of(repo, *p))
             .collect::<Result<_, _>>()?;
-        trees.add(repo, commit.tree, boundary_trees, &mut seen, &mut counted, interrupt)?;
+        trees.add(repo, commit.tree, parent_trees, &mut seen, &mut counted, interrupt)?;
     }
     for tag in tags {
         if !known.contains(&tag) && seen.insert(tag) {
@@ -356,8 +359,8 @@ fn read_tree(repo: &gix::Repository, id: ObjectId) -> Result<Vec<Entry>, PackErr
 }
 
 impl TreeWalk {
-    /// Count what `tree` has that the `boundary` trees (the receiver's, at the same path) and
-    /// `seen` do not.
+    /// Count what `tree` has that the `boundary` trees (its parents' at the same path: the
+    /// receiver's or already counted) and `seen` do not.
     fn add(
         &mut self,
         repo: &gix::Repository,

@@ -30,6 +30,7 @@ pub mod local;
 mod lsremote;
 pub mod mirror;
 pub mod pack;
+mod packed;
 pub mod push;
 pub mod refs;
 pub mod remote;
