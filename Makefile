@@ -2,7 +2,8 @@
 #
 #   make demo     run the main job: `gitferry demo`, the whole service offline in a temp dir
 #   make test     install what the tests need, then build and run every test of the workspace
-#   make bench    compare `gitferry mirror` with the git CLI on a generated repository
+#   make bench    compare `gitferry mirror` with the git CLI on generated repositories and
+#                 shapes (200 MiB blob, 386k-object history, 20,000 tags), git:// and HTTP
 #   make lint     clippy with warnings as errors
 SHELL := /bin/bash
 CARGO ?= cargo
@@ -89,6 +90,7 @@ demo-mirror: build
 
 bench:
 	bash bench/mirror.sh
+	bash bench/shapes.sh
 
 ## 5,000 signed webhook deliveries against a release `gitferry serve` (latency, nothing lost).
 load:
