@@ -92,6 +92,7 @@ row() {  # row KEY LABEL
   gm=$(echo "${GF_M[$1]}" | median); cm=$(echo "${GIT_M[$1]}" | median)
   ROWS+=("$(awk -v s="$2" -v gt="$gt" -v ct="$ct" -v gm="$gm" -v cm="$cm" 'BEGIN {
     printf "| %s | %.3f | %.3f | %.2f | %.1f | %.1f | %.2f |", s, gt, ct, gt/ct, gm/1024, cm/1024, gm/cm }')")
+  echo "${ROWS[-1]}" >&2  # as it comes: a long run's figures survive an interruption
 }
 
 repack_source() { git -C "$SRV/src.git" repack -adq --depth=50 --window=10; }

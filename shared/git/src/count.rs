@@ -219,9 +219,8 @@ fn walk(
                    id: ObjectId,
                    uninteresting: bool|
      -> Result<(), PackError> {
-        if !nodes.contains_key(&id) {
-            let node = parse(id)?;
-            nodes.insert(id, node);
+        if let std::collections::hash_map::Entry::Vacant(slot) = nodes.entry(id) {
+            slot.insert(parse(id)?);
         }
         if uninteresting {
             mark_uninteresting(nodes, id, interesting_queued);
