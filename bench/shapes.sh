@@ -39,7 +39,7 @@ mkdir -p "$OUT"
 export GIT_CONFIG_NOSYSTEM=1 GIT_CONFIG_GLOBAL=/dev/null
 export GIT_AUTHOR_NAME=Bench GIT_AUTHOR_EMAIL=bench@example.invalid GIT_COMMITTER_NAME=Bench GIT_COMMITTER_EMAIL=bench@example.invalid
 
-cargo build --release -q -p gitferry
+[ -n "${NO_BUILD:-}" ] || cargo build --release -q -p gitferry  # NO_BUILD=1: use the binary as built
 # The servers come from the test harness (git daemon with receive-pack, git http-backend behind
 # a streaming loopback HTTP server); a debug build is enough, neither side's figures include them.
 cargo build -q -p gitferry-tests --bin git-servers
