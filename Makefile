@@ -2,7 +2,8 @@
 #
 #   make demo     run the main job: `gitferry demo`, the whole service offline in a temp dir
 #   make test     install what the tests need, then build and run every test of the workspace
-#   make bench    compare `gitferry mirror` with the git CLI on a generated repository
+#   make bench    compare `gitferry mirror` with the git CLI on generated repositories and
+#                 shapes (200 MiB blob, 386k-object history, 20,000 tags), git:// and HTTP
 #   make lint     clippy with warnings as errors
 SHELL := /bin/bash
 CARGO ?= cargo
@@ -42,6 +43,19 @@ deps:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-dulwich >/dev/null; \
 	fi
+	@# JGit (the engine of Gerrit) is a third server in the engine tests (tests/src/jgit.rs):
+	@# jgit-cli runs `jgit daemon` (git://) once the HTTP client, commons-logging and slf4j jars
+	@# complete its classpath (as shipped it fails with NoClassDefFoundError); its smart HTTP
+	@# servlet runs on Jetty 9 through a JDK's source launcher (javac).
+	@if ! command -v jgit >/dev/null || ! command -v javac >/dev/null || \
+	    ! [ -f /usr/share/java/jetty9-server.jar -a -f /usr/share/java/servlet-api.jar -a -f /usr/share/java/httpclient.jar \
+	         -a -f /usr/share/java/httpcore.jar -a -f /usr/share/java/commons-logging.jar -a -f /usr/share/java/slf4j-nop.jar ]; then \
+	  echo "installing JGit (a third git server for the engine tests) from Debian"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    jgit-cli libjetty9-java libservlet-api-java libhttpclient-java libhttpcore-java libcommons-logging-java \
+	    libslf4j-java default-jdk-headless >/dev/null; \
+	fi
 	@# playwright-core drives Chromium's keyboard in the status page tests (npm, pinned in
 	@# tests/ui/package-lock.json; it downloads no browser: it uses Debian's chromium).
 	@if [ ! -d tests/ui/node_modules/playwright-core ]; then \
@@ -76,6 +90,7 @@ demo-mirror: build
 
 bench:
 	bash bench/mirror.sh
+	bash bench/shapes.sh
 
 ## 5,000 signed webhook deliveries against a release `gitferry serve` (latency, nothing lost).
 load:

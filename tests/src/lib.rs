@@ -29,6 +29,7 @@ pub mod aws;
 pub mod browser;
 pub mod deliveries;
 pub mod dulwich;
+pub mod jgit;
 pub mod lambda_rt;
 pub mod leaks;
 pub mod moto;
@@ -491,6 +492,32 @@ impl Servers {
     }
 }
 
+/// A server of bare repositories on disk, reachable over git:// and HTTP: git's own
+/// ([`Servers`]), JGit ([`jgit::JGit`]) or dulwich ([`dulwich::Dulwich`]). Lets one scenario run
+/// against each.
+pub trait RepoServer {
+    /// Create an empty bare repository `name` the way this server's users would.
+    fn create_bare(&self, name: &str) -> PathBuf;
+    /// Where the repository `name` is on disk.
+    fn path(&self, name: &str) -> PathBuf;
+    /// Its URL over `proto`.
+    fn url(&self, proto: Proto, name: &str) -> String;
+}
+
+impl RepoServer for Servers {
+    fn create_bare(&self, name: &str) -> PathBuf {
+        Servers::create_bare(self, name)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        Servers::path(self, name)
+    }
+
+    fn url(&self, proto: Proto, name: &str) -> String {
+        Servers::url(self, proto, name)
+    }
+}
+
 impl Servers {
     /// `n` sources `src{i}.git` with one commit each, `n` empty targets `dst{i}.git`, and a
     /// `mirrors.toml` mirroring repo `r{i}` from the first to the second by local path, driven
@@ -745,6 +772,25 @@ impl Worktree {
         self.commit_file("src/mod0.rs", b"pub fn f0() -> u32 { 100 }\n", "backport fix");
         self.git(["tag", "-a", "v1.0.1", "-m", "release 1.0.1"]);
         self.git(["checkout", "--quiet", "main"]);
+        self.push_all();
+    }
+
+    /// On top of [`Worktree::build_history`]: the rarer objects a mirror must carry — annotated
+    /// tags of a tree, of a blob and of another tag, a lightweight tag naming a blob, and a
+    /// commit whose tree has a gitlink (a submodule entry: a commit id that is not in this
+    /// repository). Pushes all branches and tags to `origin`.
+    pub fn add_tag_kinds_and_gitlink(&mut self) {
+        self.git(["tag", "-a", "tree-tag", "-m", "a tag of a tree", "HEAD^{tree}"]);
+        self.git(["tag", "-a", "blob-tag", "-m", "a tag of a blob", "HEAD:README.md"]);
+        self.git(["tag", "-a", "nested-tag", "-m", "a tag of a tag", "v1.0"]);
+        self.git(["tag", "light-blob", "HEAD:README.md"]);
+        self.git([
+            "update-index",
+            "--add",
+            "--cacheinfo",
+            "160000,1234567890abcdef1234567890abcdef12345678,vendor/lib",
+        ]);
+        self.commit("add a submodule");
         self.push_all();
     }
 

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use gitferry_core::git::{self, DeltaKind, MirrorOptions, MirrorSummary, RefPatterns, Remote};
 use harness::leaks::CheckedOutput;
 use harness::{
-    BasicAuth, Proto, Servers, TempDir, Worktree, assert_fsck_clean, assert_refs_equal, git, install_hook,
+    BasicAuth, Proto, RepoServer, Servers, TempDir, Worktree, assert_fsck_clean, assert_refs_equal, git, install_hook,
     mirrored_refs, refs,
 };
 
@@ -182,6 +182,37 @@ fn incremental_commits_branch_and_annotated_tag() {
             first.push.bytes
         );
         assert!(s.fetch.bytes < first.fetch.bytes / 20, "{proto:?}");
+    }
+}
+
+/// Successive new commits changing files in different subtrees: the second one's unchanged
+/// neighbours were untouched by the first (whose walk saw their whole subtree as the target's),
+/// and must not be sent again. (Counting them once packed 15,718 objects for git's 241.)
+#[test]
+fn successive_commits_in_different_subtrees_send_only_what_changed() {
+    for proto in Proto::ALL {
+        let mut case = Case::new(proto);
+        for dir in ["deep/a/x", "deep/b/y"] {
+            for i in 0..4 {
+                let file = format!("{dir}/f{i}.txt");
+                case.wt.commit_file(&file, file.as_bytes(), "nested files");
+            }
+        }
+        case.wt.push_all();
+        case.mirror();
+        let old_target = mirrored_refs(&case.target);
+        case.wt.commit_file("deep/a/x/f0.txt", b"changed a\n", "change in a");
+        case.wt.commit_file("deep/b/y/f1.txt", b"changed b\n", "change in b");
+        case.wt
+            .commit_file("deep/b/y/f2.txt", b"changed b again\n", "change in b again");
+        case.wt.push_all();
+        let s = case.mirror();
+        case.assert_mirrored();
+        assert_eq!(
+            s.push.objects,
+            missing_objects(&case.source, &old_target),
+            "{proto:?}: exactly what git would send"
+        );
     }
 }
 
@@ -1136,4 +1167,108 @@ fn closed_stdout_ends_the_cli_quietly() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// The engine cases, in one chain of mirrors against one pair of servers: `src` serves the
+/// sources over `sp`, `dst` the targets over `tp`; every repository name starts with `label`.
+/// Empty source, initial mirror (tag kinds and a gitlink included), no-op, incremental,
+/// force-push, prune, dangling `HEAD` on both sides, and a target with unrelated history.
+/// After each: the target's refs equal the source's and `git fsck` finds nothing wrong.
+fn engine_cases(label: &str, src: &dyn RepoServer, sp: Proto, dst: &dyn RepoServer, tp: Proto) {
+    let cache = harness::tempdir();
+    let name = |n: &str| format!("{label}-{n}.git");
+    let mirror = |from: &str, to: &str| -> MirrorSummary {
+        let s = Remote::parse(&src.url(sp, &name(from))).unwrap();
+        let t = Remote::parse(&dst.url(tp, &name(to))).unwrap();
+        let summary = git::mirror(&s, &t, cache.path(), &options())
+            .unwrap_or_else(|e| panic!("{label}: mirroring {from} to {to}: {e}"));
+        assert!(summary.push.rejected.is_empty(), "{label}: {:?}", summary.push.rejected);
+        assert_refs_equal(&src.path(&name(from)), &dst.path(&name(to)));
+        assert_fsck_clean(&dst.path(&name(to)));
+        summary
+    };
+
+    // An empty source: nothing to push.
+    src.create_bare(&name("empty"));
+    dst.create_bare(&name("empty-dst"));
+    let s = mirror("empty", "empty-dst");
+    assert!(s.push.results.is_empty(), "{label}: {:?}", s.push.results);
+
+    let source = src.create_bare(&name("src"));
+    dst.create_bare(&name("dst"));
+    let mut wt = Worktree::new(&source);
+    wt.build_history();
+    wt.add_tag_kinds_and_gitlink();
+    let n = mirrored_refs(&source).len();
+    let s = mirror("src", "dst");
+    assert_eq!((s.fetch.refs.created, s.push.refs.created), (n, n), "{label}: initial");
+
+    let s = mirror("src", "dst");
+    assert!(s.fetch.up_to_date && s.push.results.is_empty(), "{label}: no-op: {s:?}");
+
+    wt.commit_file("src/new.rs", b"pub fn new() {}\n", "more work");
+    wt.git(["tag", "-a", "v2.0", "-m", "release 2.0"]);
+    wt.git(["branch", "topic/next"]);
+    wt.push_all();
+    let s = mirror("src", "dst");
+    assert_eq!(
+        (s.push.refs.created, s.push.refs.updated),
+        (2, 1),
+        "{label}: incremental"
+    );
+
+    wt.git(["reset", "--quiet", "--hard", "HEAD~2"]);
+    wt.commit_file("rewritten.txt", b"history was rewritten\n", "rewrite");
+    wt.push_all();
+    let s = mirror("src", "dst");
+    assert_eq!(s.push.refs.forced, 1, "{label}: force-push: {:?}", s.push.results);
+
+    git(&source, ["branch", "-D", "feature"]);
+    git(&source, ["tag", "-d", "v1.0"]);
+    let s = mirror("src", "dst");
+    assert_eq!(s.push.refs.deleted, 2, "{label}: prune: {:?}", s.push.results);
+
+    // HEAD naming a branch that does not exist, on both sides.
+    git(&source, ["symbolic-ref", "HEAD", "refs/heads/gone"]);
+    git(&dst.path(&name("dst")), ["symbolic-ref", "HEAD", "refs/heads/gone-too"]);
+    wt.commit_file("after.txt", b"after\n", "with a dangling HEAD");
+    wt.push_all();
+    let s = mirror("src", "dst");
+    assert_eq!(s.push.refs.updated, 1, "{label}: dangling HEAD: {:?}", s.push.results);
+
+    // A target with history unrelated to the source's: overwritten, its own refs pruned.
+    let unrelated = dst.create_bare(&name("unrelated"));
+    let mut other = Worktree::new(&unrelated);
+    other.commit_file("other.txt", b"another project\n", "unrelated");
+    other.git(["tag", "stray"]);
+    other.push_all();
+    let s = mirror("src", "unrelated");
+    assert_eq!(
+        (s.push.refs.forced, s.push.refs.deleted),
+        (1, 1),
+        "{label}: unrelated: {:?}",
+        s.push.results
+    );
+}
+
+/// [`engine_cases`] with `server` as the source (into git's servers) and as the target (from
+/// them), over git:// and smart HTTP.
+fn engine_cases_both_ways(label: &str, server: &dyn RepoServer) {
+    let servers = Servers::start();
+    for (proto, p) in [(Proto::GitDaemon, "git"), (Proto::Http, "http")] {
+        engine_cases(&format!("{label}-{p}-as-source"), server, proto, &servers, proto);
+        engine_cases(&format!("{label}-{p}-as-target"), &servers, proto, server, proto);
+    }
+}
+
+/// JGit (Gerrit's engine): `jgit daemon` and its smart HTTP servlet.
+#[test]
+fn jgit_as_source_and_target() {
+    engine_cases_both_ways("jgit", &harness::jgit::JGit::start());
+}
+
+/// dulwich: its git:// server and `web-daemon`'s smart HTTP.
+#[test]
+fn dulwich_as_source_and_target() {
+    engine_cases_both_ways("dulwich", &harness::dulwich::Dulwich::start());
 }

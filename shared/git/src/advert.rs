@@ -221,6 +221,12 @@ impl Seen {
 /// `symref=` capabilities of a v0/v1 advertisement are withheld from gix and recorded in
 /// [`Seen`], and a repository that does not use SHA-1 ends the handshake with an error before
 /// any ref is read.
+///
+/// On a connection that stays open for the whole negotiation (git://, ssh) `no-done` is withheld
+/// from gix as well. gix asks for it whenever it is offered, and then waits for the pack right
+/// after the server's `ACK … ready`; git's `fetch-pack` asks for it only over stateless HTTP,
+/// and servers may serve it only there: dulwich over git:// waits for the `done` that never
+/// comes, and the fetch hung until the I/O timeout.
 pub struct Guarded<T> {
     inner: T,
     seen: Arc<Mutex<Seen>>,
@@ -246,10 +252,15 @@ pub fn seen(seen: &Mutex<Seen>) -> Seen {
 
 /// The capabilities without `symref=` entries, for gix's v1 parser.
 pub fn without_symrefs(capabilities: &Capabilities) -> Capabilities {
+    without(capabilities, &["symref"])
+}
+
+/// The capabilities without those named in `names`.
+fn without(capabilities: &Capabilities, names: &[&str]) -> Capabilities {
     let mut data = BString::from("\0");
     for c in capabilities
         .iter()
-        .filter(|c| c.name() != "symref" && !c.name().is_empty())
+        .filter(|c| !names.iter().any(|n| c.name() == *n) && !c.name().is_empty())
     {
         if data.len() > 1 {
             data.push(b' ');
@@ -297,6 +308,7 @@ impl<T: Transport> Transport for Guarded<T> {
         service: Service,
         extra_parameters: &'a [(&'a str, Option<&'a str>)],
     ) -> Result<SetServiceResponse<'_>, client::Error> {
+        let stateful = self.inner.connection_persists_across_multiple_requests();
         let mut response = self.inner.handshake(service, extra_parameters)?;
         let capabilities = capability_list(response.actual_protocol, &response.capabilities);
         let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
@@ -311,7 +323,11 @@ impl<T: Transport> Transport for Guarded<T> {
                 .into_iter()
                 .map(|(n, t)| (n.to_owned(), t.to_owned()))
                 .collect();
-            response.capabilities = without_symrefs(&response.capabilities);
+            let withheld: &[&str] = match stateful {
+                true => &["symref", "no-done"],
+                false => &["symref"],
+            };
+            response.capabilities = without(&response.capabilities, withheld);
         }
         Ok(response)
     }
@@ -519,6 +535,12 @@ mod tests {
             })
             .collect();
         assert_eq!(kept, ["ofs-delta", "agent=git/2"]);
+        let (negotiation, _) = Capabilities::from_bytes(b"\0multi_ack_detailed no-done symref=HEAD:x").unwrap();
+        let stateful: Vec<String> = without(&negotiation, &["symref", "no-done"])
+            .iter()
+            .map(|c| c.name().to_string())
+            .collect();
+        assert_eq!(stateful, ["multi_ack_detailed"]);
         let (only, _) = Capabilities::from_bytes(b"\0symref=HEAD:refs/heads/x").unwrap();
         assert!(!without_symrefs(&only).contains("symref"));
     }

@@ -3,11 +3,14 @@
 //!
 //! One conversation with the source: its refs are listed (only the prefixes we mirror, plus
 //! `HEAD`), and when the cache already has them all, gix negotiates nothing and no pack is
-//! sent. gix's fetch writes creates and updates (refspecs `+P:P` for each include pattern, `^P`
-//! for each exclude, no implicit tag following) but never prunes; pruning is a second ref
-//! transaction, run only after a successful fetch and only against the refs the source
-//! advertised in that same conversation. What changed is computed by comparing the cache's refs
-//! before and after ([`super::refs::diff`]), which stays true whichever way the refs moved.
+//! sent. gix's fetch writes creates and updates into packed-refs (refspecs `+P:P` for each
+//! include pattern, `^P` for each exclude, no implicit tag following; gix refuses a glob refspec
+//! without destination, so it must write them) but never prunes. What is left — prunes, and
+//! every change of a local-path fetch — is one change, compare-and-swap against the refs read
+//! after the fetch, written into packed-refs in one go ([`super::packed`]), and only against the
+//! refs the source advertised in that same conversation. What changed is computed by comparing
+//! the cache's refs before and after ([`super::refs::diff`]), which stays true whichever way the
+//! refs moved.
 
 use std::sync::atomic::AtomicBool;
 
@@ -78,25 +81,12 @@ fn fetch_and_prune(
         Location::Network(url) => fetch_network(cache, remote, url, &before, options, interrupt)?,
     };
 
-    // Prune (and point HEAD like the source) in one transaction, compare-and-swap on each ref.
+    // Creates, updates and prunes in one change, compare-and-swap on each ref; HEAD like the
+    // source's.
     let current = repo::read_refs(cache, &options.refs, Peel::No)?;
-    let prunes: Vec<LocalUpdate> = if options.prune {
-        current
-            .refs
-            .iter()
-            .filter(|(name, _)| !source.refs.contains_key(*name))
-            .map(|(name, t)| LocalUpdate {
-                name: name.clone(),
-                old: Some(t.id),
-                new: None,
-            })
-            .collect()
-    } else {
-        Vec::new()
-    };
-    repo::apply_ref_updates(cache, &prunes, source.head.as_deref(), "gitferry: prune")?;
-
-    let after = if prunes.is_empty() {
+    let updates = ref_updates(&current, &source, options.prune);
+    repo::apply_cache_ref_updates(cache, &updates, source.head.as_deref(), "gitferry: fetch")?;
+    let after = if updates.is_empty() {
         current
     } else {
         repo::read_refs(cache, &options.refs, Peel::No)?
@@ -110,6 +100,30 @@ fn fetch_and_prune(
         objects,
         bytes,
     })
+}
+
+/// What makes the cache's refs (`before`) the source's: creates and updates, and (`prune`) the
+/// deletion of refs the source no longer has.
+fn ref_updates(before: &RefState, source: &RefState, prune: bool) -> Vec<LocalUpdate> {
+    let changed = source
+        .refs
+        .iter()
+        .filter(|(name, t)| before.refs.get(*name).map(|b| b.id) != Some(t.id))
+        .map(|(name, t)| LocalUpdate {
+            name: name.clone(),
+            old: before.refs.get(name).map(|b| b.id),
+            new: Some(t.id),
+        });
+    let pruned = before
+        .refs
+        .iter()
+        .filter(|(name, _)| prune && !source.refs.contains_key(*name))
+        .map(|(name, t)| LocalUpdate {
+            name: name.clone(),
+            old: Some(t.id),
+            new: None,
+        });
+    changed.chain(pruned).collect()
 }
 
 fn fetch_network(
@@ -185,9 +199,9 @@ fn fetch_network(
         // and no ref transaction — a no-op touches nothing on disk.
         return Ok((source, 0, 0));
     }
-    // A mirror cache may get thousands of refs at once: write them into packed-refs in one go
-    // rather than as thousands of loose files (every later read of them is then one file: a
-    // no-op over 10,000 refs took 0.20 s instead of 0.37 s with loose refs, debug build).
+    // A mirror cache may get thousands of refs at once: packed-refs, not thousands of loose files
+    // (every later read of them is then one file: a no-op over 10,000 refs took 0.20 s instead of
+    // 0.37 s with loose refs, debug build).
     let outcome = prepare
         .with_write_packed_refs_only(true)
         .receive(gix::progress::Discard, interrupt)
@@ -218,23 +232,7 @@ fn fetch_local(
     let source = repo::read_refs(&src, patterns, Peel::No)?;
     let tips: Vec<_> = source.refs.values().map(|t| t.id).collect();
     let haves: Vec<_> = before.refs.values().map(|t| t.id).collect();
-    let old: Vec<_> = source
-        .refs
-        .iter()
-        .filter_map(|(name, t)| before.refs.get(name).map(|b| b.id).filter(|b| *b != t.id))
-        .collect();
-    let stats = local::copy_objects(&src, cache, &tips, &haves, &old, interrupt)
-        .map_err(|e| e.into_error(remote.to_string()))?;
-    let updates: Vec<LocalUpdate> = source
-        .refs
-        .iter()
-        .filter(|(name, t)| before.refs.get(*name).map(|b| b.id) != Some(t.id))
-        .map(|(name, t)| LocalUpdate {
-            name: name.clone(),
-            old: before.refs.get(name).map(|b| b.id),
-            new: Some(t.id),
-        })
-        .collect();
-    repo::apply_ref_updates(cache, &updates, None, "gitferry: fetch")?;
+    let stats =
+        local::copy_objects(&src, cache, &tips, &haves, interrupt).map_err(|e| e.into_error(remote.to_string()))?;
     Ok((source, stats.objects, stats.bytes))
 }

@@ -21,6 +21,7 @@
 //! [`guard`] turns it into a permanent [`Error::Panic`] at every entry point above.
 
 pub mod advert;
+mod count;
 pub mod error;
 pub mod fetch;
 pub mod guard;
@@ -29,6 +30,7 @@ pub mod local;
 mod lsremote;
 pub mod mirror;
 pub mod pack;
+mod packed;
 pub mod push;
 pub mod refs;
 pub mod remote;

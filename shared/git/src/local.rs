@@ -33,15 +33,13 @@ impl CopyError {
     }
 }
 
-/// Copy the objects reachable from `tips` but not from `haves` from `src` into `dst`
-/// (`also_has`: see [`pack::write_pack`]). Returns what was transferred; copies nothing when
-/// `dst` already has every tip.
+/// Copy the objects reachable from `tips` but not from `haves` from `src` into `dst`. Returns
+/// what was transferred; copies nothing when `dst` already has every tip.
 pub fn copy_objects(
     src: &gix::Repository,
     dst: &gix::Repository,
     tips: &[ObjectId],
     haves: &[ObjectId],
-    also_has: &[ObjectId],
     interrupt: &AtomicBool,
 ) -> Result<PackStats, CopyError> {
     let wanted: Vec<ObjectId> = tips.iter().copied().filter(|t| !dst.has_object(t)).collect();
@@ -49,7 +47,7 @@ pub fn copy_objects(
         return Ok(PackStats::default());
     }
     let pack_dir = dst.objects.store_ref().path().join("pack");
-    write_pack_into(src, &pack_dir, &wanted, haves, also_has, interrupt).map(|(stats, _)| stats)
+    write_pack_into(src, &pack_dir, &wanted, haves, interrupt).map(|(stats, _)| stats)
 }
 
 /// Rewrite every object reachable from the refs of `repo` into one new pack and delete the
@@ -71,7 +69,7 @@ pub fn repack_all(repo: &gix::Repository, interrupt: &AtomicBool) -> Result<Opti
     let before: Vec<std::path::PathBuf> = std::fs::read_dir(&pack_dir)
         .map(|d| d.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
-    let (_, name) = write_pack_into(repo, &pack_dir, &tips, &[], &[], interrupt)?;
+    let (_, name) = write_pack_into(repo, &pack_dir, &tips, &[], interrupt)?;
     let keep = format!("pack-{name}.");
     for old in before {
         let file = old.file_name().and_then(|n| n.to_str()).unwrap_or_default();
@@ -89,7 +87,6 @@ fn write_pack_into(
     pack_dir: &std::path::Path,
     tips: &[ObjectId],
     haves: &[ObjectId],
-    also_has: &[ObjectId],
     interrupt: &AtomicBool,
 ) -> Result<(PackStats, String), CopyError> {
     let hash = src.object_hash();
@@ -116,7 +113,7 @@ fn write_pack_into(
                 },
             )
         });
-        let written = pack::write_pack(src, tips, haves, also_has, true, &mut writer, interrupt);
+        let written = pack::write_pack(src, tips, haves, pack::PackOptions::LOCAL, &mut writer, interrupt);
         drop(writer); // EOF for the indexer, whether or not the pack is complete
         let indexed = indexer.join().expect("indexer thread does not panic");
         let stats = written?;

@@ -1,54 +1,39 @@
-//! Pack generation: the objects a receiver lacks, streamed as a non-thin pack.
+//! Pack generation: the objects a receiver lacks, streamed as a pack.
 //!
-//! gix has no `pack-objects` porcelain, so this composes gix-pack's generation plumbing:
+//! gix has no `pack-objects` porcelain, and its generation plumbing (`iter_from_counts`) copies
+//! every entry into memory and decompresses each object just to learn its size, so this module
+//! writes packs itself, on gix-pack's file and header types:
 //!
-//! 1. enumerate commits reachable from the new tips but not from what the receiver has
-//!    (`rev_walk(...).with_hidden(...)`);
-//! 2. count objects: each such commit and everything in its tree (`TreeContents`: gix-pack
-//!    prunes subtrees it has already seen, so each distinct tree is read once — measured 30%
-//!    faster than diffing every commit against its parents), annotated tag objects as they are,
-//!    trees/blobs pointed to directly in full;
-//! 3. drop what the receiver already has: every object in the trees of the boundary commits
-//!    (the receiver's commits our new ones build on) and of the refs' old tips (`also_has`).
-//!    That is git's "edge" rule, and the pack holds exactly the missing objects in the usual
-//!    cases (the tests compare the count with `git rev-list --objects`);
-//! 4. copy entries out of our packs (existing deltas are reused when their base is sent too;
-//!    otherwise the object is sent whole — never a thin pack), and stream them through
-//!    `FromEntriesIter` into the writer. The header's object count is the number of counted
-//!    objects, and we verify every counted object exists before writing, because gix-pack
-//!    silently skips missing ones (which would corrupt the pack).
+//! 1. count what the receiver lacks ([`crate::count`]: only the boundary is compared, and the
+//!    receiver's versions of changed paths are noted as possible thin-pack bases);
+//! 2. locate each object in our packs (index lookups; an entry's size is the distance to the
+//!    next entry in offset order, as git's reverse index gives it — nothing is decompressed);
+//! 3. copy entries as they are stored, in pack order: an object stored whole is copied whole; a
+//!    delta is copied as a delta when its base is in this pack (an ofs-delta if the receiver
+//!    reads them, else a ref-delta; a delta whose base comes later waits until its base is
+//!    written, so bases always precede their deltas) or, in a thin pack, when its base is one the
+//!    receiver has; otherwise the object is decoded and deflated whole. Objects outside our packs
+//!    (loose ones, alternates) are deflated whole too.
 //!
-//! Nothing is buffered beyond one chunk of entries: the pack goes straight to the socket, HTTP
-//! body or local indexer.
+//! Nothing is buffered beyond one object: the header's object count is the number of counted
+//! objects (each is checked to exist before anything is written, so exactly that many entries
+//! follow), entries of up to [`STREAM_ABOVE`] bytes are written from the mapped pack, larger
+//! ones are read from the pack file in 64 KiB pieces — never held whole, nor left resident — so
+//! memory is bounded by the largest object we must decode, not by the pack.
 
-use std::collections::HashSet;
+use std::cell::OnceCell;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use gix::ObjectId;
-use gix::prelude::Finalize;
-use gix_pack::data::output;
+use gix_pack::data::entry::Header;
 
-use super::repo;
+use crate::count;
 
-/// Memory for decoded delta bases and decoded objects while counting and copying: half and a
-/// quarter of the repository's pack size, within [4, 32] and [2, 16] MiB.
-fn cache_sizes(repo: &gix::Repository) -> (usize, usize) {
-    let packs: u64 = std::fs::read_dir(repo.objects.store_ref().path().join("pack"))
-        .map(|dir| {
-            dir.flatten()
-                .filter(|e| e.path().extension().is_some_and(|x| x == "pack"))
-                .filter_map(|e| e.metadata().ok())
-                .map(|m| m.len())
-                .sum()
-        })
-        .unwrap_or(0);
-    let packs = usize::try_from(packs).unwrap_or(usize::MAX);
-    (
-        (packs / 2).clamp(4 << 20, 32 << 20),
-        (packs / 4).clamp(2 << 20, 16 << 20),
-    )
-}
+/// Entries larger than this are read from the pack file piecewise instead of from its mapping.
+pub const STREAM_ABOVE: u64 = 1 << 20;
+const PIECE: usize = 64 << 10;
 
 /// What was written.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -70,6 +55,24 @@ pub enum PackError {
     Interrupted,
 }
 
+/// What the receiver of a pack accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PackOptions {
+    /// Deltas may name their base by its offset in the pack (`ofs-delta`); otherwise by id.
+    pub ofs_delta: bool,
+    /// Deltas may name a base the receiver has and the pack does not carry (a thin pack, which
+    /// receive-pack completes; not for a local pack that must stand alone).
+    pub thin: bool,
+}
+
+impl PackOptions {
+    /// A self-contained pack for gix's indexer (ofs-deltas, no external bases).
+    pub const LOCAL: PackOptions = PackOptions {
+        ofs_delta: true,
+        thin: false,
+    };
+}
+
 /// A writer that counts what passes through it.
 pub struct CountingWriter<W> {
     pub inner: W,
@@ -88,282 +91,434 @@ impl<W: Write> Write for CountingWriter<W> {
     }
 }
 
+/// Hashes and counts what passes through, for the pack's trailing checksum.
+struct HashingWriter<'a> {
+    inner: &'a mut dyn Write,
+    hasher: gix::hash::Hasher,
+    count: u64,
+}
+
+impl Write for HashingWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// What to send: `tips` are the object ids the receiver's refs will point to; `haves` are ids
-/// the receiver already has (its advertised refs). `also_has` are haves whose whole trees are
-/// worth excluding (the old values of the refs being updated); keep it short, each costs a tree
-/// walk. Unknown haves are ignored.
+/// the receiver already has (its advertised refs; unknown ones are ignored).
 pub fn write_pack(
     repo: &gix::Repository,
     tips: &[ObjectId],
     haves: &[ObjectId],
-    also_has: &[ObjectId],
-    use_ofs_delta: bool,
+    options: PackOptions,
     out: &mut dyn Write,
     interrupt: &AtomicBool,
 ) -> Result<PackStats, PackError> {
-    let local = |e: gix::Error| PackError::Local(super::error::chain(&e));
-    let mut db: gix::odb::HandleArc = repo
-        .objects
-        .clone()
-        .into_inner()
-        .into_arc()
-        .map_err(|e| PackError::Local(e.to_string()))?;
-    db.prevent_pack_unload();
-    db.ignore_replacements = true;
-    // A fresh handle has no caches: without a delta-base cache every tree lookup during counting
-    // re-resolves its whole delta chain (2.5x slower on a 10k-commit repository). Sized by the
-    // repository so small ones stay small.
-    let (pack_cache, object_cache) = cache_sizes(repo);
-    db.set_pack_cache(move || Box::new(gix_pack::cache::lru::MemoryCappedHashmap::new(pack_cache)));
-    db.set_object_cache(move || Box::new(gix_pack::cache::object::MemoryCappedHashmap::new(object_cache)));
     let started = std::time::Instant::now();
-    let counts = count_objects(repo, &db, tips, haves, also_has, interrupt)?;
+    let counted = count::objects(repo, tips, haves, interrupt)?;
     tracing::debug!(
-        objects = counts.len(),
+        objects = counted.objects.len(),
+        known = counted.known.len(),
         elapsed_ms = started.elapsed().as_millis() as u64,
         "counted objects to pack"
     );
-    let mut out = CountingWriter { inner: out, count: 0 };
-    if counts.is_empty() {
-        write_empty_pack(repo.object_hash(), &mut out)?;
-        return Ok(PackStats {
-            objects: 0,
-            bytes: out.count,
-        });
+    if counted.objects.is_empty() {
+        let bytes = write_empty_pack(repo.object_hash(), out)?;
+        return Ok(PackStats { objects: 0, bytes });
     }
-    if let Some(c) = counts.iter().find(|c| !gix_pack::Find::contains(&db, &c.id)) {
-        return Err(PackError::Local(format!(
-            "object {} is missing from the local repository",
-            c.id
-        )));
-    }
-    let num_entries = counts.len();
-    let header_count = u32::try_from(num_entries).map_err(|_| PackError::Local("more than 2^32 objects".into()))?;
-    let entries = output::entry::iter_from_counts(
-        counts,
-        db,
-        Box::new(gix::progress::Discard),
-        output::entry::iter_from_counts::Options {
-            thread_limit: None,
-            mode: output::entry::iter_from_counts::Mode::PackCopyAndBaseObjects,
-            allow_thin_pack: false,
-            chunk_size: 64,
-            version: gix_pack::data::Version::V2,
-            compression: repo.pack_compression().map_err(local)?,
+    let packs = Packs::open(repo)?;
+    let items = packs.locate(repo, counted.objects)?;
+    let mut writer = Writer {
+        repo,
+        packs: &packs,
+        items: &items,
+        known: &counted.known,
+        options,
+        out: HashingWriter {
+            inner: out,
+            hasher: gix::hash::hasher(repo.object_hash()),
+            count: 0,
         },
-    )
-    .map_err(local)?;
-    let mut in_order = gix::parallel::InOrderIter::from(entries);
-
-    // The receiver may not speak ofs-delta: then point reused deltas at their in-pack base by id.
-    let mut written: Vec<ObjectId> = Vec::with_capacity(if use_ofs_delta { 0 } else { num_entries });
-    let mut invalid = 0usize;
-    let chunks = in_order.by_ref().map(|chunk| {
-        chunk.map(|mut entries| {
-            for e in &mut entries {
-                if e.is_invalid() {
-                    invalid += 1;
-                }
-                if !use_ofs_delta {
-                    if let output::entry::Kind::DeltaRef { object_index } = e.kind {
-                        e.kind = output::entry::Kind::DeltaOid {
-                            id: written[object_index],
-                        };
-                    }
-                    written.push(e.id);
-                }
-            }
-            entries
-        })
-    });
-    let mut writer = output::bytes::FromEntriesIter::new(
-        chunks,
-        &mut out,
-        header_count,
-        gix_pack::data::Version::V2,
-        repo.object_hash(),
-    );
-    for step in writer.by_ref() {
-        if interrupt.load(std::sync::atomic::Ordering::Relaxed) {
-            return Err(PackError::Interrupted);
-        }
-        if let Err(e) = step {
-            // Distinguish a broken receiver from a local read problem.
-            return Err(match e.downcast_any_ref::<std::io::Error>() {
-                Some(io) => PackError::Write(std::io::Error::new(io.kind(), io.to_string())),
-                None => PackError::Local(super::error::chain(&e)),
-            });
-        }
-    }
-    drop(writer);
-    let stats = in_order.inner.finalize().map_err(local)?;
-    if stats.missing_objects != 0 || invalid != 0 {
-        // Unreachable given the pre-check, but a wrong header count must never go unnoticed.
-        return Err(PackError::Local(format!(
-            "{} object(s) vanished while writing the pack",
-            stats.missing_objects.max(invalid)
-        )));
-    }
-    out.flush().map_err(PackError::Write)?;
+        written: vec![None; items.len()],
+        by_id: OnceCell::new(),
+        buf: Vec::new(),
+        stats: WriteStats::default(),
+    };
+    writer.write_all(interrupt)?;
+    let stats = writer.stats;
+    let bytes = writer.out.count;
     tracing::debug!(
-        objects = num_entries,
-        bytes = out.count,
-        copied = stats.objects_copied_from_pack,
-        recompressed = stats.decoded_and_recompressed_objects,
+        objects = items.len(),
+        bytes,
+        copied = stats.copied,
+        thin = stats.thin,
+        recompressed = stats.recompressed,
+        streamed = stats.streamed,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "pack written"
     );
     Ok(PackStats {
-        objects: num_entries as u64,
-        bytes: out.count,
+        objects: items.len() as u64,
+        bytes,
     })
 }
 
 /// A pack with no objects: header and checksum (32 bytes for SHA-1).
 pub fn write_empty_pack(hash: gix::hash::Kind, out: &mut dyn Write) -> Result<u64, PackError> {
-    let mut w = output::bytes::FromEntriesIter::new(
-        std::iter::empty::<gix::Result<Vec<output::Entry>>>(),
-        out,
-        0,
-        gix_pack::data::Version::V2,
-        hash,
-    );
-    let mut total = 0;
-    for step in w.by_ref() {
-        total += step.map_err(|e| match e.downcast_any_ref::<std::io::Error>() {
-            Some(io) => PackError::Write(std::io::Error::new(io.kind(), io.to_string())),
-            None => PackError::Local(super::error::chain(&e)),
-        })?;
-    }
-    Ok(total)
+    let mut w = HashingWriter {
+        inner: out,
+        hasher: gix::hash::hasher(hash),
+        count: 0,
+    };
+    w.write_all(&gix_pack::data::header::encode(gix_pack::data::Version::V2, 0))
+        .map_err(PackError::Write)?;
+    let digest = w
+        .hasher
+        .clone()
+        .try_finalize()
+        .map_err(|e| PackError::Local(e.to_string()))?;
+    w.inner.write_all(digest.as_slice()).map_err(PackError::Write)?;
+    w.inner.flush().map_err(PackError::Write)?;
+    Ok(w.count + digest.as_slice().len() as u64)
 }
 
-/// Add the ids of the root trees of `commits` and of every tree and blob below them to `into`.
-/// Subtrees already in `into` are not walked again.
-fn tree_objects(repo: &gix::Repository, commits: impl Iterator<Item = ObjectId>, into: &mut HashSet<ObjectId>) {
-    let mut stack: Vec<ObjectId> = commits
-        .filter_map(|c| repo.find_commit(c).ok()?.tree_id().ok().map(|t| t.detach()))
-        .collect();
-    while let Some(tree_id) = stack.pop() {
-        if !into.insert(tree_id) {
-            continue;
-        }
-        let Ok(tree) = repo.find_tree(tree_id) else { continue };
-        for entry in tree.iter().flatten() {
-            let mode = entry.mode();
-            if mode.is_tree() {
-                stack.push(entry.oid().to_owned());
-            } else if !mode.is_commit() {
-                into.insert(entry.oid().to_owned());
+/// One pack of the repository: its index and data, and (built when first needed) its entries
+/// in offset order, for entry sizes and for the ids of bases named by offset.
+struct Pack {
+    bundle: gix_pack::Bundle,
+    by_offset: OnceCell<Vec<(u64, u32)>>,
+    file: OnceCell<std::fs::File>,
+}
+
+/// The packs of a repository, read directly.
+struct Packs {
+    packs: Vec<Pack>,
+}
+
+/// An object to write, and where it is stored: (pack, offset), or `None` outside our packs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Item {
+    at: Option<(u32, u64)>,
+    id: ObjectId,
+}
+
+impl Packs {
+    fn open(repo: &gix::Repository) -> Result<Packs, PackError> {
+        let dir = repo.objects.store_ref().path().join("pack");
+        let mut paths: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "idx") && p.with_extension("pack").is_file())
+                    .collect()
+            })
+            .unwrap_or_default();
+        paths.sort();
+        let mut packs = Vec::with_capacity(paths.len());
+        for path in paths {
+            // A pack we cannot read is skipped: its objects are then decoded through gix.
+            match gix_pack::Bundle::at(&path, repo.object_hash()) {
+                Ok(bundle) => packs.push(Pack {
+                    bundle,
+                    by_offset: OnceCell::new(),
+                    file: OnceCell::new(),
+                }),
+                Err(e) => tracing::debug!(path = %path.display(), error = %e, "pack skipped"),
             }
         }
+        Ok(Packs { packs })
+    }
+
+    fn find(&self, id: &ObjectId) -> Option<(u32, u64)> {
+        self.packs.iter().enumerate().find_map(|(n, p)| {
+            let index = p.bundle.index.lookup(id)?;
+            Some((n as u32, p.bundle.index.pack_offset_at_index(index)))
+        })
+    }
+
+    /// Where each object is, in writing order (outside our packs first, then pack by pack in
+    /// offset order). Fails if any object is missing.
+    fn locate(&self, repo: &gix::Repository, ids: Vec<ObjectId>) -> Result<Vec<Item>, PackError> {
+        let mut items = Vec::with_capacity(ids.len());
+        for id in ids {
+            let at = self.find(&id);
+            if at.is_none() && !repo.has_object(id) {
+                return Err(PackError::Local(format!(
+                    "object {id} is missing from the local repository"
+                )));
+            }
+            items.push(Item { at, id });
+        }
+        items.sort_unstable();
+        Ok(items)
+    }
+
+    fn by_offset(&self, pack: u32) -> &[(u64, u32)] {
+        let p = &self.packs[pack as usize];
+        p.by_offset.get_or_init(|| {
+            let index = &p.bundle.index;
+            let mut v: Vec<(u64, u32)> = (0..index.num_objects())
+                .map(|i| (index.pack_offset_at_index(i), i))
+                .collect();
+            v.sort_unstable();
+            v
+        })
+    }
+
+    /// Where the entry at `offset` ends: the next entry's offset, or the trailing checksum.
+    fn entry_end(&self, pack: u32, offset: u64) -> u64 {
+        let sorted = self.by_offset(pack);
+        let next = sorted.partition_point(|(o, _)| *o <= offset);
+        match sorted.get(next) {
+            Some((o, _)) => *o,
+            None => self.packs[pack as usize].bundle.pack.pack_end() as u64,
+        }
+    }
+
+    /// The id of the object stored at `offset`.
+    fn id_at(&self, pack: u32, offset: u64) -> Option<ObjectId> {
+        let sorted = self.by_offset(pack);
+        let i = sorted.binary_search_by_key(&offset, |(o, _)| *o).ok()?;
+        Some(
+            self.packs[pack as usize]
+                .bundle
+                .index
+                .oid_at_index(sorted[i].1)
+                .to_owned(),
+        )
     }
 }
 
-/// The objects to send, deduplicated. See the module docs for the method.
-fn count_objects(
-    repo: &gix::Repository,
-    db: &gix::odb::HandleArc,
-    tips: &[ObjectId],
-    haves: &[ObjectId],
-    also_has: &[ObjectId],
-    interrupt: &AtomicBool,
-) -> Result<Vec<output::Count>, PackError> {
-    use gix::object::Kind;
-    use output::count::objects::ObjectExpansion;
-    let local = |e: gix::Error| PackError::Local(super::error::chain(&e));
+#[derive(Clone, Copy, Debug, Default)]
+struct WriteStats {
+    copied: usize,
+    /// Deltas against a base the receiver has (not in the pack).
+    thin: usize,
+    recompressed: usize,
+    streamed: usize,
+}
 
-    let hidden: Vec<ObjectId> = haves
-        .iter()
-        .filter_map(|h| repo::peel(repo, *h))
-        .filter(|id| repo::object_kind(repo, *id) == Some(Kind::Commit))
-        .collect();
+/// How one entry is written.
+enum Plan {
+    /// Copied as stored; a delta's base is `Some((index in items, or None for an external
+    /// base), base id)`.
+    Copy {
+        entry: gix_pack::data::Entry,
+        base: Option<(Option<usize>, ObjectId)>,
+    },
+    /// After the item with this index.
+    Wait(usize),
+    /// Decoded and deflated whole.
+    Whole,
+}
 
-    // Sort tips into commits to walk, tag objects to send as-is and trees/blobs to send whole.
-    let mut commit_tips = Vec::new();
-    let mut tag_objects = Vec::new();
-    let mut whole = Vec::new();
-    for &tip in tips {
-        let mut id = tip;
-        loop {
-            match repo::object_kind(repo, id) {
-                Some(Kind::Tag) => {
-                    tag_objects.push(id);
-                    let tag = repo.find_object(id).map_err(|e| PackError::Local(e.to_string()))?;
-                    id = tag
-                        .try_into_tag()
-                        .map_err(|e| PackError::Local(e.to_string()))?
-                        .target_id()
-                        .map_err(|e| PackError::Local(e.to_string()))?
-                        .detach();
+struct Writer<'a> {
+    repo: &'a gix::Repository,
+    packs: &'a Packs,
+    items: &'a [Item],
+    known: &'a HashSet<ObjectId>,
+    options: PackOptions,
+    out: HashingWriter<'a>,
+    /// The pack offset at which each item was written.
+    written: Vec<Option<u64>>,
+    by_id: OnceCell<HashMap<ObjectId, usize>>,
+    buf: Vec<u8>,
+    stats: WriteStats,
+}
+
+impl Writer<'_> {
+    fn write_all(&mut self, interrupt: &AtomicBool) -> Result<(), PackError> {
+        let count = u32::try_from(self.items.len()).map_err(|_| PackError::Local("more than 2^32 objects".into()))?;
+        self.out
+            .write_all(&gix_pack::data::header::encode(gix_pack::data::Version::V2, count))
+            .map_err(PackError::Write)?;
+        // Items waiting for their base, by the base's index.
+        let mut waiting: HashMap<usize, Vec<usize>> = HashMap::new();
+        for i in 0..self.items.len() {
+            let mut ready = vec![i];
+            while let Some(j) = ready.pop() {
+                if interrupt.load(Ordering::Relaxed) {
+                    return Err(PackError::Interrupted);
                 }
-                Some(Kind::Commit) => {
-                    commit_tips.push(id);
-                    break;
-                }
-                Some(Kind::Tree | Kind::Blob) => {
-                    whole.push(id);
-                    break;
-                }
-                None => {
-                    return Err(PackError::Local(format!(
-                        "object {id} is missing from the local repository"
-                    )));
+                match self.plan(j)? {
+                    Plan::Wait(base) => waiting.entry(base).or_default().push(j),
+                    plan => {
+                        self.write_item(j, plan)?;
+                        ready.extend(waiting.remove(&j).unwrap_or_default());
+                    }
                 }
             }
         }
-    }
-
-    let mut walked = HashSet::new();
-    let mut boundary = HashSet::new();
-    if !commit_tips.is_empty() {
-        let walk = repo
-            .rev_walk(commit_tips.iter().copied())
-            .with_hidden(hidden.iter().copied())
-            .all()
-            .map_err(local)?;
-        let mut parents = Vec::new();
-        for info in walk {
-            let info = info.map_err(local)?;
-            walked.insert(info.id);
-            parents.extend(info.parent_ids.iter().copied());
+        // Only a corrupt pack (a cycle of deltas) leaves anything waiting: send those whole.
+        for j in waiting.into_values().flatten() {
+            self.write_item(j, Plan::Whole)?;
         }
-        boundary.extend(parents.into_iter().filter(|p| !walked.contains(p)));
-    }
-    // Everything in the trees of the boundary commits and the old tips: the receiver has it.
-    let mut skip: HashSet<ObjectId> = boundary.clone();
-    if !walked.is_empty() {
-        let old_commits = also_has
-            .iter()
-            .filter_map(|h| repo::peel(repo, *h))
-            .filter(|id| repo::object_kind(repo, *id) == Some(Kind::Commit));
-        tree_objects(repo, boundary.iter().copied().chain(old_commits), &mut skip);
+        if self.written.iter().any(Option::is_none) {
+            return Err(PackError::Local("an object was not written into the pack".into()));
+        }
+        let digest = self
+            .out
+            .hasher
+            .clone()
+            .try_finalize()
+            .map_err(|e| PackError::Local(e.to_string()))?;
+        self.out.inner.write_all(digest.as_slice()).map_err(PackError::Write)?;
+        self.out.count += digest.as_slice().len() as u64;
+        self.out.inner.flush().map_err(PackError::Write)
     }
 
-    let mut counts = Vec::new();
-    let mut seen = HashSet::new();
-    let mut add =
-        |ids: Vec<ObjectId>, expansion: ObjectExpansion, counts: &mut Vec<output::Count>| -> Result<(), PackError> {
-            if ids.is_empty() {
-                return Ok(());
-            }
-            let mut input = ids.into_iter().map(Ok::<_, gix::Error>);
-            let (found, _) =
-                output::count::objects_unthreaded(db, &mut input, &gix::progress::Discard, interrupt, expansion)
-                    .map_err(|e| {
-                        if e.is_cancelled() {
-                            PackError::Interrupted
-                        } else {
-                            local(e)
-                        }
-                    })?;
-            counts.extend(found.into_iter().filter(|c| !skip.contains(&c.id) && seen.insert(c.id)));
-            Ok(())
+    fn index_of_id(&self, id: &ObjectId) -> Option<usize> {
+        self.by_id
+            .get_or_init(|| self.items.iter().enumerate().map(|(i, it)| (it.id, i)).collect())
+            .get(id)
+            .copied()
+    }
+
+    fn plan(&self, i: usize) -> Result<Plan, PackError> {
+        let Some((pack, offset)) = self.items[i].at else {
+            return Ok(Plan::Whole);
         };
-    let mut walked: Vec<ObjectId> = walked.into_iter().collect();
-    walked.sort(); // deterministic packs for the same input
-    add(walked, ObjectExpansion::TreeContents, &mut counts)?;
-    add(tag_objects, ObjectExpansion::AsIs, &mut counts)?;
-    add(whole, ObjectExpansion::TreeContents, &mut counts)?;
-    Ok(counts)
+        let entry = self.packs.packs[pack as usize]
+            .bundle
+            .pack
+            .entry(offset)
+            .map_err(|e| PackError::Local(format!("reading pack entry of {}: {e}", self.items[i].id)))?;
+        let (in_pack, base_id) = match entry.header {
+            Header::Commit | Header::Tree | Header::Blob | Header::Tag => return Ok(Plan::Copy { entry, base: None }),
+            Header::OfsDelta { base_distance } => {
+                let Some(base_offset) = entry.checked_base_pack_offset(base_distance) else {
+                    return Ok(Plan::Whole);
+                };
+                let key = Some((pack, base_offset));
+                match self.items.binary_search_by(|it| it.at.cmp(&key)) {
+                    Ok(b) => (Some(b), self.items[b].id),
+                    Err(_) => match self.packs.id_at(pack, base_offset) {
+                        Some(id) => (None, id),
+                        None => return Ok(Plan::Whole),
+                    },
+                }
+            }
+            Header::RefDelta { base_id } => (self.index_of_id(&base_id), base_id),
+        };
+        Ok(match in_pack {
+            Some(b) if self.written[b].is_some() => Plan::Copy {
+                entry,
+                base: Some((Some(b), base_id)),
+            },
+            Some(b) => Plan::Wait(b),
+            None if self.options.thin && self.known.contains(&base_id) => Plan::Copy {
+                entry,
+                base: Some((None, base_id)),
+            },
+            None => Plan::Whole,
+        })
+    }
+
+    fn write_item(&mut self, i: usize, plan: Plan) -> Result<(), PackError> {
+        let here = self.out.count;
+        match plan {
+            Plan::Copy { entry, base } => {
+                let header = match base {
+                    None => entry.header,
+                    Some((Some(b), id)) => match (self.options.ofs_delta, self.written[b]) {
+                        (true, Some(at)) => Header::OfsDelta {
+                            base_distance: here - at,
+                        },
+                        _ => Header::RefDelta { base_id: id },
+                    },
+                    Some((None, id)) => {
+                        self.stats.thin += 1;
+                        Header::RefDelta { base_id: id }
+                    }
+                };
+                self.write_header(header, entry.decompressed_size)?;
+                let (pack, offset) = self.items[i].at.expect("copied items are packed");
+                let end = self.packs.entry_end(pack, offset);
+                self.copy(pack, entry.data_offset, end)?;
+                self.stats.copied += 1;
+            }
+            Plan::Whole => self.write_whole(i)?,
+            Plan::Wait(_) => unreachable!("waiting items are written once their base is"),
+        }
+        self.written[i] = Some(here);
+        Ok(())
+    }
+
+    fn write_header(&mut self, header: Header, size: u64) -> Result<(), PackError> {
+        let mut buf = Vec::with_capacity(32);
+        header.write_to(size, &mut buf).map_err(PackError::Write)?;
+        self.out.write_all(&buf).map_err(PackError::Write)
+    }
+
+    /// Copy the stored bytes `start..end` of `pack`.
+    fn copy(&mut self, pack: u32, start: u64, end: u64) -> Result<(), PackError> {
+        let p = &self.packs.packs[pack as usize];
+        if end.saturating_sub(start) <= STREAM_ABOVE {
+            let data = p
+                .bundle
+                .pack
+                .entry_slice(start..end)
+                .ok_or_else(|| PackError::Local(format!("pack entry at {start} is out of bounds")))?;
+            return self.out.write_all(data).map_err(PackError::Write);
+        }
+        use std::os::unix::fs::FileExt;
+        let path = p.bundle.pack.path();
+        let read_err = |e: std::io::Error| PackError::Local(format!("reading {}: {e}", path.display()));
+        let file = match p.file.get() {
+            Some(f) => f,
+            None => {
+                let f = std::fs::File::open(path).map_err(read_err)?;
+                p.file.get_or_init(|| f)
+            }
+        };
+        let mut piece = vec![0u8; PIECE];
+        let mut at = start;
+        while at < end {
+            let n = PIECE.min((end - at) as usize);
+            file.read_exact_at(&mut piece[..n], at).map_err(read_err)?;
+            self.out.write_all(&piece[..n]).map_err(PackError::Write)?;
+            at += n as u64;
+        }
+        self.stats.streamed += 1;
+        Ok(())
+    }
+
+    /// Decode the object and deflate it into the pack as it is written.
+    fn write_whole(&mut self, i: usize) -> Result<(), PackError> {
+        let id = self.items[i].id;
+        let compression = self
+            .repo
+            .pack_compression()
+            .map_err(|e| PackError::Local(e.to_string()))?;
+        let mut buf = std::mem::take(&mut self.buf);
+        let found = gix::prelude::Find::try_find(&self.repo.objects, &id, &mut buf)
+            .map_err(|e| PackError::Local(format!("reading object {id}: {e}")))?
+            .ok_or_else(|| PackError::Local(format!("object {id} is missing from the local repository")))?;
+        let header = match found.kind {
+            gix::object::Kind::Commit => Header::Commit,
+            gix::object::Kind::Tree => Header::Tree,
+            gix::object::Kind::Blob => Header::Blob,
+            gix::object::Kind::Tag => Header::Tag,
+        };
+        let data = found.data;
+        self.write_header(header, data.len() as u64)?;
+        let mut deflate = gix::zlib::stream::deflate::Write::new(&mut self.out, compression);
+        for piece in data.chunks(PIECE) {
+            deflate.write_all(piece).map_err(PackError::Write)?;
+        }
+        deflate.flush().map_err(PackError::Write)?;
+        drop(deflate);
+        if buf.capacity() <= STREAM_ABOVE as usize {
+            self.buf = buf; // keep a small buffer for the next object, not a huge one
+        }
+        self.stats.recompressed += 1;
+        Ok(())
+    }
 }

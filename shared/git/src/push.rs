@@ -232,9 +232,8 @@ fn push_local(
     let refusals = checked_out_refusals(&target, &commands);
     let tips: Vec<ObjectId> = commands.iter().filter_map(|c| c.new).collect();
     let haves: Vec<ObjectId> = target_all.refs.values().map(|t| t.id).collect();
-    let old: Vec<ObjectId> = commands.iter().filter_map(|c| c.old).collect();
-    let stats = local::copy_objects(repo, &target, &tips, &haves, &old, interrupt)
-        .map_err(|e| e.into_error(remote.to_string()))?;
+    let stats =
+        local::copy_objects(repo, &target, &tips, &haves, interrupt).map_err(|e| e.into_error(remote.to_string()))?;
     outcome.objects = stats.objects;
     outcome.bytes = stats.bytes;
     let to_update = |c: &Command| LocalUpdate {
@@ -360,7 +359,11 @@ fn push_network(
         }
     }
     want_caps.push(format!("agent={}", transport::AGENT));
-    let use_ofs_delta = offers("ofs-delta");
+    // Thin packs as `git push` sends them, unless the target says it cannot complete them.
+    let pack_options = pack::PackOptions {
+        ofs_delta: offers("ofs-delta"),
+        thin: !offers("no-thin"),
+    };
     let needs_pack = commands.iter().any(|c| c.new.is_some());
 
     let request = t
@@ -388,9 +391,7 @@ fn push_network(
             let tips: Vec<ObjectId> = commands.iter().filter_map(|c| c.new).collect();
             let haves: Vec<ObjectId> = target_all.refs.values().map(|t| t.id).collect();
             let mut w = BufWriter::with_capacity(1 << 16, &mut raw);
-            let old: Vec<ObjectId> = commands.iter().filter_map(|c| c.old).collect();
-            let s = pack::write_pack(repo, &tips, &haves, &old, use_ofs_delta, &mut w, interrupt)
-                .map_err(SendError::Pack)?;
+            let s = pack::write_pack(repo, &tips, &haves, pack_options, &mut w, interrupt).map_err(SendError::Pack)?;
             w.flush().map_err(SendError::Io)?;
             stats = (s.objects, s.bytes);
         }

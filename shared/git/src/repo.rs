@@ -179,6 +179,21 @@ pub struct LocalUpdate {
     pub new: Option<ObjectId>,
 }
 
+/// [`apply_ref_updates`] for the mirror cache, whose only writer is the worker holding its lease:
+/// the ref changes go straight into packed-refs in one write ([`super::packed`]) unless one of
+/// them has a loose file; `HEAD` (a loose symref) then follows in a transaction of its own.
+pub fn apply_cache_ref_updates(
+    repo: &gix::Repository,
+    updates: &[LocalUpdate],
+    head: Option<&str>,
+    message: &str,
+) -> Result<(), Error> {
+    match super::packed::apply(repo, updates)? {
+        super::packed::Applied::Done => apply_ref_updates(repo, &[], head, message),
+        super::packed::Applied::Declined => apply_ref_updates(repo, updates, head, message),
+    }
+}
+
 /// Apply ref changes (creates, updates, deletes) in one transaction: either all are prepared
 /// and committed, or none (if any ref moved under us, nothing is written). `head` optionally
 /// points `HEAD` at a branch in the same transaction.
