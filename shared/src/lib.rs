@@ -6,6 +6,7 @@
 //! * [`git`] — the pure-Rust git engine: ls-remote, mirror fetch with prune, push (a
 //!   receive-pack client), and the one-shot [`git::mirror()`];
 //! * [`config`] — `mirrors.toml`, validated with errors naming file, line and field;
+//! * [`accounts`] — whole accounts: discovery, target creation, the effective repository set;
 //! * [`request`] — `SyncRequest`, the one message every trigger becomes;
 //! * [`store`] — object storage (S3, local directory, fault injection) behind one trait;
 //! * [`cache`] — bare repositories cached in a store: manifest, packs, leases;
@@ -18,6 +19,7 @@
 //! * [`api`] — the HTTP routes (webhook Lambda and `serve`); [`ui`] and [`page`] — the status
 //!   pages and their JSON.
 
+pub mod accounts;
 pub mod api;
 pub mod cache;
 pub mod clock;
