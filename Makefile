@@ -68,7 +68,7 @@ test: deps cfn-lint
 	@bash tests/leftovers.sh
 
 demo:
-	$(CARGO) run -q -p gitferry -- demo
+	$(CARGO) run -q -p gitferry --no-default-features -- demo
 
 ## The engine alone: `gitferry mirror` between two repositories on a loopback git daemon.
 demo-mirror: build

@@ -35,7 +35,7 @@ fn readme_setup_commands_exist_and_ci_runs_the_test_command() {
     assert!(readme.contains("make demo") && readme.contains("make test"));
     let makefile = read("Makefile");
     assert!(
-        makefile.contains("demo:\n\t$(CARGO) run -q -p gitferry -- demo"),
+        makefile.contains("demo:\n\t$(CARGO) run -q -p gitferry --no-default-features -- demo"),
         "make demo runs gitferry demo"
     );
     assert!(
@@ -46,5 +46,56 @@ fn readme_setup_commands_exist_and_ci_runs_the_test_command() {
     assert!(
         ci.lines().any(|l| l.trim() == "make test"),
         ".ci/run calls the README's test command"
+    );
+}
+
+/// The dependency names of one crate's `[dependencies]` table.
+fn dependencies(manifest: &str) -> Vec<String> {
+    let text = read(manifest);
+    let mut in_deps = false;
+    let mut names = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_deps = line == "[dependencies]";
+        } else if in_deps && !line.is_empty() && !line.starts_with('#') {
+            let name = line.split(['=', '.']).next().unwrap_or_default().trim();
+            names.push(name.to_string());
+        }
+    }
+    names
+}
+
+/// The layering the README's layout section promises is the crates' dependency lists: the core
+/// names no AWS crate, the engine knows neither the core nor tokio, and only gitferry-aws (with
+/// the Lambda glue) pulls the SDK.
+#[test]
+fn crate_boundaries_enforce_the_layering() {
+    let core = dependencies("shared/core/Cargo.toml");
+    assert!(core.contains(&"gitferry-git".to_string()), "{core:?}");
+    assert!(
+        !core.iter().any(|d| d.starts_with("aws")),
+        "gitferry-core must not depend on AWS: {core:?}"
+    );
+    let git = dependencies("shared/git/Cargo.toml");
+    assert!(
+        !git.iter()
+            .any(|d| d.starts_with("aws") || d == "tokio" || d.starts_with("gitferry")),
+        "{git:?}"
+    );
+    let aws = dependencies("shared/aws/Cargo.toml");
+    assert!(
+        aws.contains(&"aws-sdk-s3".to_string()) && aws.contains(&"gitferry-core".to_string()),
+        "{aws:?}"
+    );
+    // The CLI reaches the SDK only through its `aws` feature, so `make demo` builds without it.
+    let cli = read("functions/cli/Cargo.toml");
+    assert!(
+        cli.contains("gitferry-aws = { workspace = true, optional = true }"),
+        "{cli}"
+    );
+    assert!(
+        !dependencies("functions/cli/Cargo.toml")
+            .iter()
+            .any(|d| d.starts_with("aws-sdk"))
     );
 }

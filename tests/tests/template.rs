@@ -782,7 +782,7 @@ fn check_metrics(
     functions: &BTreeMap<String, String>,
     p: &mut Vec<String>,
 ) {
-    let sync_rs = read("shared/src/sync/mod.rs");
+    let sync_rs = read("shared/core/src/sync/mod.rs");
     let triggers = [
         gitferry_core::request::TriggerKind::Webhook,
         gitferry_core::request::TriggerKind::Poll,

@@ -39,6 +39,8 @@ pub struct ServeOptions {
     pub workers: usize,
     pub work_dir: Option<PathBuf>,
     pub status_token: Option<Secret>,
+    /// The webhook body limit (`GITFERRY_MAX_BODY`, the same setting as the webhook function's).
+    pub max_body: usize,
 }
 
 /// A running server.
@@ -73,6 +75,9 @@ pub async fn start(opts: ServeOptions) -> Result<Running, String> {
     let metrics = Metrics::new(prometheus.clone());
     let metrics_for_poller = metrics.clone();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    // One effective repository set (configured ∪ discovered) for the workers, the pages and
+    // the poller: what discovery finds is seen by all of them at once.
+    let catalog = gitferry_core::accounts::Catalog::new(opts.config.clone(), store.clone());
     let manager = SyncManager::new(
         opts.config.clone(),
         store.clone(),
@@ -83,15 +88,16 @@ pub async fn start(opts: ServeOptions) -> Result<Running, String> {
             ..SyncOptions::default()
         },
     )
-    .with_shutdown(shutdown_rx.clone());
+    .with_shutdown(shutdown_rx.clone())
+    .with_catalog(catalog.clone());
     let api = Api {
-        config: opts.config.clone(),
+        catalog: catalog.clone(),
         queue: queue.clone(),
         status: StatusBook::new(store.clone()),
         metrics,
         anonymous_status: opts.status_token.is_none() && opts.listen.ip().is_loopback(),
         status_token: opts.status_token,
-        max_body: gitferry_core::webhook::DEFAULT_MAX_BODY,
+        max_body: opts.max_body,
         prometheus: Some(prometheus),
         session_key: uuid::Uuid::new_v4().to_string(),
     };
@@ -106,7 +112,9 @@ pub async fn start(opts: ServeOptions) -> Result<Running, String> {
         store.clone(),
         metrics_for_poller,
         PollOptions::default(),
-    );
+    )
+    .with_catalog(catalog)
+    .with_notifier(Notifier::new(&opts.config.notify));
     let reconciled = poller
         .reconcile("startup")
         .await
@@ -164,33 +172,51 @@ async fn wait_for_signal() {
     }
 }
 
+/// One HTTP request → the shared API. The body is read up to the limit and no further (memory
+/// stays bounded whatever a client sends); a body over it is refused through the API, so the 413
+/// is logged and counted like every other webhook answer.
 async fn handle(State(api): State<Arc<Api>>, request: axum::extract::Request) -> axum::response::Response {
     let (parts, body) = request.into_parts();
-    let limit = api.max_body;
-    let body = match axum::body::to_bytes(body, limit + 1).await {
-        Ok(b) if b.len() <= limit => b,
-        _ => {
-            return to_axum(api::Response::json(
-                413,
-                serde_json::json!({ "error": format!("body larger than {limit} bytes") }),
-            ));
-        }
-    };
     let headers: Vec<(String, String)> = parts
         .headers
         .iter()
         .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str().to_owned(), v.to_owned())))
         .collect();
+    let (method, path) = (parts.method.as_str(), parts.uri.path());
+    let limit = api.max_body;
+    let body = match axum::body::to_bytes(body, limit).await {
+        Ok(b) => b,
+        Err(e) => {
+            let (status, message) = if is_length_limit(&e) {
+                (413, gitferry_core::webhook::too_large_message(limit))
+            } else {
+                (400, "the request body could not be read".to_owned())
+            };
+            return to_axum(api.refuse_body(method, path, &headers, status, &message));
+        }
+    };
     let reply = api
         .handle(api::Request {
-            method: parts.method.as_str(),
-            path: parts.uri.path(),
+            method,
+            path,
             query: parts.uri.query().unwrap_or_default(),
             headers,
             body: &body,
         })
         .await;
     to_axum(reply)
+}
+
+/// Did reading the body stop at the length limit (rather than at a broken connection)?
+fn is_length_limit(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
 }
 
 fn to_axum(r: api::Response) -> axum::response::Response {
