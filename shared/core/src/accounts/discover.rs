@@ -112,6 +112,10 @@ pub trait Provider: Send + Sync {
     async fn create_repo(&self, namespace: &str, name: &str, spec: &CreateSpec) -> Result<Creation, ApiError>;
     /// Rename `namespace/from` to `namespace/to`.
     async fn rename_repo(&self, namespace: &str, from: &str, to: &str) -> Result<(), ApiError>;
+    /// How many repositories a full listing page holds (what gitferry asks for).
+    fn page_size(&self) -> usize {
+        100
+    }
 }
 
 /// The provider of an account's sources.
@@ -204,18 +208,24 @@ pub async fn list_all(p: &dyn Provider, state: &AccountState, account: &AccountC
                         .filter_map(|id| known.get(id.as_str()).map(|r| (*r).clone())),
                 );
                 listed.pages.push(memo.clone());
-                if page as usize >= state.pages.len() {
+                // Past the last page known: a full one may have been followed by a new page
+                // (listings are oldest first, so new repositories land at the end). That page
+                // is asked once without an ETag, then conditionally like the others.
+                if page as usize >= state.pages.len() && memo.ids.len() < p.page_size() {
                     break;
                 }
             }
             Ok(Page::Fresh { repos, etag, next }) => {
                 listed.unchanged = false;
+                let full = repos.len() >= p.page_size();
                 listed.pages.push(PageMemo {
                     etag,
                     ids: repos.iter().map(|r| r.id.clone()).collect(),
                 });
                 listed.repos.extend(repos);
-                if !next {
+                // A full last page is followed by the (empty) next one, whose ETag then tells
+                // cheaply when a new repository starts a page of its own.
+                if !next && !full {
                     break;
                 }
             }
@@ -500,8 +510,12 @@ impl Provider for Github {
     async fn list_page(&self, page: u32, etag: Option<&str>, deadline: Instant) -> Result<Page, ApiError> {
         let o = enc(&self.owner.path);
         let path = match self.owner.kind {
-            OwnerKind::User => format!("/users/{o}/repos?type=owner&per_page=100&page={page}"),
-            _ => format!("/orgs/{o}/repos?type=all&per_page=100&page={page}"),
+            // Oldest first: a new repository changes the last page only, so the other pages
+            // keep their ETags (the default order, newest first, would shift every page).
+            OwnerKind::User => {
+                format!("/users/{o}/repos?type=owner&sort=created&direction=asc&per_page=100&page={page}")
+            }
+            _ => format!("/orgs/{o}/repos?type=all&sort=created&direction=asc&per_page=100&page={page}"),
         };
         page_of(self.http.get(&path, etag, deadline).await?, github_repo)
     }
@@ -689,6 +703,10 @@ fn gitea_repo(v: &Value) -> Result<RemoteRepo, ApiError> {
 
 #[async_trait::async_trait]
 impl Provider for Gitea {
+    fn page_size(&self) -> usize {
+        50
+    }
+
     async fn list_page(&self, page: u32, etag: Option<&str>, deadline: Instant) -> Result<Page, ApiError> {
         let o = enc(&self.owner.path);
         let path = match self.owner.kind {

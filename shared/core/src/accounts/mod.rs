@@ -265,6 +265,12 @@ fn glob_match(p: &[u8], s: &[u8]) -> bool {
 }
 
 impl AccountConfig {
+    /// Is `owner` (from a webhook) this account's owner, or with subgroups one below it?
+    pub fn concerns(&self, owner: &str) -> bool {
+        let (o, mine) = (owner.to_ascii_lowercase(), self.owner.to_ascii_lowercase());
+        o == mine || (self.include_subgroups && o.starts_with(&format!("{mine}/")))
+    }
+
     /// Does a listed repository pass the account's filters (as first seen)?
     pub fn admits(&self, r: &RemoteRepo) -> Result<(), &'static str> {
         let relative = r.path.strip_prefix(&format!("{}/", self.owner)).unwrap_or(&r.path);
@@ -674,16 +680,37 @@ pub async fn discover_due(
 ) -> Result<(Discovery, Vec<SyncRequest>), StoreError> {
     let mut tick = Discovery::default();
     let mut requests = Vec::new();
-    let store = catalog.store().clone();
     for account in catalog.base().accounts.values() {
-        let (state, etag) = AccountState::load(store.as_ref(), &account.name).await?;
-        let exists = etag.is_some();
-        if !force && !discovery_due(account, exists.then_some(&state), from, now) {
+        let (state, etag) = AccountState::load(catalog.store().as_ref(), &account.name).await?;
+        if !force && !discovery_due(account, etag.is_some().then_some(&state), from, now) {
             continue;
         }
+        let added = discover_account(catalog, notifier, account, (state, etag), now, deadline, &mut tick).await?;
+        requests.extend(added);
+    }
+    Ok((tick, requests))
+}
+
+/// List one account (whose state and its ETag were just read), record and report what
+/// changed, and return the first-mirror requests of its new repositories.
+pub async fn discover_account(
+    catalog: &Catalog,
+    notifier: Option<&Notifier>,
+    account: &AccountConfig,
+    (state, etag): (AccountState, Option<String>),
+    now: u64,
+    deadline: Instant,
+    tick: &mut Discovery,
+) -> Result<Vec<SyncRequest>, StoreError> {
+    let store = catalog.store().clone();
+    let exists = etag.is_some();
+    let mut requests = Vec::new();
+    {
         tick.listed += 1;
         let provider = discover::for_account(account);
-        let started = now_ms();
+        // Repositories first seen at or after this (a concurrent webhook discovery) are not
+        // missing from a listing that began before them.
+        let started = now;
         let listing = discover::list_all(provider.as_ref(), &state, account, deadline).await;
         tick.requests += listing.requests;
         tick.not_modified += listing.not_modified;
@@ -720,7 +747,8 @@ pub async fn discover_due(
                 Err(ApiError::RateLimited { until_ms }) => {
                     tick.rate_limited += 1;
                     tracing::warn!(account = %account.name, until_ms, "discovery rate-limited: listing again when the limit lifts");
-                    next.retry_at = (*until_ms).max(now + 1);
+                    // The provider's time is the wall clock; the schedule's is `now`.
+                    next.retry_at = now + until_ms.saturating_sub(now_ms()).max(1);
                     Changes {
                         dirty: next.retry_at != state.retry_at,
                         ..Changes::default()
@@ -734,6 +762,8 @@ pub async fn discover_due(
             if !changes.dirty {
                 break;
             }
+            // Rename the targets gitferry created before the one write that records it all.
+            follow_renames(account, &mut next, &changes, store.as_ref()).await;
             let body = serde_json::to_vec(&next).expect("account state serialises");
             let condition = match &etag {
                 Some(e) => Condition::IfMatch(e.clone()),
@@ -745,15 +775,6 @@ pub async fn discover_due(
                     tick.added += changes.added.len();
                     tick.vanished += changes.vanished.len();
                     tick.renamed += changes.renamed.len();
-                    let renamed = follow_renames(account, &mut next, &changes, store.as_ref()).await;
-                    if renamed {
-                        // Targets renamed through their API no longer keep the old name.
-                        let body = serde_json::to_vec(&next).expect("account state serialises");
-                        store
-                            .put(&keys::account(&account.name), body, Condition::Always)
-                            .await?;
-                        tick.writes += 1;
-                    }
                     catalog.put_state(&account.name, next.clone());
                     report(account, &next, &changes, notifier).await;
                     for name in &changes.added {
@@ -771,7 +792,28 @@ pub async fn discover_due(
             }
         }
     }
-    Ok((tick, requests))
+    Ok(requests)
+}
+
+/// The queue's name for "discover this account now" (a message group of its own; not a valid
+/// repository name, so it never collides with one).
+pub const DISCOVERY_PREFIX: &str = "account:";
+
+/// The request an account webhook's repository event becomes: the sync function lists the
+/// account and mirrors what is new in the same run.
+pub fn discovery_request(account: &str, provider: Provider, delivery_id: &str) -> SyncRequest {
+    SyncRequest::webhook(
+        &format!("{DISCOVERY_PREFIX}{account}"),
+        provider,
+        delivery_id,
+        None,
+        None,
+    )
+}
+
+/// The account a queued request asks to discover, if it is one.
+pub fn discovery_of(repo: &str) -> Option<&str> {
+    repo.strip_prefix(DISCOVERY_PREFIX)
 }
 
 /// The request that mirrors a newly discovered repository the first time.

@@ -314,8 +314,49 @@ impl SyncManager {
         followed
     }
 
+    /// A queued "discover this account now" (an account webhook's repository event): list the
+    /// account, then mirror what is new in the same run. What the deadline leaves unsynced the
+    /// poller enqueues (never confirmed mirrored).
+    async fn discover_now(&self, account: &str, deadline: Instant) -> RepoOutcome {
+        let Some(config) = self.catalog.base().accounts.get(account).cloned() else {
+            tracing::warn!(
+                account,
+                "discovery requested for an account that is not configured; dropped"
+            );
+            return RepoOutcome::Skipped("account not configured".into());
+        };
+        let failed = |e: crate::store::StoreError| RepoOutcome::Failed {
+            error: format!("discovering account {account}: {e}"),
+            transient: true,
+        };
+        let loaded = match crate::accounts::AccountState::load(self.store.as_ref(), account).await {
+            Ok(l) => l,
+            Err(e) => return failed(e),
+        };
+        let mut tick = crate::accounts::Discovery::default();
+        let notifier = Some(&self.notifier);
+        let found =
+            crate::accounts::discover_account(&self.catalog, notifier, &config, loaded, now_ms(), deadline, &mut tick)
+                .await;
+        let requests = match found {
+            Ok(r) => r,
+            Err(e) => return failed(e),
+        };
+        tracing::info!(account, ?tick, "account discovered on a webhook");
+        for r in &requests {
+            if !self.time_left(deadline) {
+                break;
+            }
+            Box::pin(self.sync_repo(&r.repo, &[r], deadline)).await;
+        }
+        RepoOutcome::NoOp
+    }
+
     /// Sync one repository for the given (coalesced) requests.
     pub async fn sync_repo(&self, repo: &str, requests: &[&SyncRequest], deadline: Instant) -> RepoOutcome {
+        if let Some(account) = crate::accounts::discovery_of(repo) {
+            return self.discover_now(account, deadline).await;
+        }
         let Some(config) = self.catalog.repo(repo).await else {
             tracing::warn!(repo, "request for a repository that is not configured; dropped");
             for r in requests {
