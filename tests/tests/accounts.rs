@@ -553,3 +553,70 @@ async fn repository_webhooks_discover_at_once() {
     assert!(app.frozen_because().unwrap().contains("mirror kept"), "{app:?}");
     harness::assert_refs_equal(&servers.path("acme/app.git"), &servers.path("mirrors/app.git"));
 }
+
+/// `gitferry discover ACCOUNT --json`: what would be mirrored and created, nothing written;
+/// no token in its output.
+#[test]
+fn discover_command_changes_nothing() {
+    let servers = Servers::start();
+    let forge = Forge::start(Kind::Gitea);
+    {
+        let mut st = forge.state();
+        st.token = Some(TOKEN.into());
+        st.owners.insert("mirrors".into());
+        st.add("acme", "app", &servers.url(Proto::Http, "acme/app.git"));
+        st.add("acme", "forked", "http://127.0.0.1:1/x.git").fork = true;
+    }
+    let dir = harness::tempdir();
+    let config = dir.path().join("mirrors.toml");
+    std::fs::write(&config, account_toml(Kind::Gitea, &forge, &servers, "acme", "")).unwrap();
+    let store = dir.path().join("store");
+    let out = std::process::Command::new(harness::gitferry_bin())
+        .args(["discover", "acme", "--json", "--config"])
+        .arg(&config)
+        .arg("--store")
+        .arg(&store)
+        .env("ACME_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!stdout.contains(TOKEN) && !String::from_utf8_lossy(&out.stderr).contains(TOKEN));
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["repos"][0]["name"], "app");
+    assert_eq!(v["repos"][0]["targets"][0]["create"], true);
+    assert!(
+        v["repos"][0]["targets"][0]["url"]
+            .as_str()
+            .unwrap()
+            .ends_with("/mirrors/app.git")
+    );
+    assert_eq!(
+        v["skipped"][0],
+        serde_json::json!(["acme/forked", "a fork (forks = false)"])
+    );
+    assert_eq!(v["new"], serde_json::json!(["app"]));
+    let written = walk(&store);
+    assert!(written.is_empty(), "a dry run writes nothing: {written:?}");
+    assert_eq!(forge.state().count("POST", ""), 0, "and creates nothing");
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .flat_map(|e| {
+            if e.path().is_dir() {
+                walk(&e.path())
+            } else {
+                vec![e.path()]
+            }
+        })
+        .collect()
+}

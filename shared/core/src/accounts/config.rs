@@ -133,11 +133,11 @@ pub(crate) fn validate(
         }
         let owner_kind = match a.owner_type.as_ref() {
             Some(k) => {
-                let ok = match (provider, k.get_ref()) {
-                    (Provider::Gitlab, OwnerKind::Group | OwnerKind::User) => true,
-                    (Provider::Github | Provider::Gitea, OwnerKind::Org | OwnerKind::User) => true,
-                    _ => false,
-                };
+                let ok = matches!(
+                    (provider, k.get_ref()),
+                    (Provider::Gitlab, OwnerKind::Group | OwnerKind::User)
+                        | (Provider::Github | Provider::Gitea, OwnerKind::Org | OwnerKind::User)
+                );
                 if !ok {
                     v.error(
                         k.span().start,

@@ -30,6 +30,7 @@
 pub mod config;
 pub mod discover;
 pub mod expand;
+pub mod preview;
 
 use std::collections::BTreeMap;
 use std::fmt;

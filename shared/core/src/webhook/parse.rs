@@ -370,6 +370,45 @@ mod tests {
         );
     }
 
+    /// Repository events name their owners: GitHub's `repository` (a transfer names the old
+    /// owner too), Gitea's `repository`, GitLab's system hook `project_rename` (both paths).
+    #[test]
+    fn repository_events_name_their_owners() {
+        let h = |k: &str, v: &str| vec![(k.to_owned(), v.to_owned())];
+        let github = h("X-GitHub-Event", "repository");
+        let json = serde_json::json!({
+            "action": "transferred",
+            "repository": { "full_name": "new-org/app", "owner": { "login": "new-org" } },
+            "changes": { "owner": { "from": { "organization": { "login": "acme" } } } },
+        });
+        let p = parse(Provider::Github, &delivery(&github, b""), &json);
+        assert_eq!(
+            (p.event, p.owners),
+            (Event::Repository, vec!["acme".into(), "new-org".into()])
+        );
+        let gitea = h("X-Gitea-Event", "repository");
+        let json = serde_json::json!({ "action": "created",
+            "repository": { "full_name": "acme/x", "owner": { "login": "acme", "username": "acme" } },
+            "organization": { "username": "acme" } });
+        let d = Delivery {
+            provider: "gitea",
+            headers: &gitea,
+            body: b"",
+        };
+        let p = parse(Provider::Gitea, &d, &json);
+        assert_eq!((p.event, p.owners), (Event::Repository, vec!["acme".into()]));
+        let gitlab = h("X-Gitlab-Event", "System Hook");
+        let json = serde_json::json!({ "event_name": "project_rename",
+            "path_with_namespace": "grp/sub/new", "old_path_with_namespace": "grp/sub/old" });
+        let d = Delivery {
+            provider: "gitlab",
+            headers: &gitlab,
+            body: b"",
+        };
+        let p = parse(Provider::Gitlab, &d, &json);
+        assert_eq!((p.event, p.owners), (Event::Repository, vec!["grp/sub".into()]));
+    }
+
     #[test]
     fn gitlab_system_hooks_and_the_idempotency_key() {
         let headers = vec![
