@@ -29,6 +29,7 @@ pub mod aws;
 pub mod browser;
 pub mod deliveries;
 pub mod dulwich;
+pub mod forge;
 pub mod jgit;
 pub mod lambda_rt;
 pub mod leaks;

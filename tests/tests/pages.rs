@@ -98,7 +98,7 @@ async fn fleet(n: usize) -> Fleet {
     }
     let config = Config::parse(&config_text(n), Path::new("pages.toml"), &|_| None).unwrap();
     let api = Api {
-        config: Arc::new(config),
+        catalog: gitferry_core::accounts::Catalog::new(Arc::new(config), store.clone()),
         queue: Arc::new(MemoryQueue::new(5)),
         status: StatusBook::new(store.clone()),
         metrics: Metrics::discard(),
@@ -148,11 +148,11 @@ async fn the_overview_at_1_50_and_5000_repositories() {
         let all = f
             .api
             .status
-            .all(f.api.config.repos.keys().map(String::as_str))
+            .all(f.api.catalog.base().repos.keys().map(String::as_str))
             .await
             .unwrap();
         let started = Instant::now();
-        let rows = gitferry_core::page::rows(&all, &f.api.config, harness::now_ms());
+        let rows = gitferry_core::page::rows(&all, f.api.catalog.base(), harness::now_ms());
         let rendered = gitferry_core::page::overview(rows, &Default::default(), harness::now_ms());
         let render = started.elapsed();
         println!(

@@ -26,7 +26,7 @@ use gitferry_core::git::{self, MirrorOptions, RefPatterns, Remote};
 use gitferry_core::metrics::Metrics;
 use gitferry_core::notify::Notifier;
 use gitferry_core::request::SyncRequest;
-use gitferry_core::status::{State, StatusBook};
+use gitferry_core::status::{RepoStatus, State, StatusBook};
 use gitferry_core::sync::{RepoOutcome, SyncManager, SyncOptions};
 
 #[derive(Parser)]
@@ -74,9 +74,15 @@ enum Command {
         after_help = "Examples:\n  gitferry sync app\n  gitferry sync app --config /etc/gitferry/mirrors.toml --json"
     )]
     Sync(SyncArgs),
-    /// Show the status of every repository (or one).
+    /// Show the status of every repository (or one), grouped by account.
     #[command(after_help = "Examples:\n  gitferry status\n  gitferry status app --json")]
     Status(StatusArgs),
+    /// List an account now and show what would be mirrored, where, and which targets would be
+    /// created — without changing anything.
+    #[command(
+        after_help = "Examples:\n  gitferry discover acme\n  gitferry discover acme --config mirrors.toml --json"
+    )]
+    Discover(DiscoverArgs),
     /// Check a configuration file: prints OK (exit 0), or every problem with file:line and
     /// field (exit 2).
     CheckConfig(CheckConfigArgs),
@@ -128,6 +134,16 @@ struct SyncArgs {
 #[derive(clap::Args)]
 struct StatusArgs {
     repo: Option<String>,
+    #[command(flatten)]
+    at: Where,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct DiscoverArgs {
+    /// The account (`[accounts.NAME]`).
+    account: String,
     #[command(flatten)]
     at: Where,
     #[arg(long)]
@@ -230,6 +246,7 @@ async fn run(command: Command) -> ExitCode {
         },
         Command::Sync(args) => sync_now(&args.repo, &args.at, args.json).await,
         Command::Status(args) => status(args.repo.as_deref(), &args.at, args.json).await,
+        Command::Discover(args) => discover(&args.account, &args.at, args.json).await,
         Command::CheckConfig(args) => check_config(&args.file),
         Command::Enqueue(args) => enqueue_all(&args.config, &args.server).await,
         Command::Restore(args) => restore(&args.repo, &args.backup, &args.as_ref, &args.at).await,
@@ -301,13 +318,18 @@ async fn sync_now(repo: &str, at: &Where, json: bool) -> ExitCode {
         Ok(c) => Arc::new(c),
         Err(code) => return code,
     };
-    if config.repo(repo).is_none() {
-        return fail(&format!("repository {repo:?} is not in {}", at.config.display()));
-    }
     let store = match adapters::store(&at.store).await {
         Ok(s) => s,
         Err(e) => return fail(&e),
     };
+    // Configured or discovered from an account.
+    let catalog = gitferry_core::accounts::Catalog::new(config.clone(), store.clone());
+    if catalog.repo(repo).await.is_none() {
+        return fail(&format!(
+            "repository {repo:?} is neither in {} nor discovered from an account",
+            at.config.display()
+        ));
+    }
     let manager = SyncManager::new(
         config.clone(),
         store,
@@ -317,7 +339,8 @@ async fn sync_now(repo: &str, at: &Where, json: bool) -> ExitCode {
             work_dir: adapters::default_work_dir(&at.store),
             ..SyncOptions::default()
         },
-    );
+    )
+    .with_catalog(catalog);
     let who = std::env::var("USER").unwrap_or_else(|_| "cli".into());
     let request = SyncRequest::manual(repo, &who);
     let outcome = manager
@@ -374,6 +397,8 @@ async fn status(repo: Option<&str>, at: &Where, json: bool) -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(&e),
     };
+    let catalog = gitferry_core::accounts::Catalog::new(Arc::new(config), store.clone());
+    let config = catalog.config().await;
     let names: Vec<&str> = match repo {
         Some(r) if config.repo(r).is_none() => return fail(&format!("repository {r:?} is not configured")),
         Some(r) => vec![r],
@@ -381,10 +406,28 @@ async fn status(repo: Option<&str>, at: &Where, json: bool) -> ExitCode {
     };
     match StatusBook::new(store).all(names).await {
         Ok(all) => {
+            let now = gitferry_core::clock::now_ms();
+            let rows = gitferry_core::page::rows(&all, &config, now);
             if json {
-                outln!("{}", serde_json::to_string_pretty(&all).expect("status serialises"));
+                let grouped: Vec<serde_json::Value> = rows.iter().map(status_json).collect();
+                outln!("{}", serde_json::to_string_pretty(&grouped).expect("status serialises"));
+            } else if config.accounts.is_empty() {
+                out!("{}", table::render(&all, now));
             } else {
-                out!("{}", table::render(&all, gitferry_core::clock::now_ms()));
+                // Grouped by account (configured repositories by their source's host and owner).
+                let mut groups: std::collections::BTreeMap<&str, Vec<RepoStatus>> = Default::default();
+                for row in &rows {
+                    groups.entry(row.group.as_str()).or_default().push(row.status.clone());
+                }
+                for (group, statuses) in groups {
+                    outln!("{group}:");
+                    out!("{}", table::render(&statuses, now));
+                    for row in rows.iter().filter(|r| r.group == group) {
+                        if let Some(why) = &row.source_gone {
+                            outln!("  {}: source {why}", row.status.repo);
+                        }
+                    }
+                }
             }
             if all.iter().any(|s| s.state == State::Failed) {
                 ExitCode::from(1)
@@ -394,6 +437,75 @@ async fn status(repo: Option<&str>, at: &Where, json: bool) -> ExitCode {
         }
         Err(e) => fail(&format!("reading status: {e}")),
     }
+}
+
+/// A status as JSON, with its account and, for a vanished source, why it is kept.
+fn status_json(row: &gitferry_core::page::Row<'_>) -> serde_json::Value {
+    let mut v = serde_json::to_value(row.status).expect("status serialises");
+    v["account"] = row.group.clone().into();
+    if let Some(why) = &row.source_gone {
+        v["source_gone"] = why.clone().into();
+    }
+    v
+}
+
+/// `gitferry discover ACCOUNT`: list it now and show the outcome; writes nothing.
+async fn discover(account: &str, at: &Where, json: bool) -> ExitCode {
+    let config = match load_config(&at.config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let Some(account_config) = config.accounts.get(account) else {
+        let known: Vec<&str> = config.accounts.keys().map(String::as_str).collect();
+        return fail(&format!(
+            "account {account:?} is not in {} (accounts: {})",
+            at.config.display(),
+            if known.is_empty() {
+                "none".to_owned()
+            } else {
+                known.join(", ")
+            }
+        ));
+    };
+    let store = match adapters::store(&at.store).await {
+        Ok(s) => s,
+        Err(e) => return fail(&e),
+    };
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let preview = match gitferry_core::accounts::preview::preview(store.as_ref(), account_config, deadline).await {
+        Ok(p) => p,
+        Err(e) => return fail(&e),
+    };
+    if json {
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(&preview).expect("preview serialises")
+        );
+        return ExitCode::SUCCESS;
+    }
+    outln!(
+        "account {}: {} repositories to mirror ({} new, {} gone, {} renamed), {} filtered out; {} API requests ({} not modified)",
+        preview.account,
+        preview.repos.len(),
+        preview.new.len(),
+        preview.gone.len(),
+        preview.renamed.len(),
+        preview.skipped.len(),
+        preview.requests,
+        preview.not_modified
+    );
+    for r in &preview.repos {
+        let new = if preview.new.contains(&r.name) { " (new)" } else { "" };
+        outln!("  {}{new}  {}  [{}]", r.name, r.source, r.state);
+        for t in &r.targets {
+            let create = if t.create { "  (created if missing)" } else { "" };
+            outln!("    → {}: {}{create}", t.name, t.url);
+        }
+    }
+    for (path, why) in &preview.skipped {
+        outln!("  skipped {path}: {why}");
+    }
+    ExitCode::SUCCESS
 }
 
 async fn restore(repo: &str, backup: &str, as_ref: &str, at: &Where) -> ExitCode {

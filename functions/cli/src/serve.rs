@@ -75,6 +75,9 @@ pub async fn start(opts: ServeOptions) -> Result<Running, String> {
     let metrics = Metrics::new(prometheus.clone());
     let metrics_for_poller = metrics.clone();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    // One effective repository set (configured ∪ discovered) for the workers, the pages and
+    // the poller: what discovery finds is seen by all of them at once.
+    let catalog = gitferry_core::accounts::Catalog::new(opts.config.clone(), store.clone());
     let manager = SyncManager::new(
         opts.config.clone(),
         store.clone(),
@@ -85,9 +88,10 @@ pub async fn start(opts: ServeOptions) -> Result<Running, String> {
             ..SyncOptions::default()
         },
     )
-    .with_shutdown(shutdown_rx.clone());
+    .with_shutdown(shutdown_rx.clone())
+    .with_catalog(catalog.clone());
     let api = Api {
-        config: opts.config.clone(),
+        catalog: catalog.clone(),
         queue: queue.clone(),
         status: StatusBook::new(store.clone()),
         metrics,
@@ -108,7 +112,9 @@ pub async fn start(opts: ServeOptions) -> Result<Running, String> {
         store.clone(),
         metrics_for_poller,
         PollOptions::default(),
-    );
+    )
+    .with_catalog(catalog)
+    .with_notifier(Notifier::new(&opts.config.notify));
     let reconciled = poller
         .reconcile("startup")
         .await

@@ -303,7 +303,7 @@ pub async fn webhook(rt: &Runtime, event: ApiGatewayV2httpRequest) -> ApiGateway
         }
     };
     let api = Api {
-        config,
+        catalog: gitferry_core::accounts::Catalog::new(config, rt.store.clone()),
         queue: rt.queue.clone(),
         status: StatusBook::new(rt.store.clone()),
         metrics: rt.metrics.clone(),
@@ -383,6 +383,9 @@ pub async fn poll(rt: &Runtime, now_ms: u64) -> Result<Tick, SetupError> {
         rt.metrics.clone(),
         PollOptions::default(),
     );
+    let poller = poller
+        .clone()
+        .with_notifier(Notifier::new(&poller.catalog().base().notify));
     let tick = poller.tick(now_ms).await.map_err(|e| SetupError::Aws(e.to_string()))?;
     tracing::info!(
         probed = tick.probed,
@@ -391,6 +394,8 @@ pub async fn poll(rt: &Runtime, now_ms: u64) -> Result<Tick, SetupError> {
         timed_out = tick.timed_out,
         reconciled = tick.reconciled,
         stale = tick.stale,
+        accounts_listed = tick.discovery.listed,
+        discovered = tick.discovery.added,
         "poll tick"
     );
     Ok(tick)

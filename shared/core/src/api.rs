@@ -22,7 +22,8 @@ use std::sync::Arc;
 
 use serde_json::json;
 
-use crate::config::{Config, Secret, valid_repo_name};
+use crate::accounts::Catalog;
+use crate::config::{Secret, valid_repo_name};
 use crate::metrics::{Metrics, Prometheus};
 use crate::queue::Queue;
 use crate::status::StatusBook;
@@ -96,7 +97,8 @@ impl Response {
 /// The shared handler. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Api {
-    pub config: Arc<Config>,
+    /// The effective repository set (configured ∪ discovered from accounts).
+    pub catalog: Catalog,
     pub queue: Arc<dyn Queue>,
     pub status: StatusBook,
     pub metrics: Metrics,
@@ -127,7 +129,8 @@ impl Api {
                     headers: &req.headers,
                     body: req.body,
                 };
-                let reply = webhook::accept(&self.config, self.queue.as_ref(), &delivery, self.max_body).await;
+                let config = self.catalog.config().await;
+                let reply = webhook::accept(&config, self.queue.as_ref(), &delivery, self.max_body).await;
                 self.metrics
                     .webhook_response(webhook::provider_label(provider), reply.status);
                 Response::json(reply.status, reply.body)
@@ -135,7 +138,8 @@ impl Api {
             ("GET", ["healthz"]) => Response::json(200, json!({ "ok": true })),
             ("GET", ["metrics"]) => match &self.prometheus {
                 Some(p) => {
-                    let names = self.config.repos.keys().map(String::as_str);
+                    let config = self.catalog.config().await;
+                    let names = config.repos.keys().map(String::as_str);
                     let states = self.status.all(names).await.unwrap_or_default();
                     let text = p.render() + &crate::metrics::repository_states(&states);
                     Response::text(200, "text/plain; version=0.0.4", text)

@@ -117,6 +117,9 @@ pub struct Config {
     pub stale_after_intervals: u32,
     pub notify: NotifyConfig,
     pub repos: BTreeMap<String, RepoConfig>,
+    /// Whole accounts whose repositories are discovered (`[accounts.NAME]`, see
+    /// [`crate::accounts`]); their repositories join `repos` in [`crate::accounts::Catalog`].
+    pub accounts: BTreeMap<String, crate::accounts::AccountConfig>,
     /// Account-level webhook secrets (`[webhooks.PROVIDER]`), at most one per provider.
     pub webhooks: Vec<WebhookConfig>,
 }
@@ -143,6 +146,8 @@ pub struct RepoConfig {
     pub max_delete_fraction: f64,
     pub overwritten_retention_days: u32,
     pub webhook: Option<WebhookConfig>,
+    /// Set for a repository discovered through an account (`None`: a `[repos.*]` entry).
+    pub discovered: Option<crate::accounts::Origin>,
 }
 
 /// One push target of a repository.
@@ -152,6 +157,9 @@ pub struct TargetConfig {
     pub name: String,
     pub remote: Remote,
     pub divergence: Divergence,
+    /// Create the repository through the target provider's API before the first push
+    /// (account target templates with `create = true`).
+    pub create: Option<crate::accounts::CreateTarget>,
 }
 
 impl TargetConfig {
@@ -312,6 +320,8 @@ struct RawConfig {
     #[serde(default)]
     repos: BTreeMap<Spanned<String>, RawRepo>,
     #[serde(default)]
+    accounts: BTreeMap<Spanned<String>, crate::accounts::config::RawAccount>,
+    #[serde(default)]
     webhooks: RawAccountWebhooks,
 }
 
@@ -369,7 +379,7 @@ struct RawTarget {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawRefs {
+pub(crate) struct RawRefs {
     #[serde(default = "default_includes")]
     include: Vec<String>,
     #[serde(default)]
@@ -387,21 +397,14 @@ struct RawWebhook {
     secret_env: Spanned<String>,
 }
 
-/// The top-level settings every `[repos.*]` table inherits.
-struct RepoDefaults {
-    sync_policy: SyncPolicy,
-    poll_interval_secs: u64,
-    probe_timeout_secs: u64,
-}
-
-struct Validator<'a> {
+pub(crate) struct Validator<'a> {
     text: &'a str,
     errors: Vec<ConfigError>,
     env: &'a dyn Fn(&str) -> Option<String>,
 }
 
 impl Validator<'_> {
-    fn line(&self, offset: usize) -> usize {
+    pub(crate) fn line(&self, offset: usize) -> usize {
         self.text[..offset.min(self.text.len())]
             .bytes()
             .filter(|b| *b == b'\n')
@@ -409,7 +412,7 @@ impl Validator<'_> {
             + 1
     }
 
-    fn error(&mut self, offset: usize, field: impl Into<String>, message: impl Into<String>) {
+    pub(crate) fn error(&mut self, offset: usize, field: impl Into<String>, message: impl Into<String>) {
         let line = Some(self.line(offset));
         self.errors.push(ConfigError {
             line,
@@ -418,7 +421,7 @@ impl Validator<'_> {
         });
     }
 
-    fn interval(&mut self, value: &Option<Spanned<u64>>, default: u64, field: &str) -> u64 {
+    pub(crate) fn interval(&mut self, value: &Option<Spanned<u64>>, default: u64, field: &str) -> u64 {
         match value {
             Some(v) if *v.get_ref() < MIN_POLL_INTERVAL_SECS => {
                 self.error(
@@ -436,7 +439,7 @@ impl Validator<'_> {
         }
     }
 
-    fn probe_timeout(&mut self, value: &Option<Spanned<u64>>, default: u64, field: &str) -> u64 {
+    pub(crate) fn probe_timeout(&mut self, value: &Option<Spanned<u64>>, default: u64, field: &str) -> u64 {
         match value {
             Some(v) if !(1..=MAX_PROBE_TIMEOUT_SECS).contains(v.get_ref()) => {
                 self.error(
@@ -451,7 +454,7 @@ impl Validator<'_> {
         }
     }
 
-    fn secret(&mut self, reference: &Spanned<String>, field: &str) -> Option<Secret> {
+    pub(crate) fn secret(&mut self, reference: &Spanned<String>, field: &str) -> Option<Secret> {
         let name = reference.get_ref();
         let valid_name = !name.is_empty()
             && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
@@ -477,7 +480,7 @@ impl Validator<'_> {
         }
     }
 
-    fn remote(
+    pub(crate) fn remote(
         &mut self,
         url: &Spanned<String>,
         token_env: &Option<Spanned<String>>,
@@ -521,8 +524,47 @@ impl Validator<'_> {
         }))
     }
 
+    /// `refs = { include, exclude }` of a repo (or an account's defaults) under `field`.
+    pub(crate) fn refs(&mut self, refs: &Option<Spanned<RawRefs>>, field: &str) -> RefPatterns {
+        match refs {
+            None => RefPatterns::default(),
+            Some(r) => {
+                let patterns = &r.get_ref();
+                let mut ok = RefPatterns::new(patterns.include.clone(), patterns.exclude.clone()).unwrap_or_else(|e| {
+                    self.error(r.span().start, format!("{field}.refs"), e.to_string());
+                    RefPatterns::default()
+                });
+                if ok.include.iter().chain(&ok.exclude).any(|p| p.matches('*').count() > 1) {
+                    self.error(
+                        r.span().start,
+                        format!("{field}.refs"),
+                        "a pattern may contain at most one '*'",
+                    );
+                    ok = RefPatterns::default();
+                }
+                ok
+            }
+        }
+    }
+
+    /// `max_delete_fraction` of a repo (or an account's defaults) under `field`.
+    pub(crate) fn fraction(&mut self, value: &Option<Spanned<f64>>, field: &str) -> f64 {
+        match value {
+            Some(f) if !(0.0..=1.0).contains(f.get_ref()) => {
+                self.error(
+                    f.span().start,
+                    format!("{field}.max_delete_fraction"),
+                    "must be between 0.0 and 1.0",
+                );
+                DEFAULT_MAX_DELETE_FRACTION
+            }
+            Some(f) => *f.get_ref(),
+            None => DEFAULT_MAX_DELETE_FRACTION,
+        }
+    }
+
     fn validate(&mut self, raw: RawConfig) -> Config {
-        let defaults = RepoDefaults {
+        let defaults = crate::accounts::config::Defaults {
             sync_policy: raw.default_sync_policy,
             poll_interval_secs: self.interval(
                 &raw.poll_interval_secs,
@@ -555,11 +597,11 @@ impl Validator<'_> {
                 .as_ref()
                 .and_then(|r| self.secret(r, "notify.generic_webhook_url_env")),
         };
-        if raw.repos.is_empty() {
+        if raw.repos.is_empty() && raw.accounts.is_empty() {
             self.errors.push(ConfigError {
                 line: None,
                 field: "repos".into(),
-                message: "no repositories configured (add a [repos.NAME] table)".into(),
+                message: "no repositories configured (add a [repos.NAME] or an [accounts.NAME] table)".into(),
             });
         }
         let repos = raw
@@ -568,6 +610,7 @@ impl Validator<'_> {
             .filter_map(|(name, repo)| self.repo(name, &repo, &defaults))
             .map(|r| (r.name.clone(), r))
             .collect();
+        let accounts = crate::accounts::config::validate(self, raw.accounts, &defaults);
         let webhooks = self.account_webhooks(&raw.webhooks);
         Config {
             default_sync_policy: raw.default_sync_policy,
@@ -575,12 +618,18 @@ impl Validator<'_> {
             stale_after_intervals,
             notify,
             repos,
+            accounts,
             webhooks,
         }
     }
 
     /// One `[repos.NAME]` table; `None` when its source is unusable (the errors are recorded).
-    fn repo(&mut self, name: Spanned<String>, repo: &RawRepo, defaults: &RepoDefaults) -> Option<RepoConfig> {
+    fn repo(
+        &mut self,
+        name: Spanned<String>,
+        repo: &RawRepo,
+        defaults: &crate::accounts::config::Defaults,
+    ) -> Option<RepoConfig> {
         let (name_span, name) = (name.span().start, name.into_inner());
         let field = format!("repos.{name}");
         if !valid_repo_name(&name) {
@@ -593,18 +642,7 @@ impl Validator<'_> {
         let source = self.remote(&repo.url, &repo.token_env, &repo.username, &field);
         let targets = self.targets(repo, source.as_ref(), &field);
         let refs = self.refs(&repo.refs, &field);
-        let max_delete_fraction = match &repo.max_delete_fraction {
-            Some(f) if !(0.0..=1.0).contains(f.get_ref()) => {
-                self.error(
-                    f.span().start,
-                    format!("{field}.max_delete_fraction"),
-                    "must be between 0.0 and 1.0",
-                );
-                DEFAULT_MAX_DELETE_FRACTION
-            }
-            Some(f) => *f.get_ref(),
-            None => DEFAULT_MAX_DELETE_FRACTION,
-        };
+        let max_delete_fraction = self.fraction(&repo.max_delete_fraction, &field);
         let webhook = repo.webhook.as_ref().and_then(|w| {
             self.secret(&w.secret_env, &format!("{field}.webhook.secret_env"))
                 .map(|secret| WebhookConfig {
@@ -636,6 +674,7 @@ impl Validator<'_> {
                 .overwritten_retention_days
                 .unwrap_or(DEFAULT_OVERWRITTEN_RETENTION_DAYS),
             webhook,
+            discovered: None,
         })
     }
 
@@ -689,35 +728,10 @@ impl Validator<'_> {
                 name,
                 remote,
                 divergence: t.divergence,
+                create: None,
             });
         }
         targets
-    }
-
-    /// A repository's `refs` include/exclude patterns (at most one `*` each).
-    fn refs(&mut self, refs: &Option<Spanned<RawRefs>>, field: &str) -> RefPatterns {
-        let Some(r) = refs else {
-            return RefPatterns::default();
-        };
-        let patterns = r.get_ref();
-        let parsed = RefPatterns::new(patterns.include.clone(), patterns.exclude.clone()).unwrap_or_else(|e| {
-            self.error(r.span().start, format!("{field}.refs"), e.to_string());
-            RefPatterns::default()
-        });
-        if parsed
-            .include
-            .iter()
-            .chain(&parsed.exclude)
-            .any(|p| p.matches('*').count() > 1)
-        {
-            self.error(
-                r.span().start,
-                format!("{field}.refs"),
-                "a pattern may contain at most one '*'",
-            );
-            return RefPatterns::default();
-        }
-        parsed
     }
 
     fn account_webhooks(&mut self, raw: &RawAccountWebhooks) -> Vec<WebhookConfig> {
@@ -746,7 +760,7 @@ pub fn valid_repo_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
-fn default_target_name(remote: &Remote, taken: &BTreeSet<String>) -> String {
+pub(crate) fn default_target_name(remote: &Remote, taken: &BTreeSet<String>) -> String {
     let base: String = match remote.location() {
         crate::git::remote::Location::Network(url) => url.host().unwrap_or("target").to_owned(),
         crate::git::remote::Location::Local(_) => "local".to_owned(),

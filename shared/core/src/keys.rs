@@ -11,11 +11,15 @@
 //! state/probe.json                 the poller: per repo the confirmed refs digest, last check
 //! state/config-seen/{digest}       "this configuration was reconciled" markers of the poller
 //! state/queue.json                 the embedded queue of `gitferry serve` (local only)
+//! state/accounts/{account}.json    discovered repositories of an account (`crate::accounts`)
+//! repos/{repo}/created.json        targets gitferry created for a discovered repo (sync)
 //! ```
 //!
 //! Everything under `repos/{repo}/` belongs to one repository: the sync function may write
-//! there only; the poll function writes only under `state/`; the webhook function writes
-//! nothing (template.yaml scopes the functions' IAM policies the same way).
+//! there, and to `state/accounts/` (a repository discovered from an account webhook is
+//! recorded by the sync that mirrors it first); the poll function writes only under `state/`;
+//! the webhook function writes nothing (template.yaml scopes the functions' IAM policies the
+//! same way).
 
 /// The configuration object on AWS (`GITFERRY_CONFIG_KEY` overrides it).
 pub const CONFIG: &str = "config/mirrors.toml";
@@ -56,4 +60,14 @@ pub fn pack(repo: &str, name: &str) -> String {
 
 pub fn index(repo: &str, name: &str) -> String {
     format!("repos/{repo}/packs/{name}.idx")
+}
+
+/// The discovery state of an account.
+pub fn account(account: &str) -> String {
+    format!("state/accounts/{account}.json")
+}
+
+/// The targets gitferry created for a discovered repository.
+pub fn created(repo: &str) -> String {
+    format!("repos/{repo}/created.json")
 }

@@ -8,6 +8,7 @@
 //! * [`git`] — the pure-Rust git engine (crate `gitferry-git`): ls-remote, mirror fetch with
 //!   prune, push (a receive-pack client), and the one-shot [`git::mirror()`];
 //! * [`config`] — `mirrors.toml`, validated with errors naming file, line and field;
+//! * [`accounts`] — whole accounts: discovery, target creation, the effective repository set;
 //! * [`request`] — `SyncRequest`, the one message every trigger becomes;
 //! * [`store`] — object storage behind one trait (a local directory, fault injection; S3 in
 //!   `gitferry-aws`);
@@ -23,6 +24,7 @@
 //!   authenticated and turned into requests; [`ui`] and [`page`] — the status pages and their
 //!   JSON.
 
+pub mod accounts;
 pub mod api;
 pub mod cache;
 pub mod clock;

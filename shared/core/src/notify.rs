@@ -38,6 +38,19 @@ pub enum Event {
     Recovered { repo: String, after_failures: u32 },
     /// The mass-deletion guard held back a prune.
     GuardTripped { repo: String, message: String },
+    /// A discovered repository's source was deleted, archived or became inaccessible: its
+    /// mirror is kept (accounts never delete anything).
+    SourceGone {
+        repo: String,
+        account: String,
+        message: String,
+    },
+    /// A discovered repository's source was renamed.
+    SourceRenamed {
+        repo: String,
+        account: String,
+        message: String,
+    },
 }
 
 impl Event {
@@ -46,7 +59,9 @@ impl Event {
             Event::Changed { repo, .. }
             | Event::Failed { repo, .. }
             | Event::Recovered { repo, .. }
-            | Event::GuardTripped { repo, .. } => repo,
+            | Event::GuardTripped { repo, .. }
+            | Event::SourceGone { repo, .. }
+            | Event::SourceRenamed { repo, .. } => repo,
         }
     }
 
@@ -87,6 +102,12 @@ impl Event {
                 format!("gitferry: *{repo}* is syncing again after {after_failures} failed attempt(s)")
             }
             Event::GuardTripped { repo, message } => format!("gitferry: *{repo}* mass-deletion guard: {message}"),
+            Event::SourceGone { repo, account, message } => {
+                format!("gitferry: *{repo}* (account {account}): source {message}")
+            }
+            Event::SourceRenamed { repo, account, message } => {
+                format!("gitferry: *{repo}* (account {account}): source {message}")
+            }
         }
     }
 }

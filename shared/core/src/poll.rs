@@ -51,6 +51,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::accounts::{self, Catalog};
 use crate::cache::Manifest;
 use crate::clock::{now_ms, scaled, scaled_secs};
 use crate::config::{Config, RepoConfig, SyncPolicy};
@@ -100,7 +101,7 @@ fn slot(t_ms: u64, phase: u64, interval_ms: u64) -> u64 {
 pub fn due(config: &Config, from_ms: u64, now_ms: u64) -> Vec<SyncRequest> {
     let mut out = Vec::new();
     for (name, repo) in &config.repos {
-        if repo.sync_policy == SyncPolicy::WebhookOnly {
+        if repo.sync_policy == SyncPolicy::WebhookOnly || !repo.active() {
             continue;
         }
         let interval = interval_ms(repo);
@@ -128,6 +129,8 @@ pub struct Tick {
     pub reconciled: usize,
     /// Polled repos not confirmed mirrored for `stale_after_intervals` intervals.
     pub stale: usize,
+    /// What account discovery did (nothing without `[accounts.*]`).
+    pub discovery: accounts::Discovery,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -214,7 +217,7 @@ fn polled(config: &Config) -> impl Iterator<Item = (&String, &RepoConfig)> {
     config
         .repos
         .iter()
-        .filter(|(_, r)| r.sync_policy != SyncPolicy::WebhookOnly)
+        .filter(|(_, r)| r.sync_policy != SyncPolicy::WebhookOnly && r.active())
 }
 
 /// When each repo was last confirmed mirrored by the poller (for status readers).
@@ -257,7 +260,8 @@ enum Probe {
 /// See the module docs.
 #[derive(Clone, Debug)]
 pub struct Poller {
-    config: Arc<Config>,
+    catalog: Catalog,
+    notifier: Option<crate::notify::Notifier>,
     config_digest: String,
     queue: Arc<dyn Queue>,
     store: Arc<dyn ObjectStore>,
@@ -275,7 +279,8 @@ impl Poller {
         options: PollOptions,
     ) -> Poller {
         Poller {
-            config,
+            catalog: Catalog::new(config, store.clone()),
+            notifier: None,
             config_digest: config_digest.into(),
             queue,
             store,
@@ -284,24 +289,46 @@ impl Poller {
         }
     }
 
-    /// One tick at `now` (Unix ms): reconcile a new config, probe what is due, enqueue what
-    /// needs a sync, count the stale, save the state.
+    /// Share the effective repository set with the rest of the process (`gitferry serve`:
+    /// what discovery finds is seen by the workers and the pages at once).
+    pub fn with_catalog(mut self, catalog: Catalog) -> Poller {
+        self.catalog = catalog;
+        self
+    }
+
+    /// Where discovery reports vanished, archived and renamed sources.
+    pub fn with_notifier(mut self, notifier: crate::notify::Notifier) -> Poller {
+        self.notifier = Some(notifier);
+        self
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// One tick at `now` (Unix ms): discover due accounts, reconcile a new config, probe what
+    /// is due, enqueue what needs a sync, count the stale, save the state.
     pub async fn tick(&self, now: u64) -> Result<Tick, PollError> {
+        let since = now.saturating_sub(tick_period().as_millis() as u64);
+        let discovery = self.discover(since, now, false).await?;
+        let config = self.catalog.config().await;
         let reconciled = self.reconcile_new_config(now).await?;
         let (mut state, saved) = self.load_state().await?;
-        let since = now.saturating_sub(tick_period().as_millis() as u64);
-        for name in self.config.repos.keys() {
+        for name in config.repos.keys() {
             let entry = state.repos.entry(name.clone()).or_default();
             if entry.since == 0 {
                 entry.since = now; // new, or from a state written before `since` existed
             }
         }
-        state.repos.retain(|name, _| self.config.repos.contains_key(name));
-        let mut tick = self.probe_due(due(&self.config, since, now), &mut state, now).await?;
+        state.repos.retain(|name, _| config.repos.contains_key(name));
+        let mut tick = self
+            .probe_due(&config, due(&config, since, now), &mut state, now)
+            .await?;
         tick.reconciled = reconciled;
-        tick.stale = state.stale(&self.config, now).len();
+        tick.stale = state.stale(&config, now).len();
+        tick.discovery = discovery;
         state.ticked_at = now;
-        self.save_state(state, saved.as_ref(), now).await?;
+        self.save_state(&config, state, saved.as_ref(), now).await?;
         self.metrics.stale_repos(tick.stale);
         Ok(tick)
     }
@@ -309,10 +336,12 @@ impl Poller {
     /// Enqueue every repository once (`gitferry serve` at start, or a new configuration),
     /// and record that this configuration was reconciled.
     pub async fn reconcile(&self, why: &str) -> Result<usize, PollError> {
-        let all: Vec<SyncRequest> = self
-            .config
+        let config = self.catalog.config().await;
+        let all: Vec<SyncRequest> = config
             .repos
-            .keys()
+            .iter()
+            .filter(|(_, r)| r.active())
+            .map(|(name, _)| name)
             .map(|name| {
                 SyncRequest::new(
                     name,
@@ -349,6 +378,24 @@ impl Poller {
         Ok(n)
     }
 
+    /// List the accounts that are due (all of them with `force`), and enqueue the first mirror
+    /// of every repository discovered new. Nothing happens without `[accounts.*]`.
+    pub async fn discover(&self, from: u64, now: u64, force: bool) -> Result<accounts::Discovery, PollError> {
+        if self.catalog.base().accounts.is_empty() {
+            return Ok(accounts::Discovery::default());
+        }
+        let deadline = Instant::now() + scaled(self.options.budget) / 2;
+        let (discovery, requests) =
+            accounts::discover_due(&self.catalog, self.notifier.as_ref(), from, now, force, deadline).await?;
+        for chunk in requests.chunks(10) {
+            self.queue.send(chunk).await?;
+        }
+        if discovery.listed > 0 {
+            tracing::info!(?discovery, "accounts discovered");
+        }
+        Ok(discovery)
+    }
+
     async fn load_state(&self) -> Result<(ProbeState, Option<Vec<u8>>), PollError> {
         let saved = self.store.get(keys::PROBE).await?.map(|o| o.body);
         // An unreadable state is a fresh start: every repo is confirmed again from manifests.
@@ -360,10 +407,16 @@ impl Poller {
     }
 
     /// Write the state if anything but check times changed, or every `save_every`.
-    async fn save_state(&self, mut state: ProbeState, saved: Option<&Vec<u8>>, now: u64) -> Result<(), PollError> {
+    async fn save_state(
+        &self,
+        config: &Config,
+        mut state: ProbeState,
+        saved: Option<&Vec<u8>>,
+        now: u64,
+    ) -> Result<(), PollError> {
         let previous: Option<ProbeState> = saved.and_then(|b| serde_json::from_slice(b).ok());
         let changed = previous.as_ref().is_none_or(|p| !same_but_check_times(p, &state));
-        let due = now.saturating_sub(state.saved_at) >= ProbeState::save_every(&self.config);
+        let due = now.saturating_sub(state.saved_at) >= ProbeState::save_every(config);
         if changed || due {
             state.saved_at = now;
             let body = serde_json::to_vec(&state).expect("probe state serialises");
@@ -373,7 +426,13 @@ impl Poller {
     }
 
     /// Probe `due` (bounded concurrency and time), enqueueing as results arrive.
-    async fn probe_due(&self, due: Vec<SyncRequest>, state: &mut ProbeState, now: u64) -> Result<Tick, PollError> {
+    async fn probe_due(
+        &self,
+        config: &Config,
+        due: Vec<SyncRequest>,
+        state: &mut ProbeState,
+        now: u64,
+    ) -> Result<Tick, PollError> {
         let mut tick = Tick {
             probed: due.len(),
             ..Tick::default()
@@ -382,7 +441,7 @@ impl Poller {
         let mut outstanding: BTreeMap<String, SyncRequest> = BTreeMap::new();
         let mut set = JoinSet::new();
         for request in due {
-            let repo = self.config.repos[&request.repo].clone();
+            let repo = config.repos[&request.repo].clone();
             let confirmed = state.repos.get(&request.repo).and_then(|p| p.confirmed.clone());
             let (store, permits) = (self.store.clone(), permits.clone());
             outstanding.insert(request.repo.clone(), request.clone());

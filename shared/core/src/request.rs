@@ -209,7 +209,8 @@ impl SyncRequest {
             None => return Err(RequestError::Malformed("missing or invalid version field \"v\"".into())),
         }
         let request: SyncRequest = serde_json::from_str(text).map_err(|e| RequestError::Malformed(e.to_string()))?;
-        if !crate::config::valid_repo_name(&request.repo) {
+        let discovery = crate::accounts::discovery_of(&request.repo).is_some_and(crate::config::valid_repo_name);
+        if !crate::config::valid_repo_name(&request.repo) && !discovery {
             return Err(RequestError::Malformed(format!(
                 "invalid repository name {:?}",
                 request.repo

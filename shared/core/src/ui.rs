@@ -71,7 +71,8 @@ fn basic_password(encoded: &str) -> Option<String> {
 
 /// Every configured repository's status, as readers see it.
 async fn statuses(api: &Api) -> Result<Vec<RepoStatus>, Response> {
-    let names = api.config.repos.keys().map(String::as_str);
+    let config = api.catalog.config().await;
+    let names = config.repos.keys().map(String::as_str);
     api.status
         .all(names)
         .await
@@ -85,7 +86,8 @@ pub async fn overview(api: &Api, req: &Request<'_>) -> Response {
         Err(r) => return r,
     };
     let now = now_ms();
-    let rows = page::rows(&all, &api.config, now);
+    let config = api.catalog.config().await;
+    let rows = page::rows(&all, &config, now);
     Response::html(page::overview(rows, &PageQuery::parse(req.query), now))
 }
 
@@ -95,7 +97,8 @@ pub async fn status_json(api: &Api) -> Response {
         Ok(all) => all,
         Err(r) => return r,
     };
-    let rows = page::rows(&all, &api.config, now_ms());
+    let config = api.catalog.config().await;
+    let rows = page::rows(&all, &config, now_ms());
     let repos: Vec<serde_json::Value> = rows.iter().map(row_json).collect();
     Response::json(200, json!({ "repos": repos }))
 }
@@ -104,6 +107,9 @@ fn row_json(row: &page::Row<'_>) -> serde_json::Value {
     let mut v = serde_json::to_value(row.status).expect("status serialises");
     v["stale"] = row.stale.into();
     v["account"] = row.group.clone().into();
+    if let Some(why) = &row.source_gone {
+        v["source_gone"] = why.clone().into();
+    }
     v
 }
 
@@ -115,12 +121,13 @@ struct Detail {
     target_refs: BTreeMap<String, BTreeMap<String, String>>,
     stale: bool,
     account: String,
+    source_gone: Option<String>,
 }
 
 async fn detail(api: &Api, repo: &str) -> Result<Detail, Response> {
     let unavailable = |e: crate::store::StoreError| Response::error(503, &format!("status unavailable: {e}"));
-    let config = api
-        .config
+    let effective = api.catalog.config().await;
+    let config = effective
         .repo(repo)
         .ok_or_else(|| Response::error(404, "repository not configured"))?;
     let status = api.status.all([repo]).await.map_err(unavailable)?.remove(0);
@@ -149,8 +156,8 @@ async fn detail(api: &Api, repo: &str) -> Result<Detail, Response> {
                 .map(|r| (t.name.clone(), r.clone()))
         })
         .collect();
-    let row = &page::rows(std::slice::from_ref(&status), &api.config, now_ms())[0];
-    let (stale, account) = (row.stale, row.group.clone());
+    let row = &page::rows(std::slice::from_ref(&status), &effective, now_ms())[0];
+    let (stale, account, source_gone) = (row.stale, row.group.clone(), row.source_gone.clone());
     Ok(Detail {
         status,
         history,
@@ -158,6 +165,7 @@ async fn detail(api: &Api, repo: &str) -> Result<Detail, Response> {
         target_refs,
         stale,
         account,
+        source_gone,
     })
 }
 
@@ -168,6 +176,9 @@ pub async fn repo_json(api: &Api, repo: &str) -> Response {
             let mut v = serde_json::to_value(&d.status).expect("status serialises");
             v["stale"] = d.stale.into();
             v["account"] = d.account.into();
+            if let Some(why) = d.source_gone {
+                v["source_gone"] = why.into();
+            }
             v["history"] = serde_json::to_value(&d.history.syncs).expect("history serialises");
             v["refs"] = json!({ "source": d.source_refs, "targets": d.target_refs });
             Response::json(200, v)
@@ -182,7 +193,8 @@ pub async fn repo_page(api: &Api, repo: &str) -> Response {
         Ok(d) => d,
         Err(r) => return r,
     };
-    let Some(config) = api.config.repo(repo) else {
+    let effective = api.catalog.config().await;
+    let Some(config) = effective.repo(repo) else {
         return Response::error(404, "repository not configured");
     };
     let csrf = csrf_token(api, repo);
@@ -201,7 +213,7 @@ pub async fn repo_page(api: &Api, repo: &str) -> Response {
 /// `POST /repos/{repo}/sync`: a script (bearer) gets JSON; a browser's form, once its token
 /// and origin check out, is sent back to the repository page.
 pub async fn sync_now(api: &Api, req: &Request<'_>, repo: &str, auth: Auth) -> Response {
-    if api.config.repo(repo).is_none() {
+    if api.catalog.repo(repo).await.is_none() {
         return Response::error(404, "repository not configured");
     }
     let browser = auth != Auth::Bearer;

@@ -18,7 +18,7 @@ mod chart;
 pub mod overview;
 pub mod repo;
 
-use crate::config::{Config, SyncPolicy};
+use crate::config::{Config, RepoConfig, SyncPolicy};
 use crate::status::{RepoStatus, State};
 
 pub use overview::{PageQuery, overview};
@@ -72,8 +72,11 @@ pub struct Row<'a> {
     pub status: &'a RepoStatus,
     /// Not confirmed mirrored within `stale_after_intervals` of its poll interval.
     pub stale: bool,
-    /// The account it belongs to: the source's host and owner (`github.com/acme`).
+    /// The account it belongs to: the configured account of a discovered repository, else
+    /// the source's host and owner (`github.com/acme`).
     pub group: String,
+    /// A discovered repository whose source vanished or was archived: why it is kept as is.
+    pub source_gone: Option<String>,
 }
 
 impl Row<'_> {
@@ -157,9 +160,19 @@ pub fn rows<'a>(statuses: &'a [RepoStatus], config: &Config, now: u64) -> Vec<Ro
                     && seen.is_some_and(|t| now.saturating_sub(t) > limit.as_millis() as u64)
             });
             let group = repo
-                .map(|r| account_of(&r.source.to_string()))
+                .map(|r| match &r.discovered {
+                    Some(origin) => origin.account.clone(),
+                    None => account_of(&r.source.to_string()),
+                })
                 .unwrap_or_else(|| "—".into());
-            Row { status, stale, group }
+            let source_gone = repo.and_then(RepoConfig::frozen_because);
+            let stale = stale && source_gone.is_none();
+            Row {
+                status,
+                stale,
+                group,
+                source_gone,
+            }
         })
         .collect()
 }

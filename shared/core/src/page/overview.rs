@@ -197,6 +197,10 @@ fn row(r: &Row<'_>, now: u64) -> String {
         .as_deref()
         .map(|g| format!("<div class=\"warn\">{}</div>", esc(g)))
         .unwrap_or_default();
+    let guard = match &r.source_gone {
+        Some(why) => format!("{guard}<div class=\"warn\">source {}</div>", esc(why)),
+        None => guard,
+    };
     format!(
         "<tr data-repo=\"{repo}\" data-state=\"{label}\"><td><a href=\"/repos/{repo}\">{repo}</a></td>\
          <td>{badge}{streak}</td><td>{checked}</td><td>{success}</td><td>{lag}</td><td>{targets}</td>\
@@ -299,6 +303,7 @@ mod tests {
                 status: s,
                 stale: false,
                 group: "github.com/acme".into(),
+                source_gone: None,
             })
             .collect();
         let html = overview(rows.clone(), &PageQuery::parse(""), 0);

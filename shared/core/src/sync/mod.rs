@@ -146,6 +146,8 @@ pub struct BatchOutcome {
 #[derive(Clone, Debug)]
 pub struct SyncManager {
     config: Arc<Config>,
+    /// The effective repository set (configured ∪ discovered).
+    catalog: crate::accounts::Catalog,
     store: Arc<dyn ObjectStore>,
     status: StatusBook,
     notifier: Notifier,
@@ -213,6 +215,7 @@ impl SyncManager {
     ) -> SyncManager {
         SyncManager {
             status: StatusBook::new(store.clone()),
+            catalog: crate::accounts::Catalog::new(config.clone(), store.clone()),
             config,
             store,
             notifier,
@@ -231,6 +234,16 @@ impl SyncManager {
 
     pub fn config(&self) -> &Arc<Config> {
         &self.config
+    }
+
+    /// Share the effective repository set with the rest of the process.
+    pub fn with_catalog(mut self, catalog: crate::accounts::Catalog) -> SyncManager {
+        self.catalog = catalog;
+        self
+    }
+
+    pub fn catalog(&self) -> &crate::accounts::Catalog {
+        &self.catalog
     }
 
     pub fn status_book(&self) -> &StatusBook {
@@ -301,15 +314,65 @@ impl SyncManager {
         followed
     }
 
+    /// A queued "discover this account now" (an account webhook's repository event): list the
+    /// account, then mirror what is new in the same run. What the deadline leaves unsynced the
+    /// poller enqueues (never confirmed mirrored).
+    async fn discover_now(&self, account: &str, deadline: Instant) -> RepoOutcome {
+        let Some(config) = self.catalog.base().accounts.get(account).cloned() else {
+            tracing::warn!(
+                account,
+                "discovery requested for an account that is not configured; dropped"
+            );
+            return RepoOutcome::Skipped("account not configured".into());
+        };
+        let failed = |e: crate::store::StoreError| RepoOutcome::Failed {
+            error: format!("discovering account {account}: {e}"),
+            transient: true,
+        };
+        let loaded = match crate::accounts::AccountState::load(self.store.as_ref(), account).await {
+            Ok(l) => l,
+            Err(e) => return failed(e),
+        };
+        let mut tick = crate::accounts::Discovery::default();
+        let notifier = Some(&self.notifier);
+        let found =
+            crate::accounts::discover_account(&self.catalog, notifier, &config, loaded, now_ms(), deadline, &mut tick)
+                .await;
+        let requests = match found {
+            Ok(r) => r,
+            Err(e) => return failed(e),
+        };
+        tracing::info!(account, ?tick, "account discovered on a webhook");
+        for r in &requests {
+            if !self.time_left(deadline) {
+                break;
+            }
+            Box::pin(self.sync_repo(&r.repo, &[r], deadline)).await;
+        }
+        RepoOutcome::NoOp
+    }
+
     /// Sync one repository for the given (coalesced) requests.
     pub async fn sync_repo(&self, repo: &str, requests: &[&SyncRequest], deadline: Instant) -> RepoOutcome {
-        let Some(config) = self.config.repo(repo) else {
+        if let Some(account) = crate::accounts::discovery_of(repo) {
+            return self.discover_now(account, deadline).await;
+        }
+        let Some(config) = self.catalog.repo(repo).await else {
             tracing::warn!(repo, "request for a repository that is not configured; dropped");
             for r in requests {
                 self.metrics.sync(repo, r.trigger.kind().as_str(), "skipped");
             }
             return RepoOutcome::Skipped("not configured".into());
         };
+        let config = &config;
+        if let Some(why) = config.frozen_because() {
+            // Accounts never delete: a vanished or archived source keeps its mirror as it is.
+            tracing::info!(repo, why, "not synced: the source is gone");
+            for r in requests {
+                self.metrics.sync(repo, r.trigger.kind().as_str(), "skipped");
+            }
+            return RepoOutcome::Skipped(why);
+        }
         let followed = self.followed(config, requests);
         if followed.is_empty() {
             return RepoOutcome::Skipped(format!(
@@ -428,8 +491,9 @@ impl SyncManager {
             .await;
         let Ok(previous) = begun else { return };
         let targets = self
-            .config
+            .catalog
             .repo(repo)
+            .await
             .map(|c| {
                 c.targets
                     .iter()

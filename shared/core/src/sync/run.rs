@@ -418,6 +418,7 @@ impl<'a> Run<'a> {
                 prune,
                 manifest: &self.snapshot.manifest,
                 interrupt: self.interrupt.flag(),
+                store: self.cache.store().as_ref(),
             }
             .run()
             .await;

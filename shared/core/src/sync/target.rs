@@ -36,10 +36,27 @@ pub(super) struct TargetPush<'a> {
     /// The manifest as last committed (for refs kept with `divergence = "keep"`).
     pub manifest: &'a Manifest,
     pub interrupt: Arc<AtomicBool>,
+    /// For targets gitferry creates (`created.json`).
+    pub store: &'a dyn crate::store::ObjectStore,
 }
 
 impl TargetPush<'_> {
     pub async fn run(self) -> Pushed {
+        if self.target.create.is_some() && !self.pushed_before() {
+            // A target template with `create = true`: make the repository exist first.
+            if let Err(e) = crate::accounts::ensure_target(self.store, self.config, self.target).await {
+                let class = if e.transient {
+                    git::ErrorClass::Transient
+                } else {
+                    git::ErrorClass::Permanent
+                };
+                return self.failed(Failure {
+                    message: e.message,
+                    class,
+                    interrupted: false,
+                });
+            }
+        }
         let last_known = self.last_known();
         let options = PushOptions {
             refs: self.config.refs.clone(),
@@ -62,6 +79,12 @@ impl TargetPush<'_> {
             Ok(outcome) => landed(outcome, last_known.as_ref()),
             Err(f) => self.failed(f),
         }
+    }
+
+    /// Has anything ever been recorded for this target (then it exists)?
+    fn pushed_before(&self) -> bool {
+        let recorded = &self.manifest.targets;
+        recorded.contains_key(&self.target.state_key()) || recorded.contains_key(&self.target.name)
     }
 
     /// The refs we last knew the target to have, when it keeps refs others moved.

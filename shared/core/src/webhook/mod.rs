@@ -171,6 +171,9 @@ async fn decide(config: &Config, queue: &dyn Queue, d: &Delivery<'_>, max_body: 
         None => Reply::error(401, NOT_AUTHENTICATED),
         Some(repos) => {
             facts.repos = names(&repos);
+            if parsed.event == Event::Repository {
+                return discover(config, queue, provider, &parsed).await;
+            }
             respond(queue, provider, &parsed, &repos).await
         }
     }
@@ -181,7 +184,7 @@ async fn respond(queue: &dyn Queue, provider: Provider, parsed: &Parsed, repos: 
     match &parsed.event {
         Event::Ping => return Reply::new(200, json!({ "pong": true })),
         Event::Other(name) => return Reply::ignored(&format!("event {name:?} does not change refs")),
-        Event::Push => {}
+        Event::Push | Event::Repository => {}
     }
     if repos.is_empty() {
         return Reply::ignored("repository not mirrored");
@@ -208,6 +211,31 @@ async fn enqueue(queue: &dyn Queue, provider: Provider, parsed: &Parsed, repos: 
         .collect();
     match queue.send(&requests).await {
         Ok(_) => Reply::new(202, json!({ "queued": names(repos), "delivery": parsed.delivery_id })),
+        Err(e) => {
+            tracing::error!(error = %e, "could not enqueue webhook delivery");
+            Reply::error(503, "queue unavailable; please redeliver")
+        }
+    }
+}
+
+/// An authenticated repository event: list again, now, each account of this provider whose
+/// owner it concerns (the discovery runs in the sync function, which mirrors what it finds).
+async fn discover(config: &Config, queue: &dyn Queue, provider: Provider, parsed: &Parsed) -> Reply {
+    let accounts: Vec<&str> = config
+        .accounts
+        .values()
+        .filter(|a| a.provider == provider && parsed.owners.iter().any(|o| a.concerns(o)))
+        .map(|a| a.name.as_str())
+        .collect();
+    if accounts.is_empty() {
+        return Reply::ignored("no account discovers this owner");
+    }
+    let requests: Vec<SyncRequest> = accounts
+        .iter()
+        .map(|a| crate::accounts::discovery_request(a, provider, &parsed.delivery_id))
+        .collect();
+    match queue.send(&requests).await {
+        Ok(_) => Reply::new(202, json!({ "discover": accounts, "delivery": parsed.delivery_id })),
         Err(e) => {
             tracing::error!(error = %e, "could not enqueue webhook delivery");
             Reply::error(503, "queue unavailable; please redeliver")

@@ -121,12 +121,17 @@ pub(super) struct Parsed {
     pub repo_urls: Vec<String>,
     pub git_ref: Option<String>,
     pub after: Option<String>,
+    /// For a repository event: the owners it concerns (new and, for a transfer, old).
+    pub owners: Vec<String>,
 }
 
 #[derive(Debug, PartialEq)]
 pub(super) enum Event {
     Push,
     Ping,
+    /// A repository created, renamed, transferred, archived or deleted in an account:
+    /// GitHub's and Gitea's `repository` event, GitLab's system hook `project_*` events.
+    Repository,
     Other(String),
 }
 
@@ -142,7 +147,13 @@ pub(super) fn parse(provider: Provider, d: &Delivery<'_>, json: &Value) -> Parse
         Provider::Gitea => (gitea_event(header_event), header_event.to_owned(), gitea_urls(json)),
     };
     let (git_ref, after) = pushed(json);
+    let owners = if event == Event::Repository {
+        repository_owners(provider, json)
+    } else {
+        Vec::new()
+    };
     Parsed {
+        owners,
         event,
         event_name: super::printable(&event_name, 64),
         delivery_id: delivery_id(delivery_header(provider, d.headers), d.body),
@@ -156,6 +167,7 @@ fn github_event(name: &str) -> Event {
     match name {
         "push" | "create" | "delete" => Event::Push,
         "ping" => Event::Ping,
+        "repository" => Event::Repository,
         other => Event::Other(other.to_owned()),
     }
 }
@@ -173,6 +185,9 @@ fn gitlab_event(name: &str, json: &Value) -> (Event, String) {
                 .unwrap_or_default();
             let event = match kind {
                 "push" | "tag_push" | "repository_update" => Event::Push,
+                "project_create" | "project_destroy" | "project_rename" | "project_transfer" | "project_update" => {
+                    Event::Repository
+                }
                 other => Event::Other(format!("System Hook: {other}")),
             };
             (event, format!("System Hook: {kind}"))
@@ -184,8 +199,37 @@ fn gitlab_event(name: &str, json: &Value) -> (Event, String) {
 fn gitea_event(name: &str) -> Event {
     match name {
         "push" | "create" | "delete" => Event::Push,
+        "repository" => Event::Repository,
         other => Event::Other(other.to_owned()),
     }
+}
+
+/// The owners a repository event concerns: GitHub `repository.owner.login` (and for a
+/// transfer `changes.owner.from.{organization,user}.login`), Gitea/Forgejo
+/// `repository.owner.login|username` and `organization.username`, GitLab system hooks the
+/// namespace of `path_with_namespace` and `old_path_with_namespace`.
+fn repository_owners(provider: Provider, json: &Value) -> Vec<String> {
+    let namespace = |p: &Value| p.as_str().and_then(|p| p.rsplit_once('/')).map(|(ns, _)| ns.to_owned());
+    let mut owners: Vec<String> = match provider {
+        Provider::Github => strings([
+            &json["repository"]["owner"]["login"],
+            &json["organization"]["login"],
+            &json["changes"]["owner"]["from"]["organization"]["login"],
+            &json["changes"]["owner"]["from"]["user"]["login"],
+        ]),
+        Provider::Gitea => strings([
+            &json["repository"]["owner"]["login"],
+            &json["repository"]["owner"]["username"],
+            &json["organization"]["username"],
+        ]),
+        Provider::Gitlab => [&json["path_with_namespace"], &json["old_path_with_namespace"]]
+            .into_iter()
+            .filter_map(namespace)
+            .collect(),
+    };
+    owners.sort();
+    owners.dedup();
+    owners
 }
 
 fn strings<'v>(values: impl IntoIterator<Item = &'v Value>) -> Vec<String> {
@@ -324,6 +368,45 @@ mod tests {
             Payload::decode(Provider::Github, &d).err(),
             Some("malformed JSON payload")
         );
+    }
+
+    /// Repository events name their owners: GitHub's `repository` (a transfer names the old
+    /// owner too), Gitea's `repository`, GitLab's system hook `project_rename` (both paths).
+    #[test]
+    fn repository_events_name_their_owners() {
+        let h = |k: &str, v: &str| vec![(k.to_owned(), v.to_owned())];
+        let github = h("X-GitHub-Event", "repository");
+        let json = serde_json::json!({
+            "action": "transferred",
+            "repository": { "full_name": "new-org/app", "owner": { "login": "new-org" } },
+            "changes": { "owner": { "from": { "organization": { "login": "acme" } } } },
+        });
+        let p = parse(Provider::Github, &delivery(&github, b""), &json);
+        assert_eq!(
+            (p.event, p.owners),
+            (Event::Repository, vec!["acme".into(), "new-org".into()])
+        );
+        let gitea = h("X-Gitea-Event", "repository");
+        let json = serde_json::json!({ "action": "created",
+            "repository": { "full_name": "acme/x", "owner": { "login": "acme", "username": "acme" } },
+            "organization": { "username": "acme" } });
+        let d = Delivery {
+            provider: "gitea",
+            headers: &gitea,
+            body: b"",
+        };
+        let p = parse(Provider::Gitea, &d, &json);
+        assert_eq!((p.event, p.owners), (Event::Repository, vec!["acme".into()]));
+        let gitlab = h("X-Gitlab-Event", "System Hook");
+        let json = serde_json::json!({ "event_name": "project_rename",
+            "path_with_namespace": "grp/sub/new", "old_path_with_namespace": "grp/sub/old" });
+        let d = Delivery {
+            provider: "gitlab",
+            headers: &gitlab,
+            body: b"",
+        };
+        let p = parse(Provider::Gitlab, &d, &json);
+        assert_eq!((p.event, p.owners), (Event::Repository, vec!["grp/sub".into()]));
     }
 
     #[test]
