@@ -42,6 +42,12 @@ deps:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-dulwich >/dev/null; \
 	fi
+	@# OpenSSH's sshd (and ssh-keygen) serve git over SSH in the ssh:// tests (tests/src/sshd.rs).
+	@if [ ! -x /usr/sbin/sshd ] || ! command -v ssh-keygen >/dev/null; then \
+	  echo "installing openssh-server (sshd for the ssh:// tests) from Debian"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server openssh-client >/dev/null; \
+	fi
 	@# Headless Chromium renders the status page in one end-to-end test.
 	@if ! command -v chromium >/dev/null; then \
 	  echo "installing chromium (headless browser for the status page test) from Debian"; \

@@ -57,6 +57,19 @@ pub fn credentials(user: &str, password: &str) {
     secret(&base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")));
 }
 
+/// Register an SSH private key (PEM text): the whole text and each line of its base64 body but
+/// the first, so that a fragment of it is found as well as the whole. (The first line of an
+/// OpenSSH key is a header that every unencrypted key of the type shares.) Its passphrase is
+/// registered with [`secret`].
+pub fn ssh_private_key(pem: &str) {
+    secret(pem.trim());
+    for line in pem.lines().filter(|l| !l.starts_with("-----")).skip(1) {
+        if line.trim().len() >= MIN_LEN {
+            secret(line.trim());
+        }
+    }
+}
+
 /// A file the test wrote with a secret in it on purpose (an input, such as a secrets file given
 /// to the CLI): not a leak.
 pub fn allow(path: &Path) {

@@ -123,12 +123,16 @@ enum Command {
     #[command(after_help = "Examples:\n  \
         gitferry mirror https://github.com/org/repo.git git://backup.internal/repo.git --cache-dir ~/.cache/gitferry\n  \
         gitferry mirror /srv/git/app.git https://user:TOKEN@git.example.com/app.git --cache-dir /var/cache/gitferry --json\n\n\
+        gitferry mirror git@github.com:org/repo.git ssh://git@backup.internal:2222/srv/git/repo.git \\\n    \
+          --cache-dir /var/cache/gitferry --ssh-key ~/.ssh/mirror_ed25519 --known-hosts ~/.ssh/known_hosts\n\n\
         Credentials may be given in the URL's userinfo or with GITFERRY_SOURCE_TOKEN / GITFERRY_TARGET_TOKEN\n\
-        (and GITFERRY_*_USER, default 'x-access-token'); they never appear in output.")]
+        (and GITFERRY_*_USER, default 'x-access-token'); they never appear in output. SSH remotes use\n\
+        --ssh-key; their host keys are always verified: against --known-hosts, and the published keys of\n\
+        github.com, gitlab.com and bitbucket.org.")]
     Mirror {
-        /// Where to fetch from: git://, http(s):// or a local path.
+        /// Where to fetch from: git://, http(s)://, ssh://, user@host:path or a local path.
         source: String,
-        /// Where to push to: git://, http(s):// or a local path.
+        /// Where to push to: git://, http(s)://, ssh://, user@host:path or a local path.
         target: String,
         /// Directory holding the bare cache repositories (created if missing).
         #[arg(long, value_name = "DIR")]
@@ -151,7 +155,52 @@ enum Command {
         /// Ask the target to apply all ref updates or none (when it supports `atomic`).
         #[arg(long)]
         atomic: bool,
+        #[command(flatten)]
+        ssh: SshArgs,
     },
+}
+
+/// How `mirror` reaches SSH remotes (source and target alike).
+#[derive(clap::Args, Clone, Default)]
+struct SshArgs {
+    /// Private key file for ssh:// and user@host:path remotes (Ed25519, ECDSA or RSA).
+    #[arg(long, value_name = "FILE")]
+    ssh_key: Option<PathBuf>,
+    /// The environment variable holding the key's passphrase, if it has one.
+    #[arg(long, value_name = "VAR", requires = "ssh_key")]
+    ssh_key_passphrase_env: Option<String>,
+    /// known_hosts file of trusted host keys. Without it only github.com's, gitlab.com's and
+    /// bitbucket.org's published keys are trusted.
+    #[arg(long, value_name = "FILE")]
+    known_hosts: Option<PathBuf>,
+}
+
+impl SshArgs {
+    /// Apply the key and host keys to `remote` (nothing changes for non-SSH remotes).
+    fn apply(&self, remote: Remote) -> Result<Remote, String> {
+        if !remote.is_ssh() {
+            return Ok(remote);
+        }
+        let mut remote = remote;
+        if let Some(path) = &self.ssh_key {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read the SSH key {}: {e}", path.display()))?;
+            let passphrase = match &self.ssh_key_passphrase_env {
+                Some(var) => Some(std::env::var(var).map_err(|_| format!("environment variable {var} is not set"))?),
+                None => None,
+            };
+            let identity = git::SshIdentity::from_pem(&text, passphrase.as_deref())
+                .map_err(|e| format!("the SSH key {}: {e}", path.display()))?;
+            remote = remote.with_ssh_identity(identity);
+        }
+        if let Some(path) = &self.known_hosts {
+            let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let keys = git::HostKeys::parse_known_hosts(&text)
+                .map_err(|(line, e)| format!("{}:{line}: {e}", path.display()))?;
+            remote = remote.with_host_keys(keys);
+        }
+        Ok(remote)
+    }
 }
 
 fn main() -> ExitCode {
@@ -246,9 +295,10 @@ async fn run(command: Command) -> ExitCode {
             excludes,
             no_prune,
             atomic,
+            ssh,
         } => {
             mirror(
-                source, target, cache_dir, json, progress, refs, excludes, no_prune, atomic,
+                source, target, cache_dir, json, progress, refs, excludes, no_prune, atomic, ssh,
             )
             .await
         }
@@ -414,6 +464,7 @@ async fn mirror(
     excludes: Vec<String>,
     no_prune: bool,
     atomic: bool,
+    ssh: SshArgs,
 ) -> ExitCode {
     let source = match Remote::parse(&source).map(|r| r.with_env_credentials("GITFERRY_SOURCE")) {
         Ok(r) => r,
@@ -422,6 +473,10 @@ async fn mirror(
     let target = match Remote::parse(&target).map(|r| r.with_env_credentials("GITFERRY_TARGET")) {
         Ok(r) => r,
         Err(e) => return fail_err(&e),
+    };
+    let (source, target) = match ssh.apply(source).and_then(|s| Ok((s, ssh.apply(target)?))) {
+        Ok(pair) => pair,
+        Err(e) => return fail(&e),
     };
     let patterns = if refs.is_empty() && excludes.is_empty() {
         RefPatterns::default()
