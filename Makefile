@@ -48,6 +48,14 @@ deps:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server openssh-client >/dev/null; \
 	fi
+	@# playwright-core drives Chromium's keyboard in the status page tests (npm, pinned in
+	@# tests/ui/package-lock.json; it downloads no browser: it uses Debian's chromium).
+	@if [ ! -d tests/ui/node_modules/playwright-core ]; then \
+	  command -v npm >/dev/null || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; }; \
+	  echo "installing playwright-core into tests/ui"; \
+	  (cd tests/ui && npm ci --no-audit --no-fund --silent); \
+	fi
 	@# Headless Chromium renders the status page in one end-to-end test.
 	@if ! command -v chromium >/dev/null; then \
 	  echo "installing chromium (headless browser for the status page test) from Debian"; \
@@ -66,7 +74,7 @@ test: deps cfn-lint
 	@bash tests/leftovers.sh
 
 demo:
-	$(CARGO) run -q -p gitferry -- demo
+	$(CARGO) run -q -p gitferry --no-default-features -- demo
 
 ## The engine alone: `gitferry mirror` between two repositories on a loopback git daemon.
 demo-mirror: build

@@ -1,5 +1,6 @@
-//! Webhook deliveries: any provider path, headers and body must get an answer from the documented
-//! set, never a panic, and nothing may be enqueued without a valid signature.
+//! Webhook deliveries: any provider path, headers and body (JSON, form-encoded, anything) must get
+//! an answer from the documented set, never a panic, and nothing may be enqueued without a valid
+//! signature.
 #![no_main]
 
 use std::sync::OnceLock;
@@ -12,10 +13,14 @@ use libfuzzer_sys::fuzz_target;
 fn config() -> &'static Config {
     static C: OnceLock<Config> = OnceLock::new();
     C.get_or_init(|| {
-        let text = "[repos.app]\nurl = \"https://github.com/org/app.git\"\n\
+        // Per-repository hooks, account-level ones (organisation/group/system hooks), and a
+        // repository only an account hook speaks for.
+        let text = "[webhooks.gitlab]\nsecret_env = \"S\"\n[webhooks.gitea]\nsecret_env = \"S\"\n\
+                    [repos.app]\nurl = \"https://github.com/org/app.git\"\n\
                     webhook = { provider = \"github\", secret_env = \"S\" }\n[[repos.app.targets]]\nurl = \"/t\"\n\
                     [repos.lab]\nurl = \"https://gitlab.com/org/lab.git\"\n\
-                    webhook = { provider = \"gitlab\", secret_env = \"S\" }\n[[repos.lab.targets]]\nurl = \"/t2\"\n";
+                    webhook = { provider = \"gitlab\", secret_env = \"S\" }\n[[repos.lab.targets]]\nurl = \"/t2\"\n\
+                    [repos.tea]\nurl = \"https://gitea.example.com/org/tea.git\"\n[[repos.tea.targets]]\nurl = \"/t3\"\n";
         Config::parse(text, std::path::Path::new("fuzz.toml"), &|_| Some("secret".into())).unwrap()
     })
 }

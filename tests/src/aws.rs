@@ -157,7 +157,7 @@ impl Stack {
         .collect();
         let template = Template::load(&template_path(), &d.params, &attrs).unwrap_or_else(|e| panic!("{e}"));
         let store: Arc<dyn gitferry_core::store::ObjectStore> =
-            Arc::new(gitferry_core::store::s3::S3Store::new(s3, bucket.clone(), "").expect("store"));
+            Arc::new(gitferry_aws::S3Store::new(s3, bucket.clone(), "").expect("store"));
         let logs = crate::tempdir();
         let function = |id: &str, bin: &str, concurrency: usize| {
             Arc::new(Function::new(function_spec(

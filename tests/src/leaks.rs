@@ -17,6 +17,9 @@
 //! * S3: [`super::moto::MotoServer`] checks every object of every bucket when dropped;
 //! * child processes: [`CheckedOutput::checked_output`] runs a command and checks its output.
 //!
+//! The captured log lines are also kept (the last 20,000, [`logged`]) for tests that check what
+//! gitferry logged.
+//!
 //! A leak found in a log line is printed at once and fails the next teardown in the binary (a
 //! panic in the middle of library code would hide where it came from); every other check panics at once
 //! with the place and the leaked secret masked. Teardown checks are skipped when the test is
@@ -36,6 +39,9 @@ const MIN_LEN: usize = 8;
 static SECRETS: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
 static ALLOWED: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
 static LOG_LEAKS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+/// The last [`KEPT_LINES`] log lines of this test binary, for tests that check what was logged.
+static LINES: Mutex<std::collections::VecDeque<String>> = Mutex::new(std::collections::VecDeque::new());
+const KEPT_LINES: usize = 20_000;
 
 /// Register `value` as a secret and return it (`const`s cannot register themselves, so tests
 /// write `let token = harness::leaks::secret(TOKEN);` or call it once before use). Panics on a
@@ -201,6 +207,12 @@ impl CheckedOutput for Command {
     }
 }
 
+/// The in-process log lines (of every test of this binary: filter by something unique to yours)
+/// that `keep` selects, oldest first; the last 20,000 lines are kept.
+pub fn logged(keep: impl Fn(&str) -> bool) -> Vec<String> {
+    LINES.lock().unwrap().iter().filter(|l| keep(l)).cloned().collect()
+}
+
 /// Panic if a log line leaked a secret since the last call (teardowns call this).
 pub fn assert_no_log_leaks() {
     let leaks: Vec<String> = std::mem::take(&mut *LOG_LEAKS.lock().unwrap());
@@ -255,6 +267,11 @@ impl Drop for LineChecker {
         if std::env::var_os("GITFERRY_TEST_LOG").is_some() {
             let _ = std::io::stderr().write_all(&self.0);
         }
+        let mut lines = LINES.lock().unwrap();
+        if lines.len() == KEPT_LINES {
+            lines.pop_front();
+        }
+        lines.push_back(masked(line.trim_end()));
     }
 }
 

@@ -26,6 +26,8 @@ use std::time::{Duration, Instant};
 
 pub mod alarms;
 pub mod aws;
+pub mod browser;
+pub mod deliveries;
 pub mod dulwich;
 pub mod lambda_rt;
 pub mod leaks;

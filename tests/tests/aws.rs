@@ -489,7 +489,7 @@ async fn sigkill_mid_fetch_and_mid_push_reads_stalled_and_converges() {
             stack.poll_tick().await;
         } else {
             gitferry_core::queue::Queue::send(
-                &gitferry_core::queue::sqs::SqsQueue::new(stack.sqs.clone(), stack.queue_url.clone()),
+                &gitferry_aws::SqsQueue::new(stack.sqs.clone(), stack.queue_url.clone()),
                 &[gitferry_core::request::SyncRequest::manual("app", "test")],
             )
             .await

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant, SystemTime};
 
+use gitferry_aws::S3Store;
 use gitferry_core::cache::lease::{self, Lease, LeaseRecord};
 use gitferry_core::cache::{self, CacheError, CommitOutcome, MAX_PACKS, NextState, RepoCache, RestoreStats, Snapshot};
 use gitferry_core::clock::now_ms;
@@ -21,7 +22,6 @@ use gitferry_core::git::repo::{self, Peel};
 use gitferry_core::git::{FetchOptions, FetchOutcome, RefPatterns, Remote, mirror_fetch};
 use gitferry_core::store::fault::{Fault, FaultStore, Op, Rule};
 use gitferry_core::store::fs::FsStore;
-use gitferry_core::store::s3::S3Store;
 use gitferry_core::store::{Condition, ObjectStore, StoreError};
 use harness::moto::MotoServer;
 use harness::{

@@ -10,14 +10,15 @@ use std::time::{Duration, Instant};
 use aws_lambda_events::apigw::ApiGatewayV2httpRequest;
 use aws_lambda_events::eventbridge::EventBridgeEvent;
 use aws_lambda_events::sqs::SqsEvent;
+use gitferry_aws::S3Store;
+use gitferry_aws::SqsQueue;
 use gitferry_core::config::Provider;
 use gitferry_core::metrics::{Metrics, Recorder};
 use gitferry_core::queue::Queue;
-use gitferry_core::queue::sqs::SqsQueue;
 use gitferry_core::store::ObjectStore;
-use gitferry_core::store::s3::S3Store;
 use gitferry_core::webhook::sign;
 use gitferry_lambda::{Env, Runtime};
+use harness::deliveries;
 use harness::moto::MotoServer;
 use harness::receiver::Receiver;
 use harness::{Proto, Servers, Worktree, assert_fsck_clean, assert_refs_equal};
@@ -60,6 +61,19 @@ impl Aws {
 
     /// A runtime whose config is `toml` (uploaded to the bucket like a deployment would).
     async fn runtime(&self, toml: &str, recorder: Arc<Recorder>) -> Runtime {
+        for s in [SECRET, TOKEN, "gitlab-token", "gitea-secret"] {
+            harness::leaks::secret(s);
+        }
+        let secrets = [
+            ("APP_SECRET", SECRET),
+            ("GL_TOKEN", "gitlab-token"),
+            ("GT_SECRET", "gitea-secret"),
+        ];
+        self.runtime_with(toml, &secrets, recorder).await
+    }
+
+    /// A runtime whose config is `toml` and whose Secrets Manager secret holds `secrets`.
+    async fn runtime_with(&self, toml: &str, secrets: &[(&str, &str)], recorder: Arc<Recorder>) -> Runtime {
         self.store
             .put(
                 "config/mirrors.toml",
@@ -68,9 +82,7 @@ impl Aws {
             )
             .await
             .unwrap();
-        for s in [SECRET, TOKEN, "gitlab-token", "gitea-secret"] {
-            harness::leaks::secret(s);
-        }
+        harness::leaks::secret(TOKEN);
         let env = Env::from_lookup(&|k| match k {
             "GITFERRY_BUCKET" => Some(self.bucket.clone()),
             "GITFERRY_QUEUE_URL" => Some(self.queue_url.clone()),
@@ -78,14 +90,10 @@ impl Aws {
             _ => None,
         })
         .unwrap();
-        let secrets: HashMap<String, String> = [
-            ("APP_SECRET", SECRET),
-            ("GL_TOKEN", "gitlab-token"),
-            ("GT_SECRET", "gitea-secret"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect();
+        let secrets: HashMap<String, String> = secrets
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
         Runtime::with_parts(env, self.store.clone(), self.queue(), secrets, Metrics::new(recorder))
     }
 
@@ -123,6 +131,44 @@ fn apigw(path: &str, method: &str, headers: &[(&str, &str)], body: &str, base64:
         v["isBase64Encoded"] = true.into();
     } else {
         v["body"] = body.into();
+    }
+    serde_json::from_value(v).unwrap()
+}
+
+/// A provider's delivery as API Gateway (HTTP API, payload v2) hands it to the function: header
+/// names in lower case, the body base64-encoded when it is not JSON (form bodies) — and, to
+/// exercise that path with JSON too, when `base64` says so.
+fn apigw_delivery(case: &deliveries::Case, base64: bool) -> ApiGatewayV2httpRequest {
+    let mut v = fixture("apigw-v2-webhook.json");
+    v["rawPath"] = case.route.into();
+    v["requestContext"]["http"]["path"] = case.route.into();
+    v["pathParameters"]["provider"] = case.route.trim_start_matches("/webhook/").into();
+    let hs = v["headers"].as_object_mut().unwrap();
+    // The fixture's provider headers and body headers make way for the delivery's own.
+    let replaced = [
+        "x-git",
+        "x-hub",
+        "x-gogs",
+        "x-forgejo",
+        "content-type",
+        "content-length",
+        "user-agent",
+    ];
+    hs.retain(|k, _| !replaced.iter().any(|p| k.starts_with(p)));
+    for (k, val) in &case.headers {
+        hs.insert(k.to_ascii_lowercase(), val.as_str().into());
+    }
+    hs.insert("content-length".into(), case.body.len().to_string().into());
+    if let Some(agent) = case.headers.iter().find(|(k, _)| k == "User-Agent") {
+        v["requestContext"]["http"]["userAgent"] = agent.1.as_str().into();
+    }
+    if base64 || case.is_form() {
+        use base64::Engine;
+        v["body"] = base64::engine::general_purpose::STANDARD.encode(&case.body).into();
+        v["isBase64Encoded"] = true.into();
+    } else {
+        v["body"] = String::from_utf8(case.body.clone()).unwrap().into();
+        v["isBase64Encoded"] = false.into();
     }
     serde_json::from_value(v).unwrap()
 }
@@ -208,15 +254,16 @@ async fn webhook_status_codes_and_what_reaches_the_queue() {
         code(&gitferry_lambda::webhook(&rt, github("d-json", "push", "{not json", SECRET)).await),
         400
     );
-    let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(2 << 20));
+    let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(25 << 20));
     assert_eq!(
         code(&gitferry_lambda::webhook(&rt, github("d-big", "push", &big, SECRET)).await),
         413
     );
+    // An unknown repository looks like a wrong signature: the caller proved nothing.
     let other = push_payload("https://github.com/org/unknown.git");
     assert_eq!(
         code(&gitferry_lambda::webhook(&rt, github("d-unk", "push", &other, SECRET)).await),
-        404
+        401
     );
     let polled = push_payload("https://github.com/org/polled.git");
     let r = gitferry_lambda::webhook(&rt, github("d-poll", "push", &polled, SECRET)).await;
@@ -266,7 +313,8 @@ async fn webhook_status_codes_and_what_reaches_the_queue() {
         vec!["app", "app", "app-copy", "app-copy"],
         "d-1 once per repo (redelivery dropped), d-2 once per repo"
     );
-    assert_eq!(recorder.total("WebhookResponses", &[("Code", "401")]), 3.0);
+    assert_eq!(recorder.total("WebhookResponses", &[("Code", "401")]), 4.0);
+    assert_eq!(recorder.total("WebhookResponses", &[("Code", "413")]), 1.0);
 
     // GitLab and Gitea/Forgejo signatures.
     let lab = serde_json::json!({ "project": { "git_http_url": "https://gitlab.com/org/lab.git" }, "ref": "refs/heads/main" }).to_string();
@@ -361,6 +409,73 @@ async fn webhook_status_codes_and_what_reaches_the_queue() {
         code(&gitferry_lambda::webhook(&broken, github("d-503", "push", &body, SECRET)).await),
         503
     );
+}
+
+/// Issue 15: what GitHub, GitLab, Gitea and Forgejo really send (their published payloads and
+/// headers, `harness::deliveries`) through the webhook function as API Gateway invokes it:
+/// organisation, group and system hooks, form bodies, names in another case, GitLab's resend, a
+/// push over 1 MiB. Every answer, what reached SQS (redeliveries once), the `WebhookResponses`
+/// count of every code, and a log line for every refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn published_deliveries_of_every_provider() {
+    let aws = Aws::start().await;
+    let recorder = Arc::new(Recorder::default());
+    let rt = aws
+        .runtime_with(deliveries::CONFIG, &deliveries::env(), recorder.clone())
+        .await;
+    let cases = deliveries::cases();
+    for (i, case) in cases.iter().enumerate() {
+        // Every third JSON body base64-encoded too: API Gateway decides that, not the provider.
+        let r = gitferry_lambda::webhook(&rt, apigw_delivery(case, i % 3 == 0)).await;
+        case.check(u16::try_from(code(&r)).unwrap(), &body_json(&r));
+    }
+    let mut queued: Vec<String> = aws
+        .drain()
+        .await
+        .iter()
+        .map(|m| {
+            gitferry_core::request::SyncRequest::from_json(&m.body)
+                .unwrap()
+                .dedup_id()
+        })
+        .collect();
+    queued.sort();
+    let expected: Vec<String> = deliveries::expected_queue(&cases).into_iter().collect();
+    assert_eq!(
+        queued, expected,
+        "one message per delivery and repository, redeliveries dropped"
+    );
+    for (status, n) in deliveries::expected_codes(&cases) {
+        let counted = recorder.total("WebhookResponses", &[("Code", &status.to_string())]);
+        assert_eq!(counted, n as f64, "WebhookResponses with Code {status}");
+    }
+    for case in cases.iter().filter(|c| matches!(c.want, deliveries::Want::Refused(..))) {
+        let lines = harness::leaks::logged(|l| deliveries::log_line(case, l));
+        assert_eq!(lines.len(), 1, "{}: one log line for the refusal", case.name);
+    }
+}
+
+/// A body API Gateway says is base64 but is not: refused with 400, logged and counted like
+/// every other answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_base64_body_is_logged_and_counted() {
+    let aws = Aws::start().await;
+    let recorder = Arc::new(Recorder::default());
+    let rt = aws.runtime(&config(""), recorder.clone()).await;
+    let mut e = github("b64-broken-1", "push", &push_payload(SRC), SECRET);
+    e.body = Some("%%% not base64 %%%".into());
+    e.is_base64_encoded = true;
+    let r = gitferry_lambda::webhook(&rt, e).await;
+    assert_eq!(
+        (code(&r), body_json(&r)["error"].as_str()),
+        (400, Some("body is not valid base64"))
+    );
+    assert_eq!(recorder.total("WebhookResponses", &[("Code", "400")]), 1.0);
+    let logged = harness::leaks::logged(|l| {
+        l.contains("webhook delivery rejected") && l.contains("delivery=\"b64-broken-1\"") && l.contains("status=400")
+    });
+    assert_eq!(logged.len(), 1);
+    assert!(aws.drain().await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -573,12 +688,12 @@ async fn hostile_webhook_corpus_enqueues_nothing() {
     let rt = aws.runtime(&config(""), Arc::new(Recorder::default())).await;
     let body = push_payload(SRC);
     let nested = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
-    let ten_mb = format!("{{\"x\":\"{}\"}}", "y".repeat(10 << 20));
+    let too_big = format!("{{\"x\":\"{}\"}}", "y".repeat(25 << 20));
     let unicode =
         serde_json::json!({ "repository": { "clone_url": "https://github.com/org/\u{0430}pp.git" } }).to_string();
     let cases: Vec<(&str, ApiGatewayV2httpRequest, i64)> = vec![
         ("deeply nested JSON", github("h1", "push", &nested, SECRET), 400),
-        ("10 MB body", github("h2", "push", &ten_mb, SECRET), 413),
+        ("a body over 25 MiB", github("h2", "push", &too_big, SECRET), 413),
         (
             "truncated JSON",
             github("h3", "push", &body[..body.len() / 2], SECRET),
@@ -587,7 +702,7 @@ async fn hostile_webhook_corpus_enqueues_nothing() {
         (
             "look-alike unicode repository",
             github("h4", "push", &unicode, SECRET),
-            404,
+            401,
         ),
         (
             "unknown provider",
@@ -612,7 +727,7 @@ async fn hostile_webhook_corpus_enqueues_nothing() {
                 e.body = Some(push_payload("https://github.com/org/app-copy.git"));
                 e
             },
-            404,
+            401,
         ),
         // (CR/LF in a header cannot even be represented: API Gateway and hyper refuse them.)
         (

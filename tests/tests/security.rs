@@ -116,7 +116,8 @@ fn no_secret_in_logs_status_store_notifications_or_metrics_and_no_ssrf() {
     assert_eq!(manual.status().as_u16(), 401);
 
     // SSRF: a signed delivery whose payload names the configured repo *and* other URLs: only
-    // the configured URL is ever fetched; the canary sees nothing. An unknown URL alone: 404.
+    // the configured URL is ever fetched; the canary sees nothing. An unknown URL alone: 401,
+    // as if the signature were wrong (nothing about the configuration is revealed).
     let body = serde_json::json!({
         "ref": "refs/heads/main",
         "repository": {
@@ -142,7 +143,7 @@ fn no_secret_in_logs_status_store_notifications_or_metrics_and_no_ssrf() {
     };
     assert_eq!(post(&body, &signed(&body)), 202);
     let only_canary = serde_json::json!({ "repository": { "clone_url": canary.url() } }).to_string();
-    assert_eq!(post(&only_canary, &signed(&only_canary)), 404);
+    assert_eq!(post(&only_canary, &signed(&only_canary)), 401);
     assert_eq!(post(&body, "sha256=0123"), 401);
     std::thread::sleep(Duration::from_secs(2));
     assert!(canary.bodies().is_empty(), "payload URLs are never contacted");

@@ -13,9 +13,9 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use gitferry_aws::S3Store;
 use gitferry_core::store::fault::{Calls, Fault, FaultStore, Op, Rule};
 use gitferry_core::store::fs::FsStore;
-use gitferry_core::store::s3::S3Store;
 use gitferry_core::store::{Condition, ObjectInfo, ObjectStore, StoreError};
 use harness::TempDir;
 use harness::moto::MotoServer;

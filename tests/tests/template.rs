@@ -195,12 +195,13 @@ const FUNCTIONS: [(&str, &[&str]); 3] = [
 ];
 
 /// The HTTP API routes the webhook function must receive (`gitferry_core::api`).
-const ROUTES: [(&str, &str); 5] = [
+const ROUTES: [(&str, &str); 6] = [
     ("POST", "/webhook/{provider}"),
     ("GET", "/status"),
     ("GET", "/status/{repo}"),
     ("POST", "/repos/{repo}/sync"),
     ("GET", "/"),
+    ("GET", "/repos/{repo}"),
 ];
 
 /// AWS metrics the dashboard and alarms may use, with the dimensions they take.
@@ -781,7 +782,7 @@ fn check_metrics(
     functions: &BTreeMap<String, String>,
     p: &mut Vec<String>,
 ) {
-    let sync_rs = read("shared/src/sync/mod.rs");
+    let sync_rs = read("shared/core/src/sync/mod.rs");
     let triggers = [
         gitferry_core::request::TriggerKind::Webhook,
         gitferry_core::request::TriggerKind::Poll,

@@ -7,10 +7,8 @@ use std::sync::Arc;
 
 use gitferry_core::queue::Queue;
 use gitferry_core::queue::persistent::PersistentQueue;
-use gitferry_core::queue::sqs::SqsQueue;
 use gitferry_core::store::ObjectStore;
 use gitferry_core::store::fs::FsStore;
-use gitferry_core::store::s3::S3Store;
 
 /// The default store: `./.gitferry` in the current directory.
 pub const DEFAULT_STORE: &str = ".gitferry";
@@ -21,10 +19,9 @@ pub async fn store(spec: &str) -> Result<Arc<dyn ObjectStore>, String> {
         if bucket.is_empty() {
             return Err(format!("--store {spec}: missing bucket (s3://BUCKET/PREFIX)"));
         }
-        let store = S3Store::from_env(bucket, prefix.trim_end_matches('/'))
+        return s3(bucket, prefix.trim_end_matches('/'))
             .await
-            .map_err(|e| format!("--store {spec}: {e}"))?;
-        return Ok(Arc::new(store));
+            .map_err(|e| format!("--store {spec}: {e}"));
     }
     let root = PathBuf::from(spec);
     std::fs::create_dir_all(&root).map_err(|e| format!("--store {spec}: {e}"))?;
@@ -44,9 +41,37 @@ pub async fn queue(spec: &str, store: Arc<dyn ObjectStore>) -> Result<Arc<dyn Qu
         } else {
             format!("https://{rest}")
         };
-        return Ok(Arc::new(SqsQueue::from_env(url).await));
+        return sqs(url).await.map_err(|e| format!("--queue {spec}: {e}"));
     }
     Err(format!("--queue {spec}: use `memory` or sqs://QUEUE_URL"))
+}
+
+#[cfg(feature = "aws")]
+async fn s3(bucket: &str, prefix: &str) -> Result<Arc<dyn ObjectStore>, String> {
+    let store = gitferry_aws::S3Store::from_env(bucket, prefix)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(Arc::new(store))
+}
+
+#[cfg(feature = "aws")]
+async fn sqs(url: String) -> Result<Arc<dyn Queue>, String> {
+    Ok(Arc::new(gitferry_aws::SqsQueue::from_env(url).await))
+}
+
+/// What a binary built without the `aws` feature says to an AWS address.
+#[cfg(not(feature = "aws"))]
+const NO_AWS: &str = "this gitferry was built without AWS support (cargo feature `aws`); \
+                      rebuild without --no-default-features";
+
+#[cfg(not(feature = "aws"))]
+async fn s3(_bucket: &str, _prefix: &str) -> Result<Arc<dyn ObjectStore>, String> {
+    Err(NO_AWS.into())
+}
+
+#[cfg(not(feature = "aws"))]
+async fn sqs(_url: String) -> Result<Arc<dyn Queue>, String> {
+    Err(NO_AWS.into())
 }
 
 /// Where local bare repositories go: inside a local store, or a temp directory for S3.

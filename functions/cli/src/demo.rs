@@ -90,6 +90,7 @@ pub async fn run() -> Result<(), String> {
         workers: 2,
         work_dir: Some(dir.path().join("work")),
         status_token: None,
+        max_body: gitferry_core::webhook::DEFAULT_MAX_BODY,
     })
     .await?;
     let base = format!("http://{}", running.addr);

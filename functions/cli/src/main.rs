@@ -60,23 +60,11 @@ enum Command {
         gitferry serve --config mirrors.toml\n  \
         GITFERRY_STATUS_TOKEN=… gitferry serve --listen 0.0.0.0:8080 --workers 4\n  \
         gitferry serve --store s3://my-bucket/gitferry --queue sqs://https://sqs.eu-west-1.amazonaws.com/123/gitferry.fifo\n\n\
-        Routes: POST /webhook/{github,gitlab,gitea}, GET / (status page), GET /status[/REPO],\n\
+        Routes: POST /webhook/{github,gitlab,gitea,forgejo}, GET / (status page), GET /status[/REPO],\n\
         POST /repos/REPO/sync, GET /metrics, GET /healthz. Status routes need\n\
-        `Authorization: Bearer $GITFERRY_STATUS_TOKEN`, except on a loopback address without a token.")]
-    Serve {
-        #[command(flatten)]
-        at: Where,
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        listen: SocketAddr,
-        /// `memory` (in-process, saved in the store) or sqs://QUEUE_URL.
-        #[arg(long, default_value = "memory")]
-        queue: String,
-        #[arg(long, default_value_t = 2)]
-        workers: usize,
-        /// Where local bare repositories live (default: inside a local store, or a temp dir).
-        #[arg(long)]
-        work_dir: Option<PathBuf>,
-    },
+        `Authorization: Bearer $GITFERRY_STATUS_TOKEN`, except on a loopback address without a token.\n\
+        GITFERRY_MAX_BODY: the webhook body limit in bytes (default 25 MiB).")]
+    Serve(ServeArgs),
     /// A complete tour, offline, in a temp dir: creates a source repository, serves it, pushes
     /// to it, delivers a signed webhook, waits for the sync, shows status and notification, and
     /// verifies the target equals the source.
@@ -85,39 +73,22 @@ enum Command {
     #[command(
         after_help = "Examples:\n  gitferry sync app\n  gitferry sync app --config /etc/gitferry/mirrors.toml --json"
     )]
-    Sync {
-        repo: String,
-        #[command(flatten)]
-        at: Where,
-        /// Wait for the result (always: the sync runs in this process).
-        #[arg(long, default_value_t = true)]
-        wait: bool,
-        /// Print the resulting status as JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Sync(SyncArgs),
     /// Show the status of every repository (or one).
     #[command(after_help = "Examples:\n  gitferry status\n  gitferry status app --json")]
-    Status {
-        repo: Option<String>,
-        #[command(flatten)]
-        at: Where,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Check a configuration file: prints OK, or every problem with file:line and field.
-    CheckConfig { file: PathBuf },
+    Status(StatusArgs),
+    /// Check a configuration file: prints OK (exit 0), or every problem with file:line and
+    /// field (exit 2).
+    CheckConfig(CheckConfigArgs),
+    /// Bring back a tip the source force-pushed or deleted: push a backup gitferry kept
+    /// (`refs/gitferry/overwritten/…`, listed by `status` and on the repository page) to the
+    /// source under a new name; the next sync mirrors it to every target.
+    #[command(after_help = "Example:\n  \
+        gitferry restore app refs/gitferry/overwritten/heads/main/1732870000000 --as refs/heads/main-restored")]
+    Restore(RestoreArgs),
     /// Ask a running server to sync every repository now (reconcile).
     #[command(after_help = "Example:\n  GITFERRY_STATUS_TOKEN=… gitferry enqueue --all --server http://127.0.0.1:8080")]
-    Enqueue {
-        /// Every configured repository.
-        #[arg(long, required = true)]
-        all: bool,
-        #[arg(long, short, default_value = "mirrors.toml")]
-        config: PathBuf,
-        #[arg(long, default_value = "http://127.0.0.1:8080")]
-        server: String,
-    },
+    Enqueue(EnqueueArgs),
     /// One-shot mirror: fetch SOURCE into a bare cache under --cache-dir (pruning refs the source
     /// no longer has), then push branches and tags to TARGET, deleting refs the source dropped.
     #[command(after_help = "Examples:\n  \
@@ -129,35 +100,101 @@ enum Command {
         (and GITFERRY_*_USER, default 'x-access-token'); they never appear in output. SSH remotes use\n\
         --ssh-key; their host keys are always verified: against --known-hosts, and the published keys of\n\
         github.com, gitlab.com and bitbucket.org.")]
-    Mirror {
-        /// Where to fetch from: git://, http(s)://, ssh://, user@host:path or a local path.
-        source: String,
-        /// Where to push to: git://, http(s)://, ssh://, user@host:path or a local path.
-        target: String,
-        /// Directory holding the bare cache repositories (created if missing).
-        #[arg(long, value_name = "DIR")]
-        cache_dir: PathBuf,
-        /// Print the summary as one JSON object on stdout.
-        #[arg(long)]
-        json: bool,
-        /// Report progress on stderr.
-        #[arg(long)]
-        progress: bool,
-        /// Ref patterns to mirror (repeatable; one `*` each). Default: refs/heads/* and refs/tags/*.
-        #[arg(long = "ref", value_name = "PATTERN")]
-        refs: Vec<String>,
-        /// Ref patterns to leave alone (repeatable).
-        #[arg(long = "exclude", value_name = "PATTERN")]
-        excludes: Vec<String>,
-        /// Keep refs on the target (and in the cache) that the source no longer has.
-        #[arg(long)]
-        no_prune: bool,
-        /// Ask the target to apply all ref updates or none (when it supports `atomic`).
-        #[arg(long)]
-        atomic: bool,
-        #[command(flatten)]
-        ssh: SshArgs,
-    },
+    Mirror(MirrorArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    at: Where,
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// `memory` (in-process, saved in the store) or sqs://QUEUE_URL.
+    #[arg(long, default_value = "memory")]
+    queue: String,
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Where local bare repositories live (default: inside a local store, or a temp dir).
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct SyncArgs {
+    repo: String,
+    #[command(flatten)]
+    at: Where,
+    /// Print the resulting status as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct StatusArgs {
+    repo: Option<String>,
+    #[command(flatten)]
+    at: Where,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct CheckConfigArgs {
+    file: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct RestoreArgs {
+    repo: String,
+    /// The backup ref, as listed.
+    backup: String,
+    /// The ref to create on the source (it must not exist yet).
+    #[arg(long = "as", value_name = "REF")]
+    as_ref: String,
+    #[command(flatten)]
+    at: Where,
+}
+
+#[derive(clap::Args)]
+struct EnqueueArgs {
+    /// Every configured repository.
+    #[arg(long, required = true)]
+    all: bool,
+    #[arg(long, short, default_value = "mirrors.toml")]
+    config: PathBuf,
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    server: String,
+}
+
+#[derive(clap::Args)]
+struct MirrorArgs {
+    /// Where to fetch from: git://, http(s)://, ssh://, user@host:path or a local path.
+    source: String,
+    /// Where to push to: git://, http(s)://, ssh://, user@host:path or a local path.
+    target: String,
+    /// Directory holding the bare cache repositories (created if missing).
+    #[arg(long, value_name = "DIR")]
+    cache_dir: PathBuf,
+    /// Print the summary as one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Report progress on stderr.
+    #[arg(long)]
+    progress: bool,
+    /// Ref patterns to mirror (repeatable; one `*` each). Default: refs/heads/* and refs/tags/*.
+    #[arg(long = "ref", value_name = "PATTERN")]
+    refs: Vec<String>,
+    /// Ref patterns to leave alone (repeatable).
+    #[arg(long = "exclude", value_name = "PATTERN")]
+    excludes: Vec<String>,
+    /// Keep refs on the target (and in the cache) that the source no longer has.
+    #[arg(long)]
+    no_prune: bool,
+    /// Ask the target to apply all ref updates or none (when it supports `atomic`).
+    #[arg(long)]
+    atomic: bool,
+    #[command(flatten)]
+    ssh: SshArgs,
 }
 
 /// How `mirror` reaches SSH remotes (source and target alike).
@@ -235,72 +272,68 @@ fn install_panic_hook() {
 
 async fn run(command: Command) -> ExitCode {
     match command {
-        Command::Serve {
-            at,
-            listen,
-            queue,
-            workers,
-            work_dir,
-        } => {
-            let config = match load_config(&at.config) {
-                Ok(c) => c,
-                Err(code) => return code,
-            };
-            let status_token = std::env::var("GITFERRY_STATUS_TOKEN")
-                .ok()
-                .filter(|t| !t.is_empty())
-                .map(|t| Secret::new("GITFERRY_STATUS_TOKEN", t));
-            let config_digest = std::fs::read_to_string(&at.config)
-                .map(|text| Config::digest(&text))
-                .unwrap_or_default();
-            let opts = serve::ServeOptions {
-                config: Arc::new(config),
-                config_digest,
-                listen,
-                store: at.store,
-                queue,
-                workers,
-                work_dir,
-                status_token,
-            };
-            match serve::serve(opts).await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => fail(&e),
-            }
-        }
+        Command::Serve(args) => serve_cmd(args).await,
         Command::Demo => match demo::run().await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),
         },
-        Command::Sync { repo, at, json, .. } => sync_now(&repo, &at, json).await,
-        Command::Status { repo, at, json } => status(repo.as_deref(), &at, json).await,
-        Command::CheckConfig { file } => match Config::load(&file) {
-            Ok(c) => {
-                outln!("OK: {} ({} repositories)", file.display(), c.repos.len());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                errln!("{e}");
-                ExitCode::from(1)
-            }
-        },
-        Command::Enqueue { config, server, .. } => enqueue_all(&config, &server).await,
-        Command::Mirror {
-            source,
-            target,
-            cache_dir,
-            json,
-            progress,
-            refs,
-            excludes,
-            no_prune,
-            atomic,
-            ssh,
-        } => {
-            mirror(
-                source, target, cache_dir, json, progress, refs, excludes, no_prune, atomic, ssh,
-            )
-            .await
+        Command::Sync(args) => sync_now(&args.repo, &args.at, args.json).await,
+        Command::Status(args) => status(args.repo.as_deref(), &args.at, args.json).await,
+        Command::CheckConfig(args) => check_config(&args.file),
+        Command::Enqueue(args) => enqueue_all(&args.config, &args.server).await,
+        Command::Restore(args) => restore(&args.repo, &args.backup, &args.as_ref, &args.at).await,
+        Command::Mirror(args) => mirror(args).await,
+    }
+}
+
+async fn serve_cmd(args: ServeArgs) -> ExitCode {
+    let config = match load_config(&args.at.config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let max_body =
+        gitferry_core::webhook::max_body_setting(std::env::var(gitferry_core::webhook::MAX_BODY_ENV).ok().as_deref());
+    let max_body = match max_body {
+        Ok(n) => n,
+        Err(e) => {
+            errln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let status_token = std::env::var("GITFERRY_STATUS_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+        .map(|t| Secret::new("GITFERRY_STATUS_TOKEN", t));
+    let config_digest = std::fs::read_to_string(&args.at.config)
+        .map(|text| Config::digest(&text))
+        .unwrap_or_default();
+    let opts = serve::ServeOptions {
+        config: Arc::new(config),
+        config_digest,
+        listen: args.listen,
+        store: args.at.store,
+        queue: args.queue,
+        workers: args.workers,
+        work_dir: args.work_dir,
+        status_token,
+        max_body,
+    };
+    match serve::serve(opts).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+/// 0 and "OK" for a valid file; 2 and every problem (file:line, field) for an invalid one.
+fn check_config(file: &Path) -> ExitCode {
+    match Config::load(file) {
+        Ok(c) => {
+            outln!("OK: {} ({} repositories)", file.display(), c.repos.len());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            errln!("{e}");
+            ExitCode::from(2)
         }
     }
 }
@@ -412,6 +445,47 @@ async fn status(repo: Option<&str>, at: &Where, json: bool) -> ExitCode {
     }
 }
 
+async fn restore(repo: &str, backup: &str, as_ref: &str, at: &Where) -> ExitCode {
+    let config = match load_config(&at.config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let Some(repo_config) = config.repo(repo) else {
+        return fail(&format!("repository {repo:?} is not in {}", at.config.display()));
+    };
+    let store = match adapters::store(&at.store).await {
+        Ok(s) => s,
+        Err(e) => return fail(&e),
+    };
+    // A private copy of the cache: a running server's working copy is left alone.
+    let work = match tempfile::tempdir() {
+        Ok(w) => w,
+        Err(e) => return fail(&format!("a temporary directory: {e}")),
+    };
+    let cache = gitferry_core::cache::RepoCache::new(store, work.path(), repo);
+    let restored = match cache.load().await {
+        Ok(snapshot) => cache.restore(&snapshot).await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = restored {
+        return fail(&format!("reading the cache of {repo}: {e}"));
+    }
+    let (path, source) = (cache.path().to_owned(), repo_config.source.clone());
+    let (b, name) = (backup.to_owned(), as_ref.to_owned());
+    let pushed = tokio::task::spawn_blocking(move || git::restore_ref(&path, &source, &b, &name)).await;
+    match pushed {
+        Ok(Ok(id)) => {
+            outln!(
+                "restored {id} as {as_ref} on {}: the next sync mirrors it to the targets",
+                repo_config.source
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(Err(e)) => fail_err(&e),
+        Err(e) => fail(&format!("internal error: {e}")),
+    }
+}
+
 async fn enqueue_all(config: &Path, server: &str) -> ExitCode {
     let config = match load_config(config) {
         Ok(c) => c,
@@ -453,44 +527,19 @@ async fn enqueue_all(config: &Path, server: &str) -> ExitCode {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn mirror(
-    source: String,
-    target: String,
-    cache_dir: PathBuf,
-    json: bool,
-    progress: bool,
-    refs: Vec<String>,
-    excludes: Vec<String>,
-    no_prune: bool,
-    atomic: bool,
-    ssh: SshArgs,
-) -> ExitCode {
-    let source = match Remote::parse(&source).map(|r| r.with_env_credentials("GITFERRY_SOURCE")) {
-        Ok(r) => r,
-        Err(e) => return fail_err(&e),
+async fn mirror(args: MirrorArgs) -> ExitCode {
+    let (source, target, patterns) = match mirror_inputs(&args) {
+        Ok(inputs) => inputs,
+        Err(code) => return code,
     };
-    let target = match Remote::parse(&target).map(|r| r.with_env_credentials("GITFERRY_TARGET")) {
-        Ok(r) => r,
-        Err(e) => return fail_err(&e),
-    };
-    let (source, target) = match ssh.apply(source).and_then(|s| Ok((s, ssh.apply(target)?))) {
-        Ok(pair) => pair,
-        Err(e) => return fail(&e),
-    };
-    let patterns = if refs.is_empty() && excludes.is_empty() {
-        RefPatterns::default()
-    } else {
-        let include = if refs.is_empty() {
-            RefPatterns::default().include
-        } else {
-            refs
-        };
-        match RefPatterns::new(include, excludes) {
-            Ok(p) => p,
-            Err(e) => return fail_err(&e),
-        }
-    };
+    let MirrorArgs {
+        cache_dir,
+        json,
+        progress,
+        no_prune,
+        atomic,
+        ..
+    } = args;
     let bar = progress.then(progress_line);
     let options = MirrorOptions {
         refs: patterns,
@@ -529,6 +578,28 @@ async fn mirror(
         }
         Err(e) => fail_err(&e),
     }
+}
+
+/// The remotes (with credentials from the environment) and ref patterns `mirror` was given.
+fn mirror_inputs(args: &MirrorArgs) -> Result<(Remote, Remote, RefPatterns), ExitCode> {
+    let source = Remote::parse(&args.source)
+        .map(|r| r.with_env_credentials("GITFERRY_SOURCE"))
+        .map_err(|e| fail_err(&e))?;
+    let target = Remote::parse(&args.target)
+        .map(|r| r.with_env_credentials("GITFERRY_TARGET"))
+        .map_err(|e| fail_err(&e))?;
+    let source = args.ssh.apply(source).map_err(|e| fail(&e))?;
+    let target = args.ssh.apply(target).map_err(|e| fail(&e))?;
+    if args.refs.is_empty() && args.excludes.is_empty() {
+        return Ok((source, target, RefPatterns::default()));
+    }
+    let include = if args.refs.is_empty() {
+        RefPatterns::default().include
+    } else {
+        args.refs.clone()
+    };
+    let patterns = RefPatterns::new(include, args.excludes.clone()).map_err(|e| fail_err(&e))?;
+    Ok((source, target, patterns))
 }
 
 /// Progress for `--progress`: a spinner line on a terminal, plain lines otherwise.

@@ -39,6 +39,8 @@ pub struct ServeOptions {
     pub workers: usize,
     pub work_dir: Option<PathBuf>,
     pub status_token: Option<Secret>,
+    /// The webhook body limit (`GITFERRY_MAX_BODY`, the same setting as the webhook function's).
+    pub max_body: usize,
 }
 
 /// A running server.
@@ -91,8 +93,9 @@ pub async fn start(opts: ServeOptions) -> Result<Running, String> {
         metrics,
         anonymous_status: opts.status_token.is_none() && opts.listen.ip().is_loopback(),
         status_token: opts.status_token,
-        max_body: gitferry_core::webhook::DEFAULT_MAX_BODY,
+        max_body: opts.max_body,
         prometheus: Some(prometheus),
+        session_key: uuid::Uuid::new_v4().to_string(),
     };
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
@@ -163,27 +166,34 @@ async fn wait_for_signal() {
     }
 }
 
+/// One HTTP request → the shared API. The body is read up to the limit and no further (memory
+/// stays bounded whatever a client sends); a body over it is refused through the API, so the 413
+/// is logged and counted like every other webhook answer.
 async fn handle(State(api): State<Arc<Api>>, request: axum::extract::Request) -> axum::response::Response {
     let (parts, body) = request.into_parts();
-    let limit = api.max_body;
-    let body = match axum::body::to_bytes(body, limit + 1).await {
-        Ok(b) if b.len() <= limit => b,
-        _ => {
-            return to_axum(api::Response::json(
-                413,
-                serde_json::json!({ "error": format!("body larger than {limit} bytes") }),
-            ));
-        }
-    };
     let headers: Vec<(String, String)> = parts
         .headers
         .iter()
         .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str().to_owned(), v.to_owned())))
         .collect();
+    let (method, path) = (parts.method.as_str(), parts.uri.path());
+    let limit = api.max_body;
+    let body = match axum::body::to_bytes(body, limit).await {
+        Ok(b) => b,
+        Err(e) => {
+            let (status, message) = if is_length_limit(&e) {
+                (413, gitferry_core::webhook::too_large_message(limit))
+            } else {
+                (400, "the request body could not be read".to_owned())
+            };
+            return to_axum(api.refuse_body(method, path, &headers, status, &message));
+        }
+    };
     let reply = api
         .handle(api::Request {
-            method: parts.method.as_str(),
-            path: parts.uri.path(),
+            method,
+            path,
+            query: parts.uri.query().unwrap_or_default(),
             headers,
             body: &body,
         })
@@ -191,10 +201,24 @@ async fn handle(State(api): State<Arc<Api>>, request: axum::extract::Request) ->
     to_axum(reply)
 }
 
+/// Did reading the body stop at the length limit (rather than at a broken connection)?
+fn is_length_limit(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
 fn to_axum(r: api::Response) -> axum::response::Response {
-    axum::response::Response::builder()
+    let mut builder = axum::response::Response::builder()
         .status(r.status)
-        .header("content-type", r.content_type)
-        .body(axum::body::Body::from(r.body))
-        .expect("valid response")
+        .header("content-type", r.content_type);
+    for (name, value) in &r.headers {
+        builder = builder.header(*name, value);
+    }
+    builder.body(axum::body::Body::from(r.body)).expect("valid response")
 }

@@ -18,7 +18,7 @@
 //! | `GITFERRY_QUEUE_URL` | all | the SQS FIFO queue |
 //! | `GITFERRY_SECRETS_ARN` | all | optional Secrets Manager secret with the referenced secrets |
 //! | `GITFERRY_STATUS_TOKEN` | webhook | bearer token of the status and manual-sync routes |
-//! | `GITFERRY_MAX_BODY` | webhook | webhook body limit in bytes (default 1 MiB) |
+//! | `GITFERRY_MAX_BODY` | webhook | webhook body limit in bytes (default 25 MiB; the same setting as `gitferry serve`'s — API Gateway and Lambda cut at 10 MB and 6 MB before it) |
 //! | `GITFERRY_VISIBILITY_SECS` | sync | the queue's visibility timeout (the worker's heartbeat extends it) |
 //! | `GITFERRY_TIME_SCALE` | all | tests only: run every waiting period this many times faster (`gitferry_core::clock`) |
 
@@ -29,16 +29,16 @@ use std::time::{Duration, Instant};
 use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
 use aws_lambda_events::encodings::Body;
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse};
+use gitferry_aws::S3Store;
+use gitferry_aws::SqsQueue;
 use gitferry_core::api::{self, Api};
 use gitferry_core::config::{Config, Secret};
 use gitferry_core::metrics::{Emf, Metrics};
 use gitferry_core::notify::Notifier;
 use gitferry_core::poll::{PollOptions, Poller};
-use gitferry_core::queue::sqs::SqsQueue;
 use gitferry_core::queue::{Message, Queue};
 use gitferry_core::status::StatusBook;
 use gitferry_core::store::ObjectStore;
-use gitferry_core::store::s3::S3Store;
 use gitferry_core::sync::{SyncManager, SyncOptions};
 use gitferry_core::worker::{Ack, Disposition, Worker, WorkerOptions};
 
@@ -169,9 +169,8 @@ impl Env {
             queue_url: need("GITFERRY_QUEUE_URL")?,
             secrets_arn: get("GITFERRY_SECRETS_ARN"),
             status_token: get("GITFERRY_STATUS_TOKEN").map(|v| Secret::new("GITFERRY_STATUS_TOKEN", v)),
-            max_body: get("GITFERRY_MAX_BODY")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(gitferry_core::webhook::DEFAULT_MAX_BODY),
+            max_body: gitferry_core::webhook::max_body_setting(get(gitferry_core::webhook::MAX_BODY_ENV).as_deref())
+                .map_err(SetupError::Config)?,
             visibility: gitferry_core::clock::scaled_secs(
                 get("GITFERRY_VISIBILITY_SECS")
                     .and_then(|v| v.parse().ok())
@@ -283,21 +282,10 @@ impl Runtime {
 }
 
 async fn load_secrets(arn: &str) -> Result<HashMap<String, String>, SetupError> {
-    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
-    let client = aws_sdk_secretsmanager::Client::new(&sdk);
-    let out = client.get_secret_value().secret_id(arn).send().await.map_err(|e| {
-        SetupError::Aws(format!(
-            "reading secrets: {}",
-            aws_sdk_secretsmanager::error::DisplayErrorContext(e)
-        ))
-    })?;
-    let text = out.secret_string().unwrap_or("{}");
-    let map: HashMap<String, serde_json::Value> = serde_json::from_str(text)
-        .map_err(|_| SetupError::Config("the secrets secret must be a JSON object".into()))?;
-    Ok(map
-        .into_iter()
-        .filter_map(|(k, v)| v.as_str().map(|s| (k, s.to_owned())))
-        .collect())
+    gitferry_aws::secrets::load(arn).await.map_err(|e| match e {
+        gitferry_aws::secrets::SecretsError::Shape => SetupError::Config(e.to_string()),
+        e => SetupError::Aws(e.to_string()),
+    })
 }
 
 // ---- webhook -------------------------------------------------------------------------------
@@ -323,19 +311,8 @@ pub async fn webhook(rt: &Runtime, event: ApiGatewayV2httpRequest) -> ApiGateway
         max_body: rt.env.max_body,
         prometheus: None,
         anonymous_status: false,
-    };
-    let body = match event.body.as_deref() {
-        None => Vec::new(),
-        Some(b) if event.is_base64_encoded => match base64_decode(b) {
-            Some(bytes) => bytes,
-            None => {
-                return response(api::Response::json(
-                    400,
-                    serde_json::json!({ "error": "body is not valid base64" }),
-                ));
-            }
-        },
-        Some(b) => b.as_bytes().to_vec(),
+        // Form tokens derive from the status token on Lambda (anonymous access is never on).
+        session_key: String::new(),
     };
     let headers: Vec<(String, String)> = event
         .headers
@@ -348,10 +325,21 @@ pub async fn webhook(rt: &Runtime, event: ApiGatewayV2httpRequest) -> ApiGateway
         .or_else(|| event.request_context.http.path.clone())
         .unwrap_or_else(|| "/".into());
     let method = event.request_context.http.method.as_str().to_owned();
+    let query = event.raw_query_string.clone().unwrap_or_default();
+    // API Gateway base64-encodes bodies it does not consider text (form bodies among them).
+    let body = match event.body.as_deref() {
+        None => Vec::new(),
+        Some(b) if event.is_base64_encoded => match base64_decode(b) {
+            Some(bytes) => bytes,
+            None => return response(api.refuse_body(&method, &path, &headers, 400, "body is not valid base64")),
+        },
+        Some(b) => b.as_bytes().to_vec(),
+    };
     let reply = api
         .handle(api::Request {
             method: &method,
             path: &path,
+            query: &query,
             headers,
             body: &body,
         })
@@ -364,6 +352,11 @@ fn response(r: api::Response) -> ApiGatewayV2httpResponse {
     out.status_code = i64::from(r.status);
     out.headers
         .insert("content-type", r.content_type.parse().expect("valid header value"));
+    for (name, value) in &r.headers {
+        if let Ok(value) = value.parse() {
+            out.headers.insert(*name, value);
+        }
+    }
     out.body = Some(Body::Text(String::from_utf8_lossy(&r.body).into_owned()));
     out.is_base64_encoded = false;
     out
