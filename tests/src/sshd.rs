@@ -107,12 +107,12 @@ pub fn keygen(dir: &Path, kind: KeyKind, passphrase: Option<&str>) -> ClientKey 
         String::from_utf8_lossy(&out.stderr)
     );
     let private = std::fs::read_to_string(&path).expect("private key");
-    leaks::ssh_private_key(&private);
+    let public = std::fs::read_to_string(path.with_extension("pub")).expect("public key");
+    leaks::ssh_private_key(&private, &public);
     leaks::allow(&path);
     if let Some(p) = passphrase {
         leaks::secret(p);
     }
-    let public = std::fs::read_to_string(path.with_extension("pub")).expect("public key");
     ClientKey {
         kind,
         path,

@@ -20,7 +20,13 @@ fn readme_configuration_example_is_valid() {
     // Every referenced secret is "set"; an SSH key must be a real one (it is decoded).
     let keys = harness::tempdir();
     let key = harness::sshd::keygen(keys.path(), harness::sshd::KeyKind::Ed25519, None);
-    let env = |name: &str| Some(if name.ends_with("_KEY") { key.private.clone() } else { "x".into() });
+    let env = |name: &str| {
+        Some(if name.ends_with("_KEY") {
+            key.private.clone()
+        } else {
+            "x".into()
+        })
+    };
     let config = gitferry_core::config::Config::parse(example, std::path::Path::new("README.md"), &env)
         .unwrap_or_else(|e| panic!("README example does not parse:\n{e}"));
     let app = config.repo("app").expect("the example's repo");

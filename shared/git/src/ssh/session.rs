@@ -157,8 +157,11 @@ impl<'a> Target<'a> {
             .channel_open_session()
             .await
             .map_err(|e| self.protocol_error("opening an SSH session", &e))?;
-        if version != Protocol::V0 {
-            // Ignored by servers without `AcceptEnv GIT_PROTOCOL`: they answer v0.
+        if version == Protocol::V2 {
+            // Ignored by servers without `AcceptEnv GIT_PROTOCOL`: they answer v0. Only for v2,
+            // as gix does for git:// and file://: asked for `version=1`, git answers with a
+            // `version 1` line before the advertisement, which gix's handshake does not expect
+            // (a receive-pack over SSH failed with "no 0 byte" in the capabilities).
             let value = format!("version={}", version as usize);
             channel
                 .set_env(false, "GIT_PROTOCOL", value)
