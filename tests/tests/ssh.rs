@@ -480,18 +480,27 @@ fn cli_mirror_with_a_protected_key_and_known_hosts() {
 fn serve_syncs_to_an_ssh_target_and_leaks_no_key() {
     let case = Case::new(&sshd::Options::default());
     let key = case.key(KeyKind::Ed25519, Some("serve passphrase 7"));
+    // A second target whose key the server does not know: its failure goes through the error
+    // paths (status, logs, notifications) that are likeliest to quote what they were given.
+    let stranger = sshd::keygen(case.keys.path(), KeyKind::Rsa, None);
+    git(case.repos.path(), ["init", "--quiet", "--bare", "refused.git"]);
     let dir = harness::tempdir();
     let config = format!(
         "[repos.app]\nurl = \"{}\"\n[[repos.app.targets]]\nname = \"backup\"\nurl = \"{}\"\n\
-         ssh_key_env = \"BACKUP_KEY\"\nssh_key_passphrase_env = \"BACKUP_KEY_PASSPHRASE\"\nhost_key = \"{}\"\n",
+         ssh_key_env = \"BACKUP_KEY\"\nssh_key_passphrase_env = \"BACKUP_KEY_PASSPHRASE\"\nhost_key = \"{}\"\n\
+         [[repos.app.targets]]\nname = \"refused\"\nurl = \"{}\"\nssh_key_env = \"STRANGER_KEY\"\n\
+         known_hosts_env = \"KNOWN_HOSTS\"\n",
         case.source.display(),
         case.sshd.url(&case.target),
         case.sshd.host_fingerprint,
+        case.sshd.url(&case.repos.path().join("refused.git")),
     );
     std::fs::write(dir.path().join("mirrors.toml"), config).unwrap();
     let env = [
         ("BACKUP_KEY", key.private.as_str()),
         ("BACKUP_KEY_PASSPHRASE", key.passphrase.as_deref().unwrap()),
+        ("STRANGER_KEY", stranger.private.as_str()),
+        ("KNOWN_HOSTS", case.sshd.known_hosts_line.as_str()),
         ("RUST_LOG", "debug"),
     ];
     let check = std::process::Command::new(harness::gitferry_bin())
@@ -506,7 +515,7 @@ fn serve_syncs_to_an_ssh_target_and_leaks_no_key() {
         dir.path(),
         [std::ffi::OsStr::new("--store"), store.as_os_str()],
         &env,
-        (&dir.path().join("serve.log"), None),
+        (&dir.path().join("serve.log"), Some(&dir.path().join("serve.out"))),
         20,
     );
     let until = Instant::now() + Duration::from_secs(30);
@@ -515,17 +524,29 @@ fn serve_syncs_to_an_ssh_target_and_leaks_no_key() {
             .unwrap()
             .json()
             .unwrap();
-        if status["state"] == "success" || Instant::now() > until {
+        let done = |t: &str| matches!(status["targets"][t]["state"].as_str(), Some("success" | "failed"));
+        if (done("backup") && done("refused")) || Instant::now() > until {
             break status;
         }
         std::thread::sleep(Duration::from_millis(100));
     };
     harness::process::stop(&mut child);
-    assert_eq!(status["state"], "success", "{status}");
     assert_eq!(status["targets"]["backup"]["state"], "success", "{status}");
     case.assert_mirrored();
-    // The key went through debug logs, the status and the store: the scan of `dir` (logs,
-    // store) at drop proves none of it holds a fragment of the key or its passphrase.
-    let log = std::fs::read_to_string(dir.path().join("serve.log")).unwrap();
-    assert!(log.contains("ssh://root@127.0.0.1"), "the target is named in the logs");
+    let refused = &status["targets"]["refused"];
+    assert_eq!(refused["state"], "failed", "{status}");
+    assert_eq!(refused["error_class"], "permanent", "{status}");
+    let error = refused["last_error"].as_str().unwrap();
+    assert!(
+        error.contains("refused the key") && error.contains(identity(&stranger).fingerprint()),
+        "the error names the public fingerprint: {error}"
+    );
+    // The keys went through debug logs, the status and the store: the scan of `dir` (logs,
+    // store) at drop proves none of it holds a fragment of a key or the passphrase.
+    let log = std::fs::read_to_string(dir.path().join("serve.log")).unwrap()
+        + &std::fs::read_to_string(dir.path().join("serve.out")).unwrap();
+    assert!(
+        log.contains("refused the key"),
+        "the refusal is logged (or the scan proves little):\n{log}"
+    );
 }
