@@ -1136,9 +1136,10 @@ mod ssh {
             "KEY" => Some(KEY.into()),
             "PASS" => Some("unit-pass-123".into()),
             "BAD_PASS" => Some("not-the-passphrase".into()),
-            "KH" => Some(format!(
+            "KH" => Some(
                 "# hosts\n[backup.internal]:2222 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAfuCHKVTjquxvt6CM6tdG4SLp1Btn/nOeHHE5UOzRdf\n"
-            )),
+                    .into(),
+            ),
             "BAD_KH" => Some("# hosts\nnot a line\n".into()),
             _ => None,
         }
