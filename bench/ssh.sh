@@ -26,7 +26,7 @@ export GIT_CONFIG_NOSYSTEM=1 GIT_CONFIG_GLOBAL=/dev/null
 export GIT_AUTHOR_NAME=Bench GIT_AUTHOR_EMAIL=bench@example.invalid GIT_COMMITTER_NAME=Bench GIT_COMMITTER_EMAIL=bench@example.invalid
 
 if [ -z "${GF:-}" ]; then
-  cargo build --release -q -p gitferry
+  cargo build --release -q -p gitferry --no-default-features   # mirror needs no AWS adapters
   GF=$ROOT/target/release/gitferry
 fi
 
