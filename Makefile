@@ -56,6 +56,12 @@ deps:
 	    jgit-cli libjetty9-java libservlet-api-java libhttpclient-java libhttpcore-java libcommons-logging-java \
 	    libslf4j-java default-jdk-headless >/dev/null; \
 	fi
+	@# OpenSSH's sshd (and ssh-keygen) serve git over SSH in the ssh:// tests (tests/src/sshd.rs).
+	@if [ ! -x /usr/sbin/sshd ] || ! command -v ssh-keygen >/dev/null; then \
+	  echo "installing openssh-server (sshd for the ssh:// tests) from Debian"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server openssh-client >/dev/null; \
+	fi
 	@# playwright-core drives Chromium's keyboard in the status page tests (npm, pinned in
 	@# tests/ui/package-lock.json; it downloads no browser: it uses Debian's chromium).
 	@if [ ! -d tests/ui/node_modules/playwright-core ]; then \

@@ -63,6 +63,25 @@ pub fn credentials(user: &str, password: &str) {
     secret(&base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")));
 }
 
+/// Register an SSH private key (PEM text): the whole text and each full line of its base64 body,
+/// so that a fragment of it is found as well as the whole. Lines that hold nothing secret are
+/// left out, or every `authorized_keys` and host key file would be a "leak": an OpenSSH private
+/// key embeds its public key (`public`, the `.pub` line), so a line whose base64 is part of the
+/// public key's is public; the first line is the format's header (cipher, KDF and its salt, the
+/// start of the public key: shared by every unencrypted key of a type) and the short last line
+/// (padding, comment) is shared by keys with the same comment. Its passphrase is registered with
+/// [`secret`].
+pub fn ssh_private_key(pem: &str, public: &str) {
+    /// OpenSSH writes 70 characters a line, PEM 64: a shorter line is the tail.
+    const FULL_LINE: usize = 64;
+    secret(pem.trim());
+    for line in pem.lines().map(str::trim).filter(|l| !l.starts_with("-----")).skip(1) {
+        if line.len() >= FULL_LINE && !public.contains(line) && !line.contains(':') {
+            secret(line);
+        }
+    }
+}
+
 /// A file the test wrote with a secret in it on purpose (an input, such as a secrets file given
 /// to the CLI): not a leak.
 pub fn allow(path: &Path) {

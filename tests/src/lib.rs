@@ -37,6 +37,7 @@ pub mod moto;
 pub mod process;
 pub mod proxy;
 pub mod receiver;
+pub mod sshd;
 pub mod v0proxy;
 
 pub use leaks::TempDir;
@@ -187,7 +188,7 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-fn wait_for_port(port: u16, child: &mut Child, what: &str) -> bool {
+pub(crate) fn wait_for_port(port: u16, child: &mut Child, what: &str) -> bool {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         if TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok() {

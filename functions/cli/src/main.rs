@@ -100,8 +100,12 @@ enum Command {
     #[command(after_help = "Examples:\n  \
         gitferry mirror https://github.com/org/repo.git git://backup.internal/repo.git --cache-dir ~/.cache/gitferry\n  \
         gitferry mirror /srv/git/app.git https://user:TOKEN@git.example.com/app.git --cache-dir /var/cache/gitferry --json\n\n\
+        gitferry mirror git@github.com:org/repo.git ssh://git@backup.internal:2222/srv/git/repo.git \\\n    \
+          --cache-dir /var/cache/gitferry --ssh-key ~/.ssh/mirror_ed25519 --known-hosts ~/.ssh/known_hosts\n\n\
         Credentials may be given in the URL's userinfo or with GITFERRY_SOURCE_TOKEN / GITFERRY_TARGET_TOKEN\n\
-        (and GITFERRY_*_USER, default 'x-access-token'); they never appear in output.")]
+        (and GITFERRY_*_USER, default 'x-access-token'); they never appear in output. SSH remotes use\n\
+        --ssh-key; their host keys are always verified: against --known-hosts, and the published keys of\n\
+        github.com, gitlab.com and bitbucket.org.")]
     Mirror(MirrorArgs),
 }
 
@@ -180,9 +184,9 @@ struct EnqueueArgs {
 
 #[derive(clap::Args)]
 struct MirrorArgs {
-    /// Where to fetch from: git://, http(s):// or a local path.
+    /// Where to fetch from: git://, http(s)://, ssh://, user@host:path or a local path.
     source: String,
-    /// Where to push to: git://, http(s):// or a local path.
+    /// Where to push to: git://, http(s)://, ssh://, user@host:path or a local path.
     target: String,
     /// Directory holding the bare cache repositories (created if missing).
     #[arg(long, value_name = "DIR")]
@@ -205,6 +209,51 @@ struct MirrorArgs {
     /// Ask the target to apply all ref updates or none (when it supports `atomic`).
     #[arg(long)]
     atomic: bool,
+    #[command(flatten)]
+    ssh: SshArgs,
+}
+
+/// How `mirror` reaches SSH remotes (source and target alike).
+#[derive(clap::Args, Clone, Default)]
+struct SshArgs {
+    /// Private key file for ssh:// and user@host:path remotes (Ed25519, ECDSA or RSA).
+    #[arg(long, value_name = "FILE")]
+    ssh_key: Option<PathBuf>,
+    /// The environment variable holding the key's passphrase, if it has one.
+    #[arg(long, value_name = "VAR", requires = "ssh_key")]
+    ssh_key_passphrase_env: Option<String>,
+    /// known_hosts file of trusted host keys. Without it only github.com's, gitlab.com's and
+    /// bitbucket.org's published keys are trusted.
+    #[arg(long, value_name = "FILE")]
+    known_hosts: Option<PathBuf>,
+}
+
+impl SshArgs {
+    /// Apply the key and host keys to `remote` (nothing changes for non-SSH remotes).
+    fn apply(&self, remote: Remote) -> Result<Remote, String> {
+        if !remote.is_ssh() {
+            return Ok(remote);
+        }
+        let mut remote = remote;
+        if let Some(path) = &self.ssh_key {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read the SSH key {}: {e}", path.display()))?;
+            let passphrase = match &self.ssh_key_passphrase_env {
+                Some(var) => Some(std::env::var(var).map_err(|_| format!("environment variable {var} is not set"))?),
+                None => None,
+            };
+            let identity = git::SshIdentity::from_pem(&text, passphrase.as_deref())
+                .map_err(|e| format!("the SSH key {}: {e}", path.display()))?;
+            remote = remote.with_ssh_identity(identity);
+        }
+        if let Some(path) = &self.known_hosts {
+            let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let keys = git::HostKeys::parse_known_hosts(&text)
+                .map_err(|(line, e)| format!("{}:{line}: {e}", path.display()))?;
+            remote = remote.with_host_keys(keys);
+        }
+        Ok(remote)
+    }
 }
 
 fn main() -> ExitCode {
@@ -651,6 +700,8 @@ fn mirror_inputs(args: &MirrorArgs) -> Result<(Remote, Remote, RefPatterns), Exi
     let target = Remote::parse(&args.target)
         .map(|r| r.with_env_credentials("GITFERRY_TARGET"))
         .map_err(|e| fail_err(&e))?;
+    let source = args.ssh.apply(source).map_err(|e| fail(&e))?;
+    let target = args.ssh.apply(target).map_err(|e| fail(&e))?;
     if args.refs.is_empty() && args.excludes.is_empty() {
         return Ok((source, target, RefPatterns::default()));
     }

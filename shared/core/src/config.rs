@@ -30,9 +30,20 @@
 //! username = "oauth2"                 # optional (default x-access-token)
 //! divergence = "keep"                 # force (default) | keep: leave refs changed on the target
 //!
+//! [[repos.app.targets]]
+//! url = "ssh://git@backup.internal:2222/srv/git/app.git"   # or git@host:path (scp-like)
+//! ssh_key_env = "BACKUP_DEPLOY_KEY"   # the private key (PEM text), never a path
+//! ssh_key_passphrase_env = "BACKUP_DEPLOY_KEY_PASSPHRASE"  # optional
+//! host_key = "SHA256:…"               # or a public key / known_hosts line, or a list of them
+//! # known_hosts_env = "KNOWN_HOSTS"   # or known_hosts lines from a secret
+//!
 //! [webhooks.github]                   # optional: organisation hooks (GitLab: group and system
 //! secret_env = "GITHUB_ORG_HOOK_SECRET" # hooks; Gitea/Forgejo: organisation and system hooks)
 //! ```
+//!
+//! SSH remotes always verify the server's host key: pinned with `host_key` or
+//! `known_hosts_env`, or built in for github.com, gitlab.com and bitbucket.org. A host nothing
+//! is pinned for is a validation error (gitferry never trusts a key on first use).
 //!
 //! **Account-level webhook secrets** (`[webhooks.github]`, `[webhooks.gitlab]`,
 //! `[webhooks.gitea]` — `forgejo` is the same table): an organisation, group or system hook has
@@ -51,6 +62,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
+use crate::git::ssh::{HostKeys, SshIdentity};
 use crate::git::{Credentials, RefPatterns, Remote};
 
 /// Shortest allowed poll interval: below a minute the EventBridge schedule cannot honour it and
@@ -354,6 +366,10 @@ struct RawRepo {
     url: Spanned<String>,
     token_env: Option<Spanned<String>>,
     username: Option<String>,
+    ssh_key_env: Option<Spanned<String>>,
+    ssh_key_passphrase_env: Option<Spanned<String>>,
+    host_key: Option<Spanned<OneOrMany>>,
+    known_hosts_env: Option<Spanned<String>>,
     #[serde(default)]
     targets: Vec<RawTarget>,
     sync_policy: Option<SyncPolicy>,
@@ -373,8 +389,68 @@ struct RawTarget {
     name: Option<Spanned<String>>,
     token_env: Option<Spanned<String>>,
     username: Option<String>,
+    ssh_key_env: Option<Spanned<String>>,
+    ssh_key_passphrase_env: Option<Spanned<String>>,
+    host_key: Option<Spanned<OneOrMany>>,
+    known_hosts_env: Option<Spanned<String>>,
     #[serde(default)]
     divergence: Divergence,
+}
+
+/// `host_key = "…"` or `host_key = ["…", "…"]`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn items(&self) -> Vec<&str> {
+        match self {
+            OneOrMany::One(s) => vec![s.as_str()],
+            OneOrMany::Many(v) => v.iter().map(String::as_str).collect(),
+        }
+    }
+}
+
+/// How a remote is reached, as a repo or a target writes it.
+struct RemoteFields<'a> {
+    url: &'a Spanned<String>,
+    token_env: &'a Option<Spanned<String>>,
+    username: &'a Option<String>,
+    ssh_key_env: &'a Option<Spanned<String>>,
+    ssh_key_passphrase_env: &'a Option<Spanned<String>>,
+    host_key: &'a Option<Spanned<OneOrMany>>,
+    known_hosts_env: &'a Option<Spanned<String>>,
+}
+
+impl RawRepo {
+    fn remote_fields(&self) -> RemoteFields<'_> {
+        RemoteFields {
+            url: &self.url,
+            token_env: &self.token_env,
+            username: &self.username,
+            ssh_key_env: &self.ssh_key_env,
+            ssh_key_passphrase_env: &self.ssh_key_passphrase_env,
+            host_key: &self.host_key,
+            known_hosts_env: &self.known_hosts_env,
+        }
+    }
+}
+
+impl RawTarget {
+    fn remote_fields(&self) -> RemoteFields<'_> {
+        RemoteFields {
+            url: &self.url,
+            token_env: &self.token_env,
+            username: &self.username,
+            ssh_key_env: &self.ssh_key_env,
+            ssh_key_passphrase_env: &self.ssh_key_passphrase_env,
+            host_key: &self.host_key,
+            known_hosts_env: &self.known_hosts_env,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -480,14 +556,8 @@ impl Validator<'_> {
         }
     }
 
-    pub(crate) fn remote(
-        &mut self,
-        url: &Spanned<String>,
-        token_env: &Option<Spanned<String>>,
-        username: &Option<String>,
-        field: &str,
-    ) -> Option<Remote> {
-        let raw = url.get_ref();
+    fn remote(&mut self, f: &RemoteFields<'_>, field: &str) -> Option<Remote> {
+        let (url, raw) = (f.url, f.url.get_ref());
         // Parse first: a location that cannot be used at all (`ssh://git@host/…`, whose user
         // name is not a credential) is reported for that reason, not for its userinfo. The
         // parse error shows the URL redacted.
@@ -506,7 +576,27 @@ impl Validator<'_> {
             );
             return None;
         }
-        let Some(token_env) = token_env else {
+        if remote.is_ssh() {
+            return self.ssh_remote(remote, f, field);
+        }
+        let ssh_fields = [
+            ("ssh_key_env", f.ssh_key_env.as_ref().map(|s| s.span().start)),
+            (
+                "ssh_key_passphrase_env",
+                f.ssh_key_passphrase_env.as_ref().map(|s| s.span().start),
+            ),
+            ("host_key", f.host_key.as_ref().map(|s| s.span().start)),
+            ("known_hosts_env", f.known_hosts_env.as_ref().map(|s| s.span().start)),
+        ];
+        if let Some((name, Some(at))) = ssh_fields.into_iter().find(|(_, at)| at.is_some()) {
+            self.error(
+                at,
+                format!("{field}.{name}"),
+                "only used with ssh:// (or user@host:path) URLs",
+            );
+            return None;
+        }
+        let Some(token_env) = f.token_env else {
             return Some(remote);
         };
         let secret = self.secret(token_env, &format!("{field}.token_env"))?;
@@ -519,7 +609,7 @@ impl Validator<'_> {
             return None;
         }
         Some(remote.with_credentials(Credentials {
-            username: username.clone().unwrap_or_else(|| "x-access-token".into()),
+            username: f.username.clone().unwrap_or_else(|| "x-access-token".into()),
             password: secret.expose().to_owned(),
         }))
     }
@@ -560,6 +650,87 @@ impl Validator<'_> {
             }
             Some(f) => *f.get_ref(),
             None => DEFAULT_MAX_DELETE_FRACTION,
+        }
+    }
+
+    /// An SSH remote: its key (a secret reference, decoded now so a wrong passphrase is a
+    /// validation error) and the host keys it trusts, which must cover its host.
+    fn ssh_remote(&mut self, remote: Remote, f: &RemoteFields<'_>, field: &str) -> Option<Remote> {
+        if let Some(t) = f.token_env {
+            self.error(
+                t.span().start,
+                format!("{field}.token_env"),
+                "ssh remotes authenticate with a key: use ssh_key_env",
+            );
+            return None;
+        }
+        let identity = self.ssh_identity(f, field)?;
+        let mut keys = HostKeys::default();
+        for pin in f.host_key.iter() {
+            for item in pin.get_ref().items() {
+                match HostKeys::parse_pin(item) {
+                    Ok(k) => keys.extend(k),
+                    Err(e) => self.error(pin.span().start, format!("{field}.host_key"), e),
+                }
+            }
+        }
+        if let Some(reference) = f.known_hosts_env {
+            let name = format!("{field}.known_hosts_env");
+            let lines = self.secret(reference, &name)?;
+            match HostKeys::parse_known_hosts(lines.expose()) {
+                Ok(k) => keys.extend(k),
+                Err((line, e)) => self.error(
+                    reference.span().start,
+                    name,
+                    format!("line {line} of ${}: {e}", reference.get_ref()),
+                ),
+            }
+        }
+        let (host, port) = remote.ssh_host()?;
+        if !keys.covers(&host, port) {
+            self.error(
+                f.url.span().start,
+                format!("{field}.host_key"),
+                format!(
+                    "no host key is pinned for {}: set host_key to the server's SHA256 fingerprint (as \
+                     `ssh-keygen -lf` prints it, checked with the server's administrator) or known_hosts_env; \
+                     gitferry never trusts a host key on first use",
+                    crate::git::ssh::hostkeys::host_name(&host, port)
+                ),
+            );
+            return None;
+        }
+        Some(remote.with_ssh_identity(identity).with_host_keys(keys))
+    }
+
+    fn ssh_identity(&mut self, f: &RemoteFields<'_>, field: &str) -> Option<SshIdentity> {
+        let Some(key_env) = f.ssh_key_env else {
+            let at = f
+                .ssh_key_passphrase_env
+                .as_ref()
+                .map_or(f.url.span().start, |p| p.span().start);
+            self.error(
+                at,
+                format!("{field}.ssh_key_env"),
+                "ssh remotes need a private key: set ssh_key_env to the variable holding it",
+            );
+            return None;
+        };
+        let key = self.secret(key_env, &format!("{field}.ssh_key_env"))?;
+        let passphrase = match f.ssh_key_passphrase_env {
+            Some(p) => Some(self.secret(p, &format!("{field}.ssh_key_passphrase_env"))?),
+            None => None,
+        };
+        match SshIdentity::from_pem(key.expose(), passphrase.as_ref().map(Secret::expose)) {
+            Ok(identity) => Some(identity),
+            Err(e) => {
+                self.error(
+                    key_env.span().start,
+                    format!("{field}.ssh_key_env"),
+                    format!("the key in ${}: {e}", key_env.get_ref()),
+                );
+                None
+            }
         }
     }
 
@@ -639,7 +810,7 @@ impl Validator<'_> {
                 "repository names use letters, digits, '-', '_' and '.', and do not start with '.'",
             );
         }
-        let source = self.remote(&repo.url, &repo.token_env, &repo.username, &field);
+        let source = self.remote(&repo.remote_fields(), &field);
         let targets = self.targets(repo, source.as_ref(), &field);
         let refs = self.refs(&repo.refs, &field);
         let max_delete_fraction = self.fraction(&repo.max_delete_fraction, &field);
@@ -692,7 +863,7 @@ impl Validator<'_> {
         }
         for (i, t) in repo.targets.iter().enumerate() {
             let tfield = format!("{field}.targets[{i}]");
-            let Some(remote) = self.remote(&t.url, &t.token_env, &t.username, &tfield) else {
+            let Some(remote) = self.remote(&t.remote_fields(), &tfield) else {
                 continue;
             };
             let problem = if !seen_urls.insert(remote.to_string()) {
@@ -956,7 +1127,11 @@ webhook = { provider = "gitea", secret_env = "NOPE" }
     fn an_ssh_url_is_refused_for_what_it_is_not_for_its_user_name() {
         let e = errors("[repos.a]\nurl = \"ssh://git@github.com/org/a.git\"\n[[repos.a.targets]]\nurl = \"/y\"\n");
         assert_eq!(e.len(), 1, "{e:?}");
-        assert!(e[0].contains("ssh:// is not supported yet"), "{e:?}");
+        // The user name is an account, not a credential: what is missing is the key.
+        assert!(
+            e[0].contains("repos.a.ssh_key_env: ssh remotes need a private key"),
+            "{e:?}"
+        );
         assert!(!e[0].contains("credentials do not belong"), "{e:?}");
         // A password is still refused as a credential, and never echoed.
         let e = errors("[repos.a]\nurl = \"https://u:pw-secret@h/a.git\"\n[[repos.a.targets]]\nurl = \"/y\"\n");
@@ -979,6 +1154,109 @@ webhook = { provider = "gitea", secret_env = "NOPE" }
         );
         assert!(e.iter().any(|l| l.contains("repository names")), "{e:?}");
         assert!(e.iter().any(|l| l.contains("between 0.0 and 1.0")), "{e:?}");
+    }
+}
+
+#[cfg(test)]
+mod ssh {
+    use super::*;
+
+    /// A throwaway ed25519 key made for this test with `ssh-keygen -N unit-pass-123`.
+    const KEY: &str = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAACmFlczI1Ni1jdHIAAAAGYmNyeXB0AAAAGAAAABBqWcm+zg\nY4KXeYfvZ+jG+RAAAAEAAAAAEAAAAzAAAAC3NzaC1lZDI1NTE5AAAAIEDnxrPBqpCIp6L5\nFZQBjB7BYLrKgdj+vaMfsVroACvFAAAAkM733wyUKelx/EOijgoApRvpUiTj29KQH/FfuO\n2zJI9NKj9GIPqMzwcVOZb+SlItR0huNK3CaY9T5dhfsYle80iiFckVf96jK2B9luAtGLXz\nEENkpb9V3iHusC8biPJFqKNDQ3C3LTX2LqetiAAtv5mYF6Sybgo/hpy2thNg9ZS9A91nZl\nGIptQoRJiG4r5+oA==\n-----END OPENSSH PRIVATE KEY-----\n";
+    const FP: &str = "SHA256:eUXGGm1YGsMAS7vkcx6JOJdOGHPem5gQp4taiCfCLB8";
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "KEY" => Some(KEY.into()),
+            "PASS" => Some("unit-pass-123".into()),
+            "BAD_PASS" => Some("not-the-passphrase".into()),
+            "KH" => Some(
+                "# hosts\n[backup.internal]:2222 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAfuCHKVTjquxvt6CM6tdG4SLp1Btn/nOeHHE5UOzRdf\n"
+                    .into(),
+            ),
+            "BAD_KH" => Some("# hosts\nnot a line\n".into()),
+            _ => None,
+        }
+    }
+
+    fn parse(text: &str) -> Result<Config, ConfigErrors> {
+        Config::parse(text, Path::new("m.toml"), &env)
+    }
+
+    fn errors(text: &str) -> String {
+        let e = parse(text).unwrap_err().to_string();
+        assert!(
+            !e.contains("b3BlbnNzaC1rZXkt") && !e.contains("unit-pass-123"),
+            "no secret in errors: {e}"
+        );
+        e
+    }
+
+    #[test]
+    fn ssh_remotes_with_keys_and_pins() {
+        let c = parse(&format!(
+            "[repos.app]\nurl = \"git@github.com:acme/app.git\"\nssh_key_env = \"KEY\"\nssh_key_passphrase_env = \"PASS\"\n\
+             [[repos.app.targets]]\nurl = \"ssh://git@backup.internal:2222/srv/app.git\"\nssh_key_env = \"KEY\"\n\
+             ssh_key_passphrase_env = \"PASS\"\nhost_key = [\"{FP}\", \"SHA256:p2QAMXNIC1TJYWeIOttrVc98/R1BUFWu3/LiyKgUfQM\"]\n\
+             [[repos.app.targets]]\nurl = \"ssh://gerrit.internal:29418/app\"\nssh_key_env = \"KEY\"\nssh_key_passphrase_env = \"PASS\"\nknown_hosts_env = \"KH\"\n\
+             host_key = \"[gerrit.internal]:29418 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAfuCHKVTjquxvt6CM6tdG4SLp1Btn/nOeHHE5UOzRdf\"\n"
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let app = c.repo("app").unwrap();
+        assert!(app.source.is_ssh() && app.source.ssh_options().unwrap().identity.is_some());
+        assert_eq!(app.targets[0].name, "backup.internal");
+        assert_eq!(
+            app.targets[0].remote.to_string(),
+            "ssh://git@backup.internal:2222/srv/app.git"
+        );
+        assert!(!format!("{c:?}").contains("b3BlbnNzaC1rZXkt"), "Debug shows no key");
+    }
+
+    #[test]
+    fn ssh_mistakes_are_reported_at_their_line() {
+        let e = errors(
+            "[repos.a]\nurl = \"ssh://git@h.example/a.git\"\nssh_key_env = \"KEY\"\nssh_key_passphrase_env = \"BAD_PASS\"\nhost_key = \"SHA256:eUXGGm1YGsMAS7vkcx6JOJdOGHPem5gQp4taiCfCLB8\"\n[[repos.a.targets]]\nurl = \"/t\"\n",
+        );
+        assert!(
+            e.contains("m.toml:3: repos.a.ssh_key_env: the key in $KEY: ") && e.contains("wrong passphrase"),
+            "{e}"
+        );
+        let e = errors(
+            "[repos.a]\nurl = \"ssh://git@h.example/a.git\"\nssh_key_env = \"KEY\"\nhost_key = \"SHA256:eUXGGm1YGsMAS7vkcx6JOJdOGHPem5gQp4taiCfCLB8\"\n[[repos.a.targets]]\nurl = \"/t\"\n",
+        );
+        assert!(e.contains("passphrase-protected"), "{e}");
+        let e = errors(
+            "[repos.a]\nurl = \"ssh://git@h.example:2200/a.git\"\nssh_key_env = \"KEY\"\nssh_key_passphrase_env = \"PASS\"\n[[repos.a.targets]]\nurl = \"/t\"\n",
+        );
+        assert!(
+            e.contains("m.toml:2:") && e.contains("no host key is pinned for [h.example]:2200"),
+            "{e}"
+        );
+        let e = errors(
+            "[repos.a]\nurl = \"ssh://h.example/a.git\"\nssh_key_env = \"KEY\"\nssh_key_passphrase_env = \"PASS\"\nknown_hosts_env = \"BAD_KH\"\n[[repos.a.targets]]\nurl = \"/t\"\n",
+        );
+        assert!(
+            e.contains("m.toml:5: repos.a.known_hosts_env: line 2 of $BAD_KH"),
+            "{e}"
+        );
+        let e = errors(
+            "[repos.a]\nurl = \"https://h/a.git\"\nhost_key = \"SHA256:x\"\n[[repos.a.targets]]\nurl = \"/t\"\n",
+        );
+        assert!(e.contains("m.toml:3: repos.a.host_key: only used with ssh://"), "{e}");
+        let e = errors(
+            "[repos.a]\nurl = \"ssh://h.example/a.git\"\nhost_key = \"SHA256:short\"\nssh_key_env = \"KEY\"\nssh_key_passphrase_env = \"PASS\"\n[[repos.a.targets]]\nurl = \"/t\"\n",
+        );
+        assert!(
+            e.contains("m.toml:3: repos.a.host_key:") && e.contains("not a SHA256 fingerprint"),
+            "{e}"
+        );
+        let e = errors("[repos.a]\nurl = \"ssh://git:pw-secret@h.example/a.git\"\n[[repos.a.targets]]\nurl = \"/t\"\n");
+        assert!(
+            e.contains("m.toml:2: repos.a.url:") && e.contains("carry no password") && !e.contains("pw-secret"),
+            "{e}"
+        );
+        let e = errors("[repos.a]\nurl = \"git@github.com:a/b.git\"\n[[repos.a.targets]]\nurl = \"/t\"\n");
+        assert!(e.contains("repos.a.ssh_key_env: ssh remotes need a private key"), "{e}");
     }
 }
 

@@ -25,6 +25,15 @@ pub enum Error {
     #[error("{remote}: repository not found or not readable ({message})")]
     NotFound { remote: String, message: String },
 
+    /// The SSH server's host key is not one we trust (unknown, changed or revoked): permanent
+    /// until a person checks the key and pins it. The refusal names the host and the offered
+    /// fingerprint.
+    #[error("{remote}: {refusal}")]
+    HostKey {
+        remote: String,
+        refusal: super::ssh::Refusal,
+    },
+
     /// Could not reach the remote, or the connection failed mid-way (refused, reset, timeout,
     /// DNS, HTTP 5xx/429): transient.
     #[error("{remote}: network error ({message})")]
@@ -90,6 +99,7 @@ impl Error {
             | Error::InvalidRefPattern { .. }
             | Error::InvalidRefName { .. }
             | Error::Auth { .. }
+            | Error::HostKey { .. }
             | Error::NotFound { .. }
             | Error::Local { .. }
             | Error::UnsupportedObjectFormat { .. }
@@ -143,6 +153,9 @@ impl Error {
         }
         if is_not_found_text(&message) || err.is_not_found() {
             return Error::NotFound { remote: name, message };
+        }
+        if is_denied_text(&message) {
+            return Error::Auth { remote: name, message };
         }
         if err.can_retry_lenient() {
             return Error::Network { remote: name, message };
@@ -229,6 +242,7 @@ impl Error {
             K::PermissionDenied => Error::Auth { remote: name, message },
             K::NotFound => Error::NotFound { remote: name, message },
             _ if is_not_found_text(&message) => Error::NotFound { remote: name, message },
+            _ if is_denied_text(&message) => Error::Auth { remote: name, message },
             _ => Error::Network { remote: name, message },
         }
     }
@@ -295,6 +309,14 @@ fn http_status(err: &gix::Error) -> Option<u16> {
 fn http_status_in_text(text: &str) -> Option<u16> {
     let rest = &text[text.find("Received HTTP status ")? + "Received HTTP status ".len()..];
     rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+}
+
+/// How an SSH git server says "you may not" on stderr (GitHub: "Permission to o/r.git denied to
+/// deploy key"; git-shell and Gerrit: "… not allowed", "Permission denied").
+fn is_denied_text(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("the ssh server said:")
+        && (m.contains("denied") || m.contains("not allowed") || m.contains("permission"))
 }
 
 /// How git daemon and friends say "no such repository".

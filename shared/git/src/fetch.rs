@@ -137,7 +137,11 @@ fn fetch_network(
     let patterns = &options.refs;
     // gix parses the advertisement itself: `Guarded` keeps it from the path that panics on a
     // dangling symref, and notices a SHA-256 repository before gix fails on its ids.
-    let (t, seen) = advert::Guarded::new(transport::open(remote, gix::protocol::transport::Protocol::V2)?);
+    let (t, seen) = advert::Guarded::new(transport::open(
+        remote,
+        gix::protocol::transport::Service::UploadPack,
+        gix::protocol::transport::Protocol::V2,
+    )?);
     let gix_err = |e: gix::Error| match advert::seen(&seen).object_format {
         Some(format) => Error::UnsupportedObjectFormat {
             remote: remote.to_string(),

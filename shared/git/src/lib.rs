@@ -15,6 +15,7 @@
 //! * [`fetch`] — mirror fetch into a bare cache, with prune;
 //! * [`mod@push`] — a receive-pack client (plan, pack, report-status) and local-path pushes;
 //! * [`pack`] / [`local`] — streamed pack generation and local object copies;
+//! * [`ssh`] — ssh:// in process (russh), host keys always verified;
 //! * [`mirror()`] — the one-shot porcelain behind `gitferry mirror`.
 //!
 //! Errors are one enum, [`Error`], each transient or permanent. A panic never leaves the engine:
@@ -36,6 +37,7 @@ pub mod refs;
 pub mod remote;
 pub mod repo;
 mod restore;
+pub mod ssh;
 mod transport;
 
 pub use error::{Error, ErrorClass};
@@ -46,4 +48,5 @@ pub use push::{PushOptions, PushOutcome, RefResult, push};
 pub use refs::{DeltaKind, RefDelta, RefPatterns, RefState, RefTarget};
 pub use remote::{Credentials, Remote};
 pub use restore::restore_ref;
+pub use ssh::{HostKeys, SshIdentity};
 pub use transport::AGENT;

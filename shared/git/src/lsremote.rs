@@ -40,7 +40,7 @@ fn list(remote: &Remote, patterns: &RefPatterns, limits: transport::Timeouts) ->
 /// One handshake; a v0/v1 server sends its refs right away (parsed by [`advert::parse_v1`]), a
 /// v2 server is asked with `ls-refs` for our prefixes only.
 fn list_network(remote: &Remote, patterns: &RefPatterns, limits: transport::Timeouts) -> Result<RefState, Error> {
-    let mut t = transport::open_with(remote, Protocol::V2, limits)?;
+    let mut t = transport::open_with(remote, Service::UploadPack, Protocol::V2, limits)?;
     let (v1, capabilities) = {
         let response = t
             .handshake(Service::UploadPack, &[])

@@ -302,7 +302,7 @@ fn push_network(
     options: &PushOptions,
     interrupt: &AtomicBool,
 ) -> Result<PushOutcome, Error> {
-    let mut t = transport::open(remote, Protocol::V1)?;
+    let mut t = transport::open(remote, Service::ReceivePack, Protocol::V1)?;
 
     // Handshake: the target's refs and capabilities, read by us (see `advert`: gix's reader
     // panics on the dangling HEAD symref dulwich advertises for every new repository).

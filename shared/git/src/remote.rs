@@ -5,11 +5,16 @@
 //! `Display` of a remote, every error and every log line shows the redacted URL only. HTTP
 //! credentials are handed to the transport *before* the first request: a streamed (chunked) push
 //! body cannot be replayed after a 401.
+//!
+//! SSH remotes (`ssh://user@host[:port]/path`, scp-like `user@host:path`) keep their user name in
+//! the URL: for SSH it names an account, it is not a secret. Their key and trusted host keys are
+//! [`SshOptions`], attached from secret references ([`Remote::with_ssh_identity`]).
 
 use std::fmt;
 use std::path::PathBuf;
 
 use super::Error;
+use super::ssh::{HostKeys, SshIdentity, SshOptions};
 
 /// Username and password (or token) for HTTP basic auth. `Debug` never shows the secret.
 #[derive(Clone, PartialEq, Eq)]
@@ -32,7 +37,7 @@ impl fmt::Debug for Credentials {
 pub enum Location {
     /// A repository on this machine, opened directly (no `git` process is spawned).
     Local(PathBuf),
-    /// `git://`, `http://` or `https://`.
+    /// `git://`, `http://`, `https://` or `ssh://` (scp-like locations are ssh too).
     Network(gix::Url),
 }
 
@@ -41,7 +46,10 @@ pub enum Location {
 pub struct Remote {
     location: Location,
     credentials: Option<Credentials>,
-    /// The location as shown to humans: the URL without userinfo, or the path.
+    /// Key and host keys of an SSH remote (empty otherwise).
+    ssh: SshOptions,
+    /// The location as shown to humans: the URL without userinfo (but with an SSH user), or the
+    /// path.
     display: String,
 }
 
@@ -50,6 +58,7 @@ impl fmt::Debug for Remote {
         f.debug_struct("Remote")
             .field("url", &self.display)
             .field("credentials", &self.credentials)
+            .field("ssh", &self.ssh)
             .finish()
     }
 }
@@ -61,8 +70,9 @@ impl fmt::Display for Remote {
 }
 
 impl Remote {
-    /// Parse a location: `git://host[:port]/path`, `http(s)://[user[:password]@]host/path`, a
-    /// `file://` URL or a local path. `ssh://` and scp-like locations are not supported yet.
+    /// Parse a location: `git://host[:port]/path`, `http(s)://[user[:password]@]host/path`,
+    /// `ssh://[user@]host[:port]/path`, scp-like `[user@]host:path`, a `file://` URL or a local
+    /// path.
     pub fn parse(input: &str) -> Result<Remote, Error> {
         let mut shown = redact_url(input);
         // Never echo a query or fragment (see below): they are refused, and may hold a token.
@@ -79,12 +89,7 @@ impl Remote {
             return Err(invalid("empty location"));
         }
         let is_url = input.contains("://");
-        if !is_url {
-            if looks_like_scp(input) {
-                return Err(invalid(
-                    "scp-like ssh locations are not supported; use git://, http(s):// or a local path",
-                ));
-            }
+        if !is_url && !looks_like_scp(input) {
             return Ok(Remote::local(PathBuf::from(input)));
         }
         let mut url = gix::url::parse(input).map_err(|_| invalid("not a valid git URL"))?;
@@ -94,10 +99,12 @@ impl Remote {
                 return Ok(Remote::local(path));
             }
             gix::url::Scheme::Git | gix::url::Scheme::Http | gix::url::Scheme::Https => {}
-            gix::url::Scheme::Ssh => {
-                return Err(invalid("ssh:// is not supported yet; use https:// with a token"));
+            gix::url::Scheme::Ssh => return Remote::ssh(url, &invalid),
+            _ => {
+                return Err(invalid(
+                    "unsupported scheme; use git://, http(s)://, ssh:// or a local path",
+                ));
             }
-            _ => return Err(invalid("unsupported scheme; use git://, http(s):// or a local path")),
         }
         if url.host().is_none_or(str::is_empty) {
             return Err(invalid("missing host"));
@@ -128,7 +135,30 @@ impl Remote {
         Ok(Remote {
             location: Location::Network(url),
             credentials,
+            ssh: SshOptions::default(),
             display,
+        })
+    }
+
+    /// An ssh:// or scp-like URL: the user stays (it is an account name), a password is refused.
+    fn ssh(url: gix::Url, invalid: &dyn Fn(&str) -> Error) -> Result<Remote, Error> {
+        if url.host().is_none_or(str::is_empty) {
+            return Err(invalid("missing host"));
+        }
+        if url.password().is_some() {
+            return Err(invalid(
+                "ssh:// URLs carry no password: remove it and set ssh_key_env (or --ssh-key)",
+            ));
+        }
+        if url.path.contains(&b'?') || url.path.contains(&b'#') {
+            return Err(invalid("query strings and fragments are not supported"));
+        }
+        super::ssh::remote_command("git-upload-pack", &url.path).map_err(|reason| invalid(&reason))?;
+        Ok(Remote {
+            display: url.to_bstring().to_string(),
+            location: Location::Network(url),
+            credentials: None,
+            ssh: SshOptions::default(),
         })
     }
 
@@ -137,6 +167,42 @@ impl Remote {
             display: path.display().to_string(),
             location: Location::Local(path),
             credentials: None,
+            ssh: SshOptions::default(),
+        }
+    }
+
+    /// Authenticate with this key (SSH remotes only; ignored otherwise).
+    pub fn with_ssh_identity(mut self, identity: SshIdentity) -> Remote {
+        if self.is_ssh() {
+            self.ssh.identity = Some(identity);
+        }
+        self
+    }
+
+    /// Also trust these host keys (SSH remotes only; ignored otherwise).
+    pub fn with_host_keys(mut self, keys: HostKeys) -> Remote {
+        if self.is_ssh() {
+            self.ssh.host_keys.extend(keys);
+        }
+        self
+    }
+
+    pub fn is_ssh(&self) -> bool {
+        matches!(&self.location, Location::Network(u) if u.scheme == gix::url::Scheme::Ssh)
+    }
+
+    /// Key and trusted host keys, for an SSH remote.
+    pub fn ssh_options(&self) -> Option<&SshOptions> {
+        self.is_ssh().then_some(&self.ssh)
+    }
+
+    /// Host and port of an SSH remote.
+    pub fn ssh_host(&self) -> Option<(String, u16)> {
+        match &self.location {
+            Location::Network(u) if u.scheme == gix::url::Scheme::Ssh => {
+                Some((u.host().unwrap_or_default().to_owned(), u.port.unwrap_or(22)))
+            }
+            _ => None,
         }
     }
 
@@ -219,13 +285,23 @@ pub fn redact_url(input: &str) -> String {
     let mut out = String::with_capacity(input.len());
     let mut rest = input;
     while let Some(scheme_end) = rest.find("://") {
+        let scheme_start = rest[..scheme_end]
+            .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '+'))
+            .map_or(0, |i| i + 1);
+        let scheme = rest[scheme_start..scheme_end].to_ascii_lowercase();
+        let is_ssh = scheme.split('+').any(|part| part == "ssh");
         out.push_str(&rest[..scheme_end + 3]);
         rest = &rest[scheme_end + 3..];
         let authority_end = rest
             .find(|c: char| matches!(c, '/' | '?' | '#') || c.is_whitespace())
             .unwrap_or(rest.len());
         if let Some(at) = rest[..authority_end].rfind('@') {
-            out.push_str("***@");
+            // An ssh user name is an account, not a secret; `user:password@` still goes.
+            if is_ssh && !rest[..at].contains(':') {
+                out.push_str(&rest[..=at]);
+            } else {
+                out.push_str("***@");
+            }
             rest = &rest[at + 1..];
         }
     }
@@ -295,8 +371,33 @@ mod tests {
         assert!(
             matches!(Remote::parse("file:///srv/git/a.git").unwrap().location(), Location::Local(p) if p == &PathBuf::from("/srv/git/a.git"))
         );
-        assert!(Remote::parse("git@github.com:o/r.git").is_err());
-        assert!(Remote::parse("ssh://git@github.com/o/r.git").is_err());
+    }
+
+    #[test]
+    fn ssh_urls_and_scp_like_locations() {
+        let r = Remote::parse("ssh://git@example.com:29418/team/app.git").unwrap();
+        assert!(r.is_ssh() && r.credentials().is_none());
+        assert_eq!(r.to_string(), "ssh://git@example.com:29418/team/app.git");
+        assert_eq!(r.ssh_host(), Some(("example.com".into(), 29418)));
+        let r = Remote::parse("git@github.com:o/r.git").unwrap();
+        assert!(r.is_ssh());
+        assert_eq!(r.ssh_host(), Some(("github.com".into(), 22)));
+        assert_eq!(r.to_string(), "git@github.com:o/r.git");
+        let Location::Network(url) = r.location() else { panic!() };
+        assert_eq!(url.user(), Some("git"));
+        assert_eq!(url.path, "o/r.git");
+        assert!(Remote::parse("backup.internal:/srv/git/app.git").unwrap().is_ssh());
+        let e = Remote::parse("ssh://git:hunter22@h/x").unwrap_err().to_string();
+        assert!(e.contains("no password") && !e.contains("hunter22"), "{e}");
+        // No ssh binary runs, so nothing here can become an ssh option; the path goes to the
+        // server quoted and starts with `/` (a bare `-…` path is refused: ssh::remote_command).
+        assert!(Remote::parse("ssh://h/-oProxyCommand=x").is_ok());
+        assert_eq!(redact_url("ssh://git@h/x"), "ssh://git@h/x");
+        assert_eq!(redact_url("ssh://git:pw@h/x"), "ssh://***@h/x");
+        assert_eq!(
+            redact_url("git+ssh://u@h/x https://u@h/y"),
+            "git+ssh://u@h/x https://***@h/y"
+        );
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Opening network transports (git://, http(s)://) the way a mirror needs them.
+//! Opening network transports (git://, http(s)://, ssh://) the way a mirror needs them.
 //!
 //! * Credentials are set on the transport before the first request (HTTP basic auth is sent
 //!   up front): a streamed push body cannot be replayed after a 401, and no credential helper
@@ -14,6 +14,10 @@
 //!   ACKs on ours every request/response exchange stalled ~40 ms. Measured on loopback: a
 //!   small incremental fetch went from 0.12 s to 0.02 s.
 //!
+//! * ssh:// connects in [`super::ssh`], with the same connect and per-read limits. Unlike the
+//!   others it must know the service before the handshake (it runs `git-upload-pack` or
+//!   `git-receive-pack` on the server), hence the `service` argument.
+//!
 //! Overall time limits belong to the caller (the sync deadline).
 
 use std::any::Any;
@@ -21,9 +25,9 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use gix::protocol::transport::Protocol;
 use gix::protocol::transport::client::blocking_io::{Transport, http};
 use gix::protocol::transport::client::git::{ConnectMode, blocking_io::Connection};
+use gix::protocol::transport::{Protocol, Service};
 
 use super::Error;
 use super::remote::{Location, Remote};
@@ -65,13 +69,14 @@ impl Timeouts {
 
 /// A transport to `remote` with credentials applied. For git:// the TCP connection is open; HTTP
 /// connects lazily on the first request.
-pub(crate) fn open(remote: &Remote, version: Protocol) -> Result<Box<dyn Transport + Send>, Error> {
-    open_with(remote, version, Timeouts::TRANSFER)
+pub(crate) fn open(remote: &Remote, service: Service, version: Protocol) -> Result<Box<dyn Transport + Send>, Error> {
+    open_with(remote, service, version, Timeouts::TRANSFER)
 }
 
 /// [`open`] with other time limits.
 pub(crate) fn open_with(
     remote: &Remote,
+    service: Service,
     version: Protocol,
     limits: Timeouts,
 ) -> Result<Box<dyn Transport + Send>, Error> {
@@ -80,6 +85,7 @@ pub(crate) fn open_with(
     };
     match url.scheme {
         gix::url::Scheme::Git => open_git(remote, url, version, limits),
+        gix::url::Scheme::Ssh => super::ssh::open(remote, url, service, version, limits),
         _ => {
             let mut transport = http::connect::<http::reqwest::Remote>(url.clone(), version, false);
             if let Some(c) = remote.credentials() {
