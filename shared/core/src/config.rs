@@ -734,6 +734,30 @@ impl Validator<'_> {
         }
     }
 
+    /// A target's name: the one given (checked), or one derived from its URL that no target in
+    /// `seen` has yet.
+    pub(crate) fn target_name(
+        &mut self,
+        given: &Option<Spanned<String>>,
+        remote: &Remote,
+        seen: &BTreeSet<String>,
+        tfield: &str,
+    ) -> String {
+        match given {
+            Some(n) => {
+                if !valid_repo_name(n.get_ref()) {
+                    self.error(
+                        n.span().start,
+                        format!("{tfield}.name"),
+                        "use letters, digits, '-', '_' and '.'",
+                    );
+                }
+                n.get_ref().clone()
+            }
+            None => default_target_name(remote, seen),
+        }
+    }
+
     fn validate(&mut self, raw: RawConfig) -> Config {
         let defaults = crate::accounts::config::Defaults {
             sync_policy: raw.default_sync_policy,
@@ -877,19 +901,7 @@ impl Validator<'_> {
                 self.error(t.url.span().start, format!("{tfield}.url"), problem);
                 continue;
             }
-            let name = match &t.name {
-                Some(n) => {
-                    if !valid_repo_name(n.get_ref()) {
-                        self.error(
-                            n.span().start,
-                            format!("{tfield}.name"),
-                            "use letters, digits, '-', '_' and '.'",
-                        );
-                    }
-                    n.get_ref().clone()
-                }
-                None => default_target_name(&remote, &seen_names),
-            };
+            let name = self.target_name(&t.name, &remote, &seen_names, &tfield);
             if !seen_names.insert(name.clone()) {
                 let at = t.name.as_ref().map_or(t.url.span().start, |n| n.span().start);
                 self.error(at, format!("{tfield}.name"), format!("duplicate target name {name:?}"));

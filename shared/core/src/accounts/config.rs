@@ -246,19 +246,7 @@ pub(crate) fn validate(
                     "credentials are only used with http(s):// URLs",
                 );
             }
-            let target_name = match &t.name {
-                Some(n) => {
-                    if !valid_repo_name(n.get_ref()) {
-                        v.error(
-                            n.span().start,
-                            format!("{tfield}.name"),
-                            "use letters, digits, '-', '_' and '.'",
-                        );
-                    }
-                    n.get_ref().clone()
-                }
-                None => crate::config::default_target_name(&sample, &seen_names),
-            };
+            let target_name = v.target_name(&t.name, &sample, &seen_names, &tfield);
             if !seen_names.insert(target_name.clone()) {
                 v.error(
                     t.url.span().start,
