@@ -105,6 +105,11 @@ fn initial_mirror_into_empty_target() {
             "{proto:?}: the cache follows the source's default branch"
         );
         assert_eq!(s.fetch.refs.created, n, "{proto:?}: every ref created in the cache");
+        assert_eq!(
+            loose_refs_and_keep_files(&case.cache_repo()),
+            Vec::<String>::new(),
+            "{proto:?}: the fetch writes its refs into packed-refs and releases its pack"
+        );
         assert_eq!(s.push.refs.created, n, "{proto:?}: every ref created on the target");
         assert!(s.push.rejected.is_empty());
         assert!(s.fetch.objects > 20 && s.push.objects > 20, "{proto:?}: {s:?}");
@@ -114,6 +119,25 @@ fn initial_mirror_into_empty_target() {
             "{proto:?}: {s:?}"
         );
     }
+}
+
+/// Files under `refs/` and `.keep` files under `objects/pack/` of a bare repository.
+fn loose_refs_and_keep_files(repo: &std::path::Path) -> Vec<String> {
+    fn walk(dir: &std::path::Path, out: &mut Vec<String>) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path.starts_with(dir) {
+                out.push(path.display().to_string());
+            }
+        }
+    }
+    let mut found = Vec::new();
+    walk(&repo.join("refs"), &mut found);
+    walk(&repo.join("objects/pack"), &mut found);
+    found.retain(|p| p.contains("/refs/") || p.ends_with(".keep"));
+    found
 }
 
 #[test]

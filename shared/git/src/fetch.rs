@@ -1,27 +1,25 @@
 //! Mirror fetch into the bare cache: every selected ref forced to the source's value, refs the
 //! source no longer has pruned, `HEAD` following the source's default branch.
 //!
-//! One conversation with the source: its refs are listed (only the prefixes we mirror, plus
-//! `HEAD`), and when the cache already has them all, gix negotiates nothing and no pack is
-//! sent. gix's fetch writes creates and updates into packed-refs (refspecs `+P:P` for each
-//! include pattern, `^P` for each exclude, no implicit tag following; gix refuses a glob refspec
-//! without destination, so it must write them) but never prunes. What is left — prunes, and
-//! every change of a local-path fetch — is one change, compare-and-swap against the refs read
-//! after the fetch, written into packed-refs in one go ([`super::packed`]), and only against the
-//! refs the source advertised in that same conversation. What changed is computed by comparing
-//! the cache's refs before and after ([`super::refs::diff`]), which stays true whichever way the
-//! refs moved.
+//! One conversation with the source ([`super::receive`]): its refs are listed (only the prefixes
+//! we mirror, plus `HEAD`), and when the cache already has them all, nothing is negotiated and
+//! no pack is sent. Otherwise the pack is received with gix's negotiation (refspecs `+P:P` for
+//! each include pattern, `^P` for each exclude, no implicit tag following), and no ref is
+//! written until it is in: then every create, update and prune is one change, compare-and-swap
+//! against the refs read before the fetch, written into packed-refs in one go
+//! ([`super::packed`]) — 20,000 new tags are one file write, not 20,000 lock files — and only
+//! against the refs the source advertised in that same conversation. What changed is computed
+//! by comparing the cache's refs before and after ([`super::refs::diff`]), which stays true
+//! whichever way the refs moved.
 
 use std::sync::atomic::AtomicBool;
 
-use gix::remote::Direction;
-use gix::remote::fetch::Tags;
-
 use super::guard::guard;
+use super::receive::Received;
 use super::refs::{self, RefDelta, RefPatterns, RefState};
 use super::remote::{Location, Remote};
 use super::repo::{self, LocalUpdate, Peel};
-use super::{Error, advert, local, lsremote, transport};
+use super::{Error, advert, local, lsremote, receive, transport};
 
 /// How to fetch.
 #[derive(Clone, Debug)]
@@ -76,18 +74,22 @@ fn fetch_and_prune(
     interrupt: &AtomicBool,
 ) -> Result<FetchOutcome, Error> {
     let before = repo::read_refs(cache, &options.refs, Peel::No)?;
-    let (source, objects, bytes) = match remote.location() {
+    let (source, received) = match remote.location() {
         Location::Local(path) => fetch_local(cache, remote, path, &before, &options.refs, interrupt)?,
-        Location::Network(url) => fetch_network(cache, remote, url, &before, options, interrupt)?,
+        Location::Network(_) => fetch_network(cache, remote, &before, options, interrupt)?,
     };
+    let (objects, bytes) = (received.objects, received.bytes);
 
-    // Creates, updates and prunes in one change, compare-and-swap on each ref; HEAD like the
-    // source's.
-    let current = repo::read_refs(cache, &options.refs, Peel::No)?;
-    let updates = ref_updates(&current, &source, options.prune);
-    repo::apply_cache_ref_updates(cache, &updates, source.head.as_deref(), "gitferry: fetch")?;
+    // Creates, updates and prunes in one change, compare-and-swap on each ref against what was
+    // read before the fetch (which wrote no ref); HEAD like the source's.
+    let updates = ref_updates(&before, &source, options.prune);
+    let applied = repo::apply_cache_ref_updates(cache, &updates, source.head.as_deref(), "gitferry: fetch");
+    // Released either way: a pack kept forever would never be repacked; unreferenced objects
+    // are what gc is for.
+    received.release();
+    applied?;
     let after = if updates.is_empty() {
-        current
+        before.clone()
     } else {
         repo::read_refs(cache, &options.refs, Peel::No)?
     };
@@ -129,15 +131,13 @@ fn ref_updates(before: &RefState, source: &RefState, prune: bool) -> Vec<LocalUp
 fn fetch_network(
     cache: &gix::Repository,
     remote: &Remote,
-    url: &gix::Url,
     before: &RefState,
     options: &FetchOptions,
     interrupt: &AtomicBool,
-) -> Result<(RefState, u64, u64), Error> {
-    let patterns = &options.refs;
+) -> Result<(RefState, Received), Error> {
     // gix parses the advertisement itself: `Guarded` keeps it from the path that panics on a
     // dangling symref, and notices a SHA-256 repository before gix fails on its ids.
-    let (t, seen) = advert::Guarded::new(transport::open(
+    let (mut t, seen) = advert::Guarded::new(transport::open(
         remote,
         gix::protocol::transport::Service::UploadPack,
         gix::protocol::transport::Protocol::V2,
@@ -149,45 +149,23 @@ fn fetch_network(
         },
         None => Error::from_gix(remote, "fetch", &e),
     };
-    let specs: Vec<String> = patterns
-        .include
-        .iter()
-        .map(|p| format!("+{p}:{p}"))
-        .chain(patterns.exclude.iter().map(|p| format!("^{p}")))
-        .collect();
-    let r = cache
-        .remote_at(url.clone())
-        .map_err(gix_err)?
-        .with_refspecs(specs.iter().map(String::as_str), Direction::Fetch)
-        .map_err(gix_err)?
-        .with_fetch_tags(Tags::None);
-    let mut connection = r.to_connection_with_transport(t).with_credentials(|_| Ok(None));
     if remote.is_http() {
-        connection = connection.with_transport_options(transport::http_options());
+        use gix::protocol::transport::client::TransportWithoutIO;
+        t.configure(&*transport::http_options())
+            .map_err(|e| Error::from_gix(remote, "configuring HTTP", &e))?;
     }
+    let (specs, head) = refspecs(options).map_err(gix_err)?;
     // Ask the server only for our prefixes, unless a pattern has no usable literal prefix
     // (e.g. `refs/*`): a literal `ref-prefix refs/*` would match nothing.
-    let prefix_filter = patterns.prefixes().iter().all(|p| p.len() > "refs/".len());
-    // `HEAD` (no destination) only so the listing includes the source's default branch.
-    let head = match options.follow_head {
-        true => vec![
-            gix::refspec::parse("HEAD".into(), gix::refspec::parse::Operation::Fetch)
-                .map_err(gix_err)?
-                .to_owned(),
-        ],
-        false => Vec::new(),
-    };
-    let prepare = connection
-        .prepare_fetch(
-            gix::progress::Discard,
-            gix::remote::ref_map::Options {
-                prefix_from_spec_as_filter_on_remote: prefix_filter,
-                extra_refspecs: head,
-                ..Default::default()
-            },
-        )
-        .map_err(gix_err)?;
-    let mut source = lsremote::ref_state_from_advertisement(&prepare.ref_map().remote_refs, patterns)?;
+    let prefix_filter = options.refs.prefixes().iter().all(|p| p.len() > "refs/".len());
+    let listing = receive::list(t, specs, head, prefix_filter).map_err(gix_err)?;
+    if listing.ref_map.object_hash != cache.object_hash() {
+        return Err(Error::UnsupportedObjectFormat {
+            remote: remote.to_string(),
+            format: listing.ref_map.object_hash.to_string(),
+        });
+    }
+    let mut source = lsremote::ref_state_from_advertisement(&listing.ref_map.remote_refs, &options.refs)?;
     if source.head.is_none() {
         // v0/v1: HEAD's target came as a capability (unborn when no such branch is listed).
         source.head = advert::seen(&seen)
@@ -198,30 +176,34 @@ fn fetch_network(
         .refs
         .iter()
         .all(|(name, t)| before.refs.get(name).map(|b| b.id) == Some(t.id));
-    if up_to_date || prepare.ref_map().mappings.iter().all(|m| m.local.is_none()) {
+    if up_to_date || listing.ref_map.mappings.iter().all(|m| m.local.is_none()) {
         // The cache has every ref already (or the source has none): no negotiation, no pack,
         // and no ref transaction — a no-op touches nothing on disk.
-        return Ok((source, 0, 0));
+        return Ok((source, Received::default()));
     }
-    // A mirror cache may get thousands of refs at once: packed-refs, not thousands of loose files
-    // (every later read of them is then one file: a no-op over 10,000 refs took 0.20 s instead of
-    // 0.37 s with loose refs, debug build).
-    let outcome = prepare
-        .with_write_packed_refs_only(true)
-        .receive(gix::progress::Discard, interrupt)
-        .map_err(gix_err)?;
-    let (objects, bytes) = match &outcome.status {
-        gix::remote::fetch::Status::Change { write_pack_bundle, .. } => (
-            u64::from(write_pack_bundle.index.num_objects),
-            write_pack_bundle
-                .data_path
-                .as_ref()
-                .and_then(|p| std::fs::metadata(p).ok())
-                .map_or(0, |m| m.len()),
-        ),
-        _ => (0, 0),
+    let received = listing.receive(cache, interrupt).map_err(gix_err)?;
+    Ok((source, received))
+}
+
+/// The refspecs of a mirror fetch: `+P:P` for each include pattern (the mapping's local side
+/// names the cache ref negotiation takes as a have), `^P` for each exclude, and `HEAD` without
+/// destination (with `follow_head`) so the listing includes the source's default branch.
+fn refspecs(options: &FetchOptions) -> Result<(Vec<gix::refspec::RefSpec>, Vec<gix::refspec::RefSpec>), gix::Error> {
+    use gix::refspec::parse::Operation::Fetch;
+    let parse = |s: &str| gix::refspec::parse(s.into(), Fetch).map(|r| r.to_owned());
+    let patterns = &options.refs;
+    let specs = patterns
+        .include
+        .iter()
+        .map(|p| format!("+{p}:{p}"))
+        .chain(patterns.exclude.iter().map(|p| format!("^{p}")))
+        .map(|s| parse(&s))
+        .collect::<Result<Vec<_>, _>>()?;
+    let head = match options.follow_head {
+        true => vec![parse("HEAD")?],
+        false => Vec::new(),
     };
-    Ok((source, objects, bytes))
+    Ok((specs, head))
 }
 
 fn fetch_local(
@@ -231,12 +213,12 @@ fn fetch_local(
     before: &RefState,
     patterns: &RefPatterns,
     interrupt: &AtomicBool,
-) -> Result<(RefState, u64, u64), Error> {
+) -> Result<(RefState, Received), Error> {
     let src = repo::open(path).map_err(|e| lsremote::not_found_if_missing(remote, path, e))?;
     let source = repo::read_refs(&src, patterns, Peel::No)?;
     let tips: Vec<_> = source.refs.values().map(|t| t.id).collect();
     let haves: Vec<_> = before.refs.values().map(|t| t.id).collect();
     let stats =
         local::copy_objects(&src, cache, &tips, &haves, interrupt).map_err(|e| e.into_error(remote.to_string()))?;
-    Ok((source, stats.objects, stats.bytes))
+    Ok((source, Received::new(stats.objects, stats.bytes)))
 }

@@ -33,6 +33,7 @@ pub mod mirror;
 pub mod pack;
 mod packed;
 pub mod push;
+mod receive;
 pub mod refs;
 pub mod remote;
 pub mod repo;

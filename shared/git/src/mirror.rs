@@ -15,7 +15,7 @@ use serde::Serialize;
 use super::Error;
 use super::fetch::{FetchOptions, mirror_fetch};
 use super::guard::guard;
-use super::push::{PushOptions, RefResult, push};
+use super::push::{self, PushOptions, RefResult};
 use super::refs::{DeltaCounts, RefDelta, RefPatterns};
 use super::remote::Remote;
 use super::repo::{self, Peel};
@@ -110,16 +110,39 @@ fn mirror_through_cache(
     let cache = repo::open_or_init_bare(&cache_path)?;
 
     say(format!("fetching {source}"));
-    let outcome = mirror_fetch(
-        &cache,
-        source,
-        &FetchOptions {
-            refs: options.refs.clone(),
-            prune: options.prune,
-            follow_head: true,
-        },
-        &interrupt,
-    )?;
+    // The target's handshake runs while the fetch does: a no-op mirror then costs one server
+    // round trip of wall time instead of two.
+    let (fetched, connected) = std::thread::scope(|s| {
+        let connected = s.spawn(|| push::connect(target));
+        let fetched = fetch_step(&cache, source, options, &interrupt, &say);
+        (fetched, connected.join())
+    });
+    let fetch = fetched?;
+    let connected = fresh(connected.unwrap_or_else(|_| Ok(None)))?;
+    let push = push_step(&cache, target, connected, options, &interrupt, &say)?;
+    Ok(MirrorSummary {
+        source: source.to_string(),
+        target: target.to_string(),
+        cache: cache_path,
+        fetch,
+        push,
+        duration_ms: started.elapsed().as_millis() as u64,
+    })
+}
+
+fn fetch_step(
+    cache: &gix::Repository,
+    source: &Remote,
+    options: &MirrorOptions,
+    interrupt: &AtomicBool,
+    say: &dyn Fn(String),
+) -> Result<FetchSummary, Error> {
+    let fetch_options = FetchOptions {
+        refs: options.refs.clone(),
+        prune: options.prune,
+        follow_head: true,
+    };
+    let outcome = mirror_fetch(cache, source, &fetch_options, interrupt)?;
     let fetch = FetchSummary {
         refs: DeltaCounts::of(outcome.deltas.iter().map(|d| &d.kind)),
         up_to_date: outcome.deltas.is_empty() && outcome.objects == 0,
@@ -140,21 +163,26 @@ fn mirror_through_cache(
             fetch.refs.total()
         ));
     }
+    Ok(fetch)
+}
 
-    let desired = repo::read_refs(&cache, &options.refs, Peel::No)?;
+fn push_step(
+    cache: &gix::Repository,
+    target: &Remote,
+    connected: Option<push::Connected>,
+    options: &MirrorOptions,
+    interrupt: &AtomicBool,
+    say: &dyn Fn(String),
+) -> Result<PushSummary, Error> {
+    let desired = repo::read_refs(cache, &options.refs, Peel::No)?;
     say(format!("pushing {} refs to {target}", desired.len()));
-    let outcome = push(
-        &cache,
-        target,
-        &desired,
-        &PushOptions {
-            refs: options.refs.clone(),
-            prune: options.prune,
-            atomic: options.atomic,
-            keep_divergent: None,
-        },
-        &interrupt,
-    )?;
+    let push_options = PushOptions {
+        refs: options.refs.clone(),
+        prune: options.prune,
+        atomic: options.atomic,
+        keep_divergent: None,
+    };
+    let outcome = push::push_through(cache, target, connected, &desired, &push_options, interrupt)?;
     for m in &outcome.remote_messages {
         say(format!("remote: {m}"));
     }
@@ -179,14 +207,7 @@ fn mirror_through_cache(
         push.refs.total(),
         push.rejected.len()
     ));
-    Ok(MirrorSummary {
-        source: source.to_string(),
-        target: target.to_string(),
-        cache: cache_path,
-        fetch,
-        push,
-        duration_ms: started.elapsed().as_millis() as u64,
-    })
+    Ok(push)
 }
 
 impl MirrorSummary {
@@ -232,6 +253,15 @@ impl MirrorSummary {
         }
         out
     }
+}
+
+/// How long a receive-pack connection opened during the fetch may wait for its commands before
+/// a fresh one is opened instead: servers and proxies cut idle connections (`git daemon
+/// --timeout`, load balancers), and a long first fetch would leave it idle for minutes.
+const CONNECTION_FRESH_FOR: std::time::Duration = std::time::Duration::from_secs(20);
+
+fn fresh(connected: Result<Option<push::Connected>, Error>) -> Result<Option<push::Connected>, Error> {
+    Ok(connected?.filter(|c| c.age() < CONNECTION_FRESH_FOR))
 }
 
 pub fn human_bytes(n: u64) -> String {

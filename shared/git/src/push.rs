@@ -195,11 +195,52 @@ pub fn push(
     options: &PushOptions,
     interrupt: &AtomicBool,
 ) -> Result<PushOutcome, Error> {
+    push_through(repo, remote, None, desired, options, interrupt)
+}
+
+/// A target's `git-receive-pack`, connected and its advertisement read, waiting for commands.
+/// Opened while something else runs ([`super::mirror`] opens it while the fetch runs, so the
+/// target's handshake costs no time of its own) and used by [`push_through`].
+pub struct Connected {
+    t: Box<dyn Transport + Send>,
+    advertised: advert::Advertisement,
+    opened: std::time::Instant,
+}
+
+impl Connected {
+    /// How long the connection has been waiting.
+    pub fn age(&self) -> std::time::Duration {
+        self.opened.elapsed()
+    }
+}
+
+/// Connect to a network target's receive-pack and read its advertisement; `None` for a local
+/// path, which needs no connection.
+pub fn connect(remote: &Remote) -> Result<Option<Connected>, Error> {
+    match remote.location() {
+        Location::Local(_) => Ok(None),
+        Location::Network(_) => guard(remote, "connecting to push", || connect_network(remote)).map(Some),
+    }
+}
+
+/// [`push`], through `connected` (from [`connect`] on the same remote) when given.
+pub fn push_through(
+    repo: &gix::Repository,
+    remote: &Remote,
+    connected: Option<Connected>,
+    desired: &RefState,
+    options: &PushOptions,
+    interrupt: &AtomicBool,
+) -> Result<PushOutcome, Error> {
     guard(remote, "pushing", || {
         let desired = desired.filtered(&options.refs).ids();
-        match remote.location() {
-            Location::Local(path) => push_local(repo, remote, path, &desired, options, interrupt),
-            Location::Network(_) => push_network(repo, remote, &desired, options, interrupt),
+        match (remote.location(), connected) {
+            (Location::Local(path), _) => push_local(repo, remote, path, &desired, options, interrupt),
+            (Location::Network(_), Some(c)) => push_network(repo, remote, c, &desired, options, interrupt),
+            (Location::Network(_), None) => {
+                let c = connect_network(remote)?;
+                push_network(repo, remote, c, &desired, options, interrupt)
+            }
         }
     })
 }
@@ -295,17 +336,12 @@ fn checked_out_refusals(target: &gix::Repository, commands: &[Command]) -> BTree
         .collect()
 }
 
-fn push_network(
-    repo: &gix::Repository,
-    remote: &Remote,
-    desired: &BTreeMap<String, ObjectId>,
-    options: &PushOptions,
-    interrupt: &AtomicBool,
-) -> Result<PushOutcome, Error> {
+/// Handshake with the target's receive-pack: its refs and capabilities, read by us (see
+/// `advert`: gix's reader panics on the dangling HEAD symref dulwich advertises for every new
+/// repository).
+fn connect_network(remote: &Remote) -> Result<Connected, Error> {
+    let opened = std::time::Instant::now();
     let mut t = transport::open(remote, Service::ReceivePack, Protocol::V1)?;
-
-    // Handshake: the target's refs and capabilities, read by us (see `advert`: gix's reader
-    // panics on the dangling HEAD symref dulwich advertises for every new repository).
     let advertised = {
         let response = t
             .handshake(Service::ReceivePack, &[])
@@ -318,6 +354,18 @@ fn push_network(
         advert::parse_v1(&mut reader, response.actual_protocol, &response.capabilities)
             .map_err(|e| Error::from_advert(remote, "reading the target's refs", e))?
     };
+    Ok(Connected { t, advertised, opened })
+}
+
+fn push_network(
+    repo: &gix::Repository,
+    remote: &Remote,
+    connected: Connected,
+    desired: &BTreeMap<String, ObjectId>,
+    options: &PushOptions,
+    interrupt: &AtomicBool,
+) -> Result<PushOutcome, Error> {
+    let Connected { mut t, advertised, .. } = connected;
     let offers = |name: &str| advertised.offers(name);
 
     let all = RefPatterns::all();
