@@ -173,6 +173,8 @@ fn incremental_commits_branch_and_annotated_tag() {
         let mut case = Case::new(proto);
         let first = case.mirror();
         let old_target = mirrored_refs(&case.target);
+        let old_copy = case.servers.path("old.git");
+        copy_dir(&case.target, &old_copy);
         case.wt.commit_file("src/new.rs", b"pub fn new() {}\n", "more work");
         case.wt
             .commit_file("src/new2.rs", b"pub fn new2() {}\n", "even more work");
@@ -194,8 +196,14 @@ fn incremental_commits_branch_and_annotated_tag() {
         );
         assert_eq!((s.push.refs.created, s.push.refs.updated), (2, 1), "{proto:?}");
         // Only the delta travels: 2 commits, their trees and blobs, the tag — not the history.
+        // The mirror forwards the source's pack; a push that counts sends exactly git's objects.
         assert_eq!(
-            s.push.objects,
+            (s.push.objects, s.push.bytes),
+            (s.fetch.objects, s.fetch.bytes),
+            "{proto:?}"
+        );
+        assert_eq!(
+            counted_push(&case, &old_copy),
             missing_objects(&case.source, &old_target),
             "{proto:?}: exactly what git would send"
         );
@@ -225,18 +233,68 @@ fn successive_commits_in_different_subtrees_send_only_what_changed() {
         case.wt.push_all();
         case.mirror();
         let old_target = mirrored_refs(&case.target);
+        let old_copy = case.servers.path("old.git");
+        copy_dir(&case.target, &old_copy);
         case.wt.commit_file("deep/a/x/f0.txt", b"changed a\n", "change in a");
         case.wt.commit_file("deep/b/y/f1.txt", b"changed b\n", "change in b");
         case.wt
             .commit_file("deep/b/y/f2.txt", b"changed b again\n", "change in b again");
         case.wt.push_all();
-        let s = case.mirror();
+        case.mirror();
         case.assert_mirrored();
         assert_eq!(
-            s.push.objects,
+            counted_push(&case, &old_copy),
             missing_objects(&case.source, &old_target),
             "{proto:?}: exactly what git would send"
         );
+    }
+}
+
+/// The pack the source sent is sent on as it is when the target's refs are the cache's before
+/// the fetch (a first mirror, the usual incremental): same bytes out as in. Not when a new tip
+/// is an object the cache held without a ref reaching it — the source sends nothing for it and
+/// the target lacks it — then the pack is counted and written as for any other target.
+#[test]
+fn received_pack_is_forwarded_unless_a_new_tip_is_missing_from_it() {
+    for proto in Proto::ALL {
+        let mut case = Case::new(proto);
+        let first = case.mirror();
+        assert_eq!(
+            first.push.bytes, first.fetch.bytes,
+            "{proto:?}: first mirror forwards: {first:?}"
+        );
+        case.wt.commit_file("src/next.rs", b"pub fn next() {}\n", "next");
+        case.wt.push_all();
+        let s = case.mirror();
+        case.assert_mirrored();
+        assert_eq!(
+            (s.push.objects, s.push.bytes),
+            (s.fetch.objects, s.fetch.bytes),
+            "{proto:?}: {s:?}"
+        );
+
+        // `gone` reaches a commit only it reaches; the cache keeps the object after the prune.
+        let gone = case.wt.commit_file("gone.txt", b"soon unreferenced\n", "only on gone");
+        case.wt.git(["branch", "gone"]);
+        case.wt.git(["reset", "--quiet", "--hard", "HEAD~1"]);
+        case.wt.push_all();
+        case.mirror();
+        case.wt.git(["branch", "-D", "gone"]);
+        case.wt.push_all();
+        case.mirror();
+        // A target that never saw `gone`, with the cache's refs.
+        let fresh = case.servers.create_bare("fresh.git");
+        let fresh_remote = Remote::parse(&case.servers.url(proto, "fresh.git")).unwrap();
+        git::mirror(&case.source_remote(), &fresh_remote, case.cache.path(), &options()).unwrap();
+        // The branch comes back at that commit, with a new commit elsewhere (so a pack comes).
+        case.wt.git(["branch", "gone", &gone]);
+        case.wt.commit_file("src/later.rs", b"pub fn later() {}\n", "later");
+        case.wt.push_all();
+        let s = git::mirror(&case.source_remote(), &fresh_remote, case.cache.path(), &options()).unwrap();
+        assert_refs_equal(&case.source, &fresh);
+        assert_fsck_clean(&fresh);
+        assert!(s.fetch.objects > 0, "{proto:?}: {s:?}");
+        assert_ne!(s.push.bytes, s.fetch.bytes, "{proto:?}: counted, not forwarded: {s:?}");
     }
 }
 
@@ -264,6 +322,19 @@ fn source_force_push_is_reproduced() {
 
 /// How many objects `git rev-list --objects` says the source has beyond what `old` refs reach:
 /// the exact content of a minimal pack.
+/// Objects a push from the cache counts and packs for `old` (a copy of the target from before
+/// the change, served next to it), checked by its refs afterwards — `git::push` never forwards.
+fn counted_push(case: &Case, old: &std::path::Path) -> u64 {
+    let cache = git::repo::open(&case.cache_repo()).unwrap();
+    let desired = git::repo::read_refs(&cache, &RefPatterns::default(), git::repo::Peel::No).unwrap();
+    let name = old.file_name().unwrap().to_str().unwrap();
+    let remote = Remote::parse(&case.servers.url(case.proto, name)).unwrap();
+    let never = std::sync::atomic::AtomicBool::new(false);
+    let outcome = git::push(&cache, &remote, &desired, &git::PushOptions::default(), &never).unwrap();
+    assert_refs_equal(&case.source, old);
+    outcome.objects
+}
+
 fn missing_objects(source: &std::path::Path, old: &std::collections::BTreeMap<String, String>) -> u64 {
     let mut args = vec![
         "rev-list".to_owned(),

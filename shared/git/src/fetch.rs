@@ -53,6 +53,9 @@ pub struct FetchOutcome {
     /// Objects and bytes of the pack received (0 when nothing was needed).
     pub objects: u64,
     pub bytes: u64,
+    /// The pack received, as stored in the cache, and the cache's refs before the fetch: a
+    /// target whose refs are those can be sent this pack as it is ([`super::push::Forward`]).
+    pub forward: Option<super::push::Forward>,
 }
 
 /// Fetch `remote` into the bare repository `cache` as a mirror.
@@ -74,7 +77,7 @@ fn fetch_and_prune(
     interrupt: &AtomicBool,
 ) -> Result<FetchOutcome, Error> {
     let before = repo::read_refs(cache, &options.refs, Peel::No)?;
-    let (source, received) = match remote.location() {
+    let (source, mut received) = match remote.location() {
         Location::Local(path) => fetch_local(cache, remote, path, &before, &options.refs, interrupt)?,
         Location::Network(_) => fetch_network(cache, remote, &before, options, interrupt)?,
     };
@@ -96,11 +99,16 @@ fn fetch_and_prune(
     let deltas = refs::diff(&before.ids(), &after.ids(), |old, new| {
         repo::is_ancestor(cache, old, new)
     });
+    let forward = received.pack.take().map(|pack| super::push::Forward {
+        pack,
+        valid_for: before.ids(),
+    });
     Ok(FetchOutcome {
         deltas,
         source,
         objects,
         bytes,
+        forward,
     })
 }
 

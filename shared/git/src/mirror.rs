@@ -117,9 +117,9 @@ fn mirror_through_cache(
         let fetched = fetch_step(&cache, source, options, &interrupt, &say);
         (fetched, connected.join())
     });
-    let fetch = fetched?;
+    let (fetch, forward) = fetched?;
     let connected = fresh(connected.unwrap_or_else(|_| Ok(None)))?;
-    let push = push_step(&cache, target, connected, options, &interrupt, &say)?;
+    let push = push_step(&cache, target, connected, forward.as_ref(), options, &interrupt, &say)?;
     Ok(MirrorSummary {
         source: source.to_string(),
         target: target.to_string(),
@@ -136,7 +136,7 @@ fn fetch_step(
     options: &MirrorOptions,
     interrupt: &AtomicBool,
     say: &dyn Fn(String),
-) -> Result<FetchSummary, Error> {
+) -> Result<(FetchSummary, Option<push::Forward>), Error> {
     let fetch_options = FetchOptions {
         refs: options.refs.clone(),
         prune: options.prune,
@@ -163,13 +163,14 @@ fn fetch_step(
             fetch.refs.total()
         ));
     }
-    Ok(fetch)
+    Ok((fetch, outcome.forward))
 }
 
 fn push_step(
     cache: &gix::Repository,
     target: &Remote,
     connected: Option<push::Connected>,
+    forward: Option<&push::Forward>,
     options: &MirrorOptions,
     interrupt: &AtomicBool,
     say: &dyn Fn(String),
@@ -182,7 +183,7 @@ fn push_step(
         atomic: options.atomic,
         keep_divergent: None,
     };
-    let outcome = push::push_through(cache, target, connected, &desired, &push_options, interrupt)?;
+    let outcome = push::push_through(cache, target, connected, forward, &desired, &push_options, interrupt)?;
     for m in &outcome.remote_messages {
         say(format!("remote: {m}"));
     }

@@ -111,6 +111,36 @@ impl Write for HashingWriter<'_> {
     }
 }
 
+/// Send the pack file at `path` as it is (see [`super::push::Forward`]), in 64 KiB pieces:
+/// memory does not grow with the pack.
+pub fn copy_pack(path: &std::path::Path, out: &mut dyn Write, interrupt: &AtomicBool) -> Result<PackStats, PackError> {
+    use std::io::Read;
+    let local = |e: std::io::Error| PackError::Local(format!("reading {}: {e}", path.display()));
+    let mut file = std::fs::File::open(path).map_err(local)?;
+    let mut header = [0u8; 12];
+    file.read_exact(&mut header).map_err(local)?;
+    if &header[..4] != b"PACK" {
+        return Err(PackError::Local(format!("{} is not a pack file", path.display())));
+    }
+    out.write_all(&header).map_err(PackError::Write)?;
+    let mut bytes = header.len() as u64;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        if interrupt.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(PackError::Interrupted);
+        }
+        let n = file.read(&mut buf).map_err(local)?;
+        if n == 0 {
+            break;
+        }
+        out.write_all(&buf[..n]).map_err(PackError::Write)?;
+        bytes += n as u64;
+    }
+    let objects = u64::from(u32::from_be_bytes([header[8], header[9], header[10], header[11]]));
+    tracing::debug!(objects, bytes, "forwarded the received pack");
+    Ok(PackStats { objects, bytes })
+}
+
 /// What to send: `tips` are the object ids the receiver's refs will point to; `haves` are ids
 /// the receiver already has (its advertised refs; unknown ones are ignored).
 pub fn write_pack(

@@ -195,7 +195,42 @@ pub fn push(
     options: &PushOptions,
     interrupt: &AtomicBool,
 ) -> Result<PushOutcome, Error> {
-    push_through(repo, remote, None, desired, options, interrupt)
+    push_through(repo, remote, None, None, desired, options, interrupt)
+}
+
+/// A pack received from the source, to be sent to a target as it is: the lower bound of a
+/// mirror is moving the pack once in and once out, without counting and re-packing.
+///
+/// Valid for a target whose refs (within the patterns) are exactly `valid_for`, the cache's
+/// refs before the fetch: the source sent every object reachable from its new tips that is not
+/// reachable from those refs, and the target, having exactly those refs, has all the rest (a
+/// first mirror into an empty target: the whole pack). Extra objects (bases gix appended to
+/// complete a thin pack) are harmless to receive-pack.
+#[derive(Clone, Debug)]
+pub struct Forward {
+    pub pack: std::path::PathBuf,
+    pub valid_for: BTreeMap<String, ObjectId>,
+}
+
+impl Forward {
+    /// Whether the pack can be sent to a target with refs `target` for `commands`: the refs
+    /// must be `valid_for`, and every new ref value must be in the pack or be one of those refs'
+    /// values. (The source sends nothing for a tip the cache has as an object, even one no ref
+    /// reaches — a branch moved back to a commit the cache still holds — and the target may
+    /// lack it.)
+    fn covers(&self, target: &BTreeMap<String, ObjectId>, commands: &[Command], hash: gix::hash::Kind) -> bool {
+        if self.valid_for != *target {
+            return false;
+        }
+        let Ok(index) = gix_pack::index::File::at(self.pack.with_extension("idx"), hash) else {
+            return false;
+        };
+        let known: std::collections::HashSet<&ObjectId> = target.values().collect();
+        commands
+            .iter()
+            .filter_map(|c| c.new.as_ref())
+            .all(|id| known.contains(id) || index.lookup(id).is_some())
+    }
 }
 
 /// A target's `git-receive-pack`, connected and its advertisement read, waiting for commands.
@@ -223,11 +258,13 @@ pub fn connect(remote: &Remote) -> Result<Option<Connected>, Error> {
     }
 }
 
-/// [`push`], through `connected` (from [`connect`] on the same remote) when given.
+/// [`push`], through `connected` (from [`connect`] on the same remote) when given, sending
+/// `forward`'s pack instead of a new one when the target's refs make it valid.
 pub fn push_through(
     repo: &gix::Repository,
     remote: &Remote,
     connected: Option<Connected>,
+    forward: Option<&Forward>,
     desired: &RefState,
     options: &PushOptions,
     interrupt: &AtomicBool,
@@ -236,10 +273,12 @@ pub fn push_through(
         let desired = desired.filtered(&options.refs).ids();
         match (remote.location(), connected) {
             (Location::Local(path), _) => push_local(repo, remote, path, &desired, options, interrupt),
-            (Location::Network(_), Some(c)) => push_network(repo, remote, c, &desired, options, interrupt),
-            (Location::Network(_), None) => {
-                let c = connect_network(remote)?;
-                push_network(repo, remote, c, &desired, options, interrupt)
+            (Location::Network(_), connected) => {
+                let c = match connected {
+                    Some(c) => c,
+                    None => connect_network(remote)?,
+                };
+                push_network(repo, remote, c, forward, &desired, options, interrupt)
             }
         }
     })
@@ -361,6 +400,7 @@ fn push_network(
     repo: &gix::Repository,
     remote: &Remote,
     connected: Connected,
+    forward: Option<&Forward>,
     desired: &BTreeMap<String, ObjectId>,
     options: &PushOptions,
     interrupt: &AtomicBool,
@@ -413,6 +453,9 @@ fn push_network(
         thin: !offers("no-thin"),
     };
     let needs_pack = commands.iter().any(|c| c.new.is_some());
+    // The received pack may hold ofs-deltas: only for a target that reads them.
+    let forward =
+        forward.filter(|f| pack_options.ofs_delta && f.covers(&outcome.target_before, &commands, repo.object_hash()));
 
     let request = t
         .request(WriteMode::Binary, MessageKind::Flush, false)
@@ -439,7 +482,11 @@ fn push_network(
             let tips: Vec<ObjectId> = commands.iter().filter_map(|c| c.new).collect();
             let haves: Vec<ObjectId> = target_all.refs.values().map(|t| t.id).collect();
             let mut w = BufWriter::with_capacity(1 << 16, &mut raw);
-            let s = pack::write_pack(repo, &tips, &haves, pack_options, &mut w, interrupt).map_err(SendError::Pack)?;
+            let s = match forward {
+                Some(f) => pack::copy_pack(&f.pack, &mut w, interrupt),
+                None => pack::write_pack(repo, &tips, &haves, pack_options, &mut w, interrupt),
+            }
+            .map_err(SendError::Pack)?;
             w.flush().map_err(SendError::Io)?;
             stats = (s.objects, s.bytes);
         }

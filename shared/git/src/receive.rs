@@ -30,6 +30,9 @@ pub(crate) struct Listing<T> {
 pub(crate) struct Received {
     pub objects: u64,
     pub bytes: u64,
+    /// The pack file as stored in the cache (the source's pack; a thin one completed with its
+    /// bases), for [`super::push::Forward`].
+    pub pack: Option<PathBuf>,
     /// The `.keep` file that protects the new pack from a concurrent gc until refs point into
     /// it: remove it (with [`Received::release`]) once the refs are written.
     keep: Option<PathBuf>,
@@ -41,13 +44,14 @@ impl Received {
         Received {
             objects,
             bytes,
+            pack: None,
             keep: None,
         }
     }
 
     /// The refs are written: the pack no longer needs its `.keep` guard.
-    pub fn release(self) {
-        if let Some(keep) = self.keep {
+    pub fn release(&mut self) {
+        if let Some(keep) = self.keep.take() {
             let _ = std::fs::remove_file(keep);
         }
     }
@@ -128,6 +132,7 @@ impl<T: Transport> Listing<T> {
                     .as_ref()
                     .and_then(|p| std::fs::metadata(p).ok())
                     .map_or(0, |m| m.len());
+                received.pack = bundle.data_path;
                 received.keep = bundle.keep_path;
                 Ok(true)
             },
