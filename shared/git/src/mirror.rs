@@ -30,6 +30,8 @@ pub struct MirrorOptions {
     pub prune: bool,
     pub atomic: bool,
     pub progress: Option<ProgressFn>,
+    /// Mirror Git LFS objects too (`None`: never look for them).
+    pub lfs: Option<super::lfs::LfsOptions>,
 }
 
 /// What the fetch side did.
@@ -70,6 +72,8 @@ pub struct MirrorSummary {
     pub cache: PathBuf,
     pub fetch: FetchSummary,
     pub push: PushSummary,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lfs: Option<super::lfs::LfsSummary>,
     pub duration_ms: u64,
 }
 
@@ -110,6 +114,7 @@ fn mirror_through_cache(
     let cache = repo::open_or_init_bare(&cache_path)?;
 
     say(format!("fetching {source}"));
+    let packs = super::lfs::PackSnapshot::take(&cache_path);
     let outcome = mirror_fetch(
         &cache,
         source,
@@ -141,6 +146,7 @@ fn mirror_through_cache(
         ));
     }
 
+    let lfs = super::lfs::for_mirror(&cache, &packs, source, target, options.lfs.as_ref(), &interrupt, &say)?;
     let desired = repo::read_refs(&cache, &options.refs, Peel::No)?;
     say(format!("pushing {} refs to {target}", desired.len()));
     let outcome = push(
@@ -185,6 +191,7 @@ fn mirror_through_cache(
         cache: cache_path,
         fetch,
         push,
+        lfs,
         duration_ms: started.elapsed().as_millis() as u64,
     })
 }
@@ -223,6 +230,9 @@ impl MirrorSummary {
                 self.push.objects,
                 human_bytes(self.push.bytes)
             ));
+        }
+        if let Some(lfs) = &self.lfs {
+            out.push_str(&lfs.human());
         }
         for r in &self.push.rejected {
             out.push_str(&format!("  rejected {}: {}\n", r.name, r.reason));
