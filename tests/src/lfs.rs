@@ -92,7 +92,9 @@ impl Giftless {
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null());
-            let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
+            let mut child = cmd
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
             if crate::wait_for_port(port, &mut child, "giftless") {
                 return Giftless { child, port, dir };
             }
@@ -171,7 +173,10 @@ impl LfsServers {
 
     /// Create an empty bare repository `name` (`"org/app.git"`; default branch `main`).
     pub fn create_bare(&self, name: &str) -> PathBuf {
-        git(self.root(), ["init", "--quiet", "--bare", "--initial-branch=main", name]);
+        git(
+            self.root(),
+            ["init", "--quiet", "--bare", "--initial-branch=main", name],
+        );
         self.path(name)
     }
 
@@ -229,7 +234,10 @@ pub(crate) fn proxy(mut request: tiny_http::Request, port: u16, front_port: u16,
     );
     for h in request.headers() {
         let name = h.field.as_str().as_str();
-        if ["Content-Type", "Accept", "Authorization"].iter().any(|n| n.eq_ignore_ascii_case(name)) {
+        if ["Content-Type", "Accept", "Authorization"]
+            .iter()
+            .any(|n| n.eq_ignore_ascii_case(name))
+        {
             head.push_str(&format!("{name}: {}\r\n", h.value.as_str()));
         }
     }
@@ -290,8 +298,22 @@ pub fn git_ok(dir: &Path, args: &[&str]) -> (bool, String) {
 
 /// Clone `url` with git-lfs (smudging every LFS file), into `dir/name`; returns the work tree.
 pub fn lfs_clone(url: &str, dir: &Path, name: &str) -> PathBuf {
-    git(dir, ["-c", "filter.lfs.process=git-lfs filter-process", "-c", "filter.lfs.required=true",
-        "-c", "filter.lfs.smudge=git-lfs smudge -- %f", "-c", "filter.lfs.clean=git-lfs clean -- %f",
-        "clone", "--quiet", url, name]);
+    git(
+        dir,
+        [
+            "-c",
+            "filter.lfs.process=git-lfs filter-process",
+            "-c",
+            "filter.lfs.required=true",
+            "-c",
+            "filter.lfs.smudge=git-lfs smudge -- %f",
+            "-c",
+            "filter.lfs.clean=git-lfs clean -- %f",
+            "clone",
+            "--quiet",
+            url,
+            name,
+        ],
+    );
     dir.join(name)
 }
