@@ -47,6 +47,10 @@ pub struct LfsCounts {
     pub uploads: AtomicU64,
     /// Verify callbacks (`POST …/objects/storage/verify`).
     pub verifies: AtomicU64,
+    /// Answer this many of the next batch calls `429 Too Many Requests`, `Retry-After: 1`.
+    pub throttle_batches: AtomicU64,
+    /// Batch calls answered 429.
+    pub throttled: AtomicU64,
 }
 
 impl LfsCounts {
@@ -211,6 +215,21 @@ pub(crate) fn route(path: &str) -> Option<bool> {
 /// header is the front's, so the action URLs giftless writes lead back through the front.
 pub(crate) fn proxy(mut request: tiny_http::Request, port: u16, front_port: u16, counts: &LfsCounts) {
     count(&request, counts);
+    let throttle = request.url().ends_with("/objects/batch")
+        && counts
+            .throttle_batches
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok();
+    if throttle {
+        counts.throttled.fetch_add(1, Ordering::Relaxed);
+        let retry = tiny_http::Header::from_bytes("Retry-After", "1").expect("valid header");
+        let _ = request.respond(
+            tiny_http::Response::from_string("slow down")
+                .with_status_code(429)
+                .with_header(retry),
+        );
+        return;
+    }
     for h in request.headers() {
         if h.field.equiv("Authorization") && h.value.as_str().starts_with("Bearer ") {
             leaks::secret(h.value.as_str().trim_start_matches("Bearer "));

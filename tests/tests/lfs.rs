@@ -237,3 +237,105 @@ fn lfs_off_mirrors_pointers_only_and_asks_no_lfs_server() {
     assert_eq!(case.servers.counts.get(), before);
     assert_refs_equal(&case.servers.path("org/src.git"), &case.servers.path("org/dst.git"));
 }
+
+#[test]
+fn credentials_reach_git_and_lfs_and_never_the_output() {
+    let (user, password) = ("mirror-bot", "lfs-pw-4f9c2e71");
+    let auth = harness::BasicAuth {
+        user: user.into(),
+        password: password.into(),
+    };
+    let servers = LfsServers::start_with_auth(Some(auth));
+    servers.create_bare("org/src.git");
+    servers.create_bare("org/dst.git");
+    let authed = servers.http.url_with_userinfo("org/src.git", user, password);
+    let mut wt = lfs_worktree(&authed);
+    let content = harness::pseudo_random_bytes(20_000, 12);
+    let oid = commit_lfs_file(&mut wt, "a.bin", &content);
+    wt.push_all();
+    assert!(servers.has_object("org/src.git", &oid));
+    let case = Case {
+        servers,
+        wt,
+        cache: harness::tempdir(),
+    };
+    let creds = [
+        ("GITFERRY_SOURCE_TOKEN", password),
+        ("GITFERRY_SOURCE_USER", user),
+        ("GITFERRY_TARGET_TOKEN", password),
+        ("GITFERRY_TARGET_USER", user),
+    ];
+    // Without credentials the batch API refuses: a permanent error that says what to check.
+    let (code, _, stderr) = case.mirror_to("org/dst.git", &[], &creds[2..]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("authentication failed") || stderr.contains("refused the credentials"),
+        "{stderr}"
+    );
+
+    let (code, summary, stderr) = case.mirror_to("org/dst.git", &[], &creds);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(lfs(&summary), (1, 1, 1), "{summary}");
+    assert!(case.servers.has_object("org/dst.git", &oid));
+    // stdout, stderr (debug log) and the cache were checked for the password and every action
+    // token giftless issued (checked_output, and the cache's TempDir when dropped).
+    harness::leaks::check_tree(case.cache.path());
+}
+
+#[test]
+fn a_throttled_batch_call_is_retried_after_retry_after() {
+    let mut case = Case::new();
+    case.push_lfs("a.bin", &harness::pseudo_random_bytes(1_000, 13));
+    case.servers
+        .counts
+        .throttle_batches
+        .store(2, std::sync::atomic::Ordering::Relaxed);
+    let started = std::time::Instant::now();
+    let summary = case.mirror();
+    assert_eq!(lfs(&summary), (1, 1, 1), "{summary}");
+    assert_eq!(
+        case.servers.counts.throttled.load(std::sync::atomic::Ordering::Relaxed),
+        2
+    );
+    assert!(started.elapsed() >= std::time::Duration::from_secs(2), "waited as told");
+}
+
+#[test]
+fn a_target_without_an_lfs_server_is_a_clear_error_and_gets_no_refs() {
+    let mut case = Case::new();
+    case.push_lfs("a.bin", &harness::pseudo_random_bytes(1_000, 14));
+    // A plain git server: its /info/lfs/objects/batch is git http-backend's 404.
+    let plain = harness::Servers::start();
+    let dst = plain.create_bare("dst.git");
+    let out = std::process::Command::new(harness::gitferry_bin())
+        .args([
+            "mirror",
+            &case.servers.url("org/src.git"),
+            &plain.url(harness::Proto::Http, "dst.git"),
+        ])
+        .arg("--cache-dir")
+        .arg(case.cache.path())
+        .checked_output()
+        .expect("gitferry runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("no Git LFS server at") && stderr.contains("--lfs off"),
+        "{stderr}"
+    );
+    assert!(harness::mirrored_refs(&dst).is_empty(), "no pointer without its object");
+    // Pointers only, when asked to.
+    let out = std::process::Command::new(harness::gitferry_bin())
+        .args([
+            "mirror",
+            &case.servers.url("org/src.git"),
+            &plain.url(harness::Proto::Http, "dst.git"),
+        ])
+        .arg("--cache-dir")
+        .arg(case.cache.path())
+        .args(["--lfs", "off"])
+        .checked_output()
+        .expect("gitferry runs");
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_refs_equal(&case.servers.path("org/src.git"), &dst);
+}

@@ -172,6 +172,13 @@ pub fn batch(
             request = request.basic_auth(&c.username, Some(&c.password));
         }
         request.send()
+    })
+    .map_err(|e| match e {
+        // The batch route itself is missing: this remote has no LFS server.
+        LfsError::Http { status: 404, .. } => LfsError::NoServer {
+            endpoint: endpoint.to_string(),
+        },
+        other => other,
     })?;
     parse_response(endpoint, response, objects)
 }
