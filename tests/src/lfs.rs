@@ -18,7 +18,7 @@
 //! giftless runs in its own process group, marked like every harness server, and is killed with
 //! its group when [`Giftless`] is dropped.
 
-use std::io::{BufReader, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -246,7 +246,7 @@ pub(crate) fn proxy(mut request: tiny_http::Request, port: u16, front_port: u16,
         let _ = request.as_reader().read_to_end(&mut body);
     }
     let mut head = format!(
-        "{} {} HTTP/1.1\r\nHost: 127.0.0.1:{front_port}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        "{} {} HTTP/1.0\r\nHost: 127.0.0.1:{front_port}\r\nConnection: close\r\nContent-Length: {}\r\n",
         request.method(),
         request.url(),
         length.unwrap_or(body.len())
@@ -269,9 +269,41 @@ pub(crate) fn proxy(mut request: tiny_http::Request, port: u16, front_port: u16,
     if !sent {
         return;
     }
-    let mut writer = request.into_writer();
-    let _ = std::io::copy(&mut BufReader::new(upstream), &mut writer);
-    let _ = writer.flush();
+    respond_from(request, BufReader::new(upstream));
+}
+
+/// Answer `request` with the HTTP response `upstream` sends. The request to it was HTTP/1.0, so
+/// a streamed body comes unchunked and ends when waitress closes; it is passed on chunked, and
+/// the client's connection stays usable.
+fn respond_from(request: tiny_http::Request, mut upstream: BufReader<TcpStream>) {
+    let mut line = String::new();
+    let _ = upstream.read_line(&mut line);
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(502);
+    let (mut headers, mut length) = (Vec::new(), None);
+    loop {
+        line.clear();
+        if upstream.read_line(&mut line).unwrap_or(0) == 0 || line.trim_end().is_empty() {
+            break;
+        }
+        let Some((k, v)) = line.trim_end().split_once(':') else {
+            continue;
+        };
+        let v = v.trim();
+        if k.eq_ignore_ascii_case("Content-Length") {
+            length = v.parse().ok();
+        } else if !["Connection", "Transfer-Encoding"]
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case(k))
+            && let Ok(h) = tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes())
+        {
+            headers.push(h);
+        }
+    }
+    let _ = request.respond(tiny_http::Response::new(status.into(), headers, upstream, length, None));
 }
 
 fn count(request: &tiny_http::Request, counts: &LfsCounts) {
