@@ -339,3 +339,29 @@ fn a_target_without_an_lfs_server_is_a_clear_error_and_gets_no_refs() {
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     assert_refs_equal(&case.servers.path("org/src.git"), &dst);
 }
+
+#[test]
+fn a_run_that_failed_after_its_fetch_resumes_the_objects_next_time() {
+    let mut case = Case::new();
+    case.push_lfs("a.bin", &harness::pseudo_random_bytes(2_000, 15));
+    // The source's LFS server keeps throttling: the first run gives up (transient), after its
+    // fetch; the target gets no refs.
+    case.servers
+        .counts
+        .throttle_batches
+        .store(100, std::sync::atomic::Ordering::Relaxed);
+    let (code, _, stderr) = case.mirror_to("org/dst.git", &[], &[]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("429") && stderr.contains("will be retried"), "{stderr}");
+    assert!(harness::mirrored_refs(&case.servers.path("org/dst.git")).is_empty());
+    // The next run's fetch brings nothing new, and the pointer found before is still handled.
+    case.servers
+        .counts
+        .throttle_batches
+        .store(0, std::sync::atomic::Ordering::Relaxed);
+    let summary = case.mirror();
+    assert_eq!(summary["fetch"]["up_to_date"], true, "{summary}");
+    assert_eq!(lfs(&summary), (1, 1, 1), "{summary}");
+    let dir = harness::tempdir();
+    case.clone_checked("org/dst.git", dir.path());
+}
