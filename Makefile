@@ -17,6 +17,7 @@ export CARGO_TERM_COLOR ?= never
 ## pinned because 5.2 answers S3 `If-None-Match: *` / `If-Match` with 412 like AWS; the venv
 ## step is skipped when it already has this version, so `make test` stays fast.
 MOTO_VERSION := 5.2.5
+GIFTLESS_VERSION := 0.6.2
 VENV := .venv
 deps:
 	@if [ ! -x "$$(git --exec-path 2>/dev/null)/git-http-backend" ] || [ ! -x "$$(git --exec-path)/git-daemon" ]; then \
@@ -36,6 +37,23 @@ deps:
 	fi; \
 	echo "installing moto[server]==$(MOTO_VERSION) into $(VENV)"; \
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check "moto[server]==$(MOTO_VERSION)"
+	@# giftless (a Git LFS server; tests/src/lfs.rs) with its local storage backend, served by
+	@# waitress. giftless 0.6.2 declares none of its dependencies, so they are pinned here as
+	@# its own requirements/main.txt pins them (Flask, Werkzeug and python-dotenv as moto brings them: giftless
+	@# runs on both). Skipped when the venv already has this version.
+	@if [ "$$($(VENV)/bin/python -c 'import importlib.metadata as m; print(m.version("giftless"))' 2>/dev/null)" != "$(GIFTLESS_VERSION)" ]; then \
+	  echo "installing giftless==$(GIFTLESS_VERSION) (Git LFS server for the LFS tests) into $(VENV)"; \
+	  $(VENV)/bin/python -m pip install --quiet --disable-pip-version-check "giftless==$(GIFTLESS_VERSION)" \
+	    waitress==3.0.2 flask-classful==0.16.0 flask-marshmallow==0.15.0 marshmallow==3.21.1 webargs==8.4.0 \
+	    figcan==0.0.4 pyjwt==2.8.0 python-dateutil==2.9.0.post0 cachetools==5.3.3 \
+	    importlib-metadata==7.0.2; \
+	fi
+	@# The git-lfs client makes the LFS test repositories and reads the mirrors back.
+	@if ! command -v git-lfs >/dev/null; then \
+	  echo "installing git-lfs (the reference LFS client of the LFS tests) from Debian"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq git-lfs >/dev/null; \
+	fi
 	@# dulwich (pure-Python git server, protocol v0) is a second, non-git server in the engine
 	@# tests (tests/src/dulwich.rs); Debian's package, for /usr/bin/python3.
 	@if ! /usr/bin/python3 -c 'import dulwich' 2>/dev/null; then \

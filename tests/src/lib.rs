@@ -33,6 +33,7 @@ pub mod forge;
 pub mod jgit;
 pub mod lambda_rt;
 pub mod leaks;
+pub mod lfs;
 pub mod moto;
 pub mod process;
 pub mod proxy;
@@ -277,6 +278,16 @@ pub struct RequestLog {
 
 impl HttpBackend {
     pub fn start(root: &Path, auth: Option<BasicAuth>) -> HttpBackend {
+        Self::start_with_lfs(root, auth, None)
+    }
+
+    /// As [`HttpBackend::start`], with `…/info/lfs/…` forwarded to the Git LFS server on the
+    /// given port, counted in the given counters ([`lfs::LfsServers`]).
+    pub fn start_with_lfs(
+        root: &Path,
+        auth: Option<BasicAuth>,
+        lfs: Option<(u16, Arc<lfs::LfsCounts>)>,
+    ) -> HttpBackend {
         if let Some(a) = &auth {
             leaks::credentials(&a.user, &a.password);
         }
@@ -287,8 +298,16 @@ impl HttpBackend {
         let (srv, root, log) = (server.clone(), root.to_owned(), requests.clone());
         let thread = thread::spawn(move || {
             for request in srv.incoming_requests() {
-                let (root, auth, log) = (root.clone(), auth.clone(), log.clone());
-                thread::spawn(move || serve_cgi(request, &root, auth.as_ref(), &log));
+                let (root, auth, log, lfs) = (root.clone(), auth.clone(), log.clone(), lfs.clone());
+                thread::spawn(move || match (&lfs, lfs::route(request.url())) {
+                    (Some((lfs_port, counts)), Some(needs_auth)) => {
+                        let auth = auth.as_ref().filter(|_| needs_auth);
+                        if let Some(request) = authorized(request, auth, &log) {
+                            lfs::proxy(request, *lfs_port, port, counts);
+                        }
+                    }
+                    _ => serve_cgi(request, &root, auth.as_ref(), &log),
+                });
             }
         });
         HttpBackend {
@@ -341,7 +360,8 @@ fn base64_decode(s: &str) -> Option<Vec<u8>> {
     base64::engine::general_purpose::STANDARD.decode(s).ok()
 }
 
-fn serve_cgi(mut request: tiny_http::Request, root: &Path, auth: Option<&BasicAuth>, log: &RequestLog) {
+/// The request, counted, if `auth` is none or the request carries it; otherwise answered 401.
+fn authorized(request: tiny_http::Request, auth: Option<&BasicAuth>, log: &RequestLog) -> Option<tiny_http::Request> {
     log.total.fetch_add(1, Ordering::Relaxed);
     if let Some(auth) = auth
         && !basic_auth_ok(&request, auth)
@@ -353,8 +373,15 @@ fn serve_cgi(mut request: tiny_http::Request, root: &Path, auth: Option<&BasicAu
                 .with_status_code(401)
                 .with_header(header),
         );
-        return;
+        return None;
     }
+    Some(request)
+}
+
+fn serve_cgi(request: tiny_http::Request, root: &Path, auth: Option<&BasicAuth>, log: &RequestLog) {
+    let Some(mut request) = authorized(request, auth, log) else {
+        return;
+    };
     let url = request.url().to_owned();
     let (path, query) = url.split_once('?').unwrap_or((&url, ""));
     let mut cmd = git_cmd(root);

@@ -83,6 +83,7 @@ fn options() -> MirrorOptions {
         prune: true,
         atomic: false,
         progress: None,
+        lfs: None,
     }
 }
 

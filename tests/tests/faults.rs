@@ -15,6 +15,7 @@ fn options() -> MirrorOptions {
         prune: true,
         atomic: false,
         progress: None,
+        lfs: None,
     }
 }
 

@@ -20,6 +20,7 @@ fn options() -> MirrorOptions {
         prune: true,
         atomic: false,
         progress: None,
+        lfs: None,
     }
 }
 

@@ -184,7 +184,7 @@ async fn show_sync(
     notifications: &Mutex<Vec<serde_json::Value>>,
 ) -> Result<(), String> {
     let done = wait_for(
-        &book,
+        book,
         |s| s.state == State::Success && s.last_delivery_id.as_deref() == Some(delivery),
         "the webhook's sync",
     )

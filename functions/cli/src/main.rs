@@ -209,8 +209,17 @@ struct MirrorArgs {
     /// Ask the target to apply all ref updates or none (when it supports `atomic`).
     #[arg(long)]
     atomic: bool,
+    /// Git LFS objects: `auto` mirrors them when pointers are found, `on` also fails when a
+    /// remote can have no LFS server (a local path), `off` mirrors pointers only. Objects are
+    /// cached under `{cache-dir}/lfs`.
+    #[arg(long, value_name = "auto|on|off", default_value = "auto", value_parser = parse_lfs_mode)]
+    lfs: git::lfs::LfsMode,
     #[command(flatten)]
     ssh: SshArgs,
+}
+
+fn parse_lfs_mode(s: &str) -> Result<git::lfs::LfsMode, String> {
+    s.parse()
 }
 
 /// How `mirror` reaches SSH remotes (source and target alike).
@@ -650,10 +659,15 @@ async fn mirror(args: MirrorArgs) -> ExitCode {
         progress,
         no_prune,
         atomic,
+        lfs,
         ..
     } = args;
     let bar = progress.then(progress_line);
     let options = MirrorOptions {
+        lfs: Some(git::lfs::LfsOptions {
+            mode: lfs,
+            objects: cache_dir.join("lfs"),
+        }),
         refs: patterns,
         prune: !no_prune,
         atomic,

@@ -59,6 +59,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+pub use gitferry_git::lfs::LfsMode;
+
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
@@ -157,6 +159,8 @@ pub struct RepoConfig {
     pub prune: bool,
     pub max_delete_fraction: f64,
     pub overwritten_retention_days: u32,
+    /// Mirror Git LFS objects too (`lfs = "auto" | true | false`, default `auto`).
+    pub lfs: LfsMode,
     pub webhook: Option<WebhookConfig>,
     /// Set for a repository discovered through an account (`None`: a `[repos.*]` entry).
     pub discovered: Option<crate::accounts::Origin>,
@@ -379,7 +383,16 @@ struct RawRepo {
     prune: Option<bool>,
     max_delete_fraction: Option<Spanned<f64>>,
     overwritten_retention_days: Option<u32>,
+    lfs: Option<Spanned<RawLfs>>,
     webhook: Option<RawWebhook>,
+}
+
+/// `lfs = "auto"`, `lfs = true` or `lfs = false`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(crate) enum RawLfs {
+    Bool(bool),
+    Text(String),
 }
 
 #[derive(Deserialize)]
@@ -638,6 +651,20 @@ impl Validator<'_> {
     }
 
     /// `max_delete_fraction` of a repo (or an account's defaults) under `field`.
+    /// `lfs` of a repo (or an account's defaults) under `field`: `"auto"`, `true` or `false`.
+    pub(crate) fn lfs(&mut self, value: &Option<Spanned<RawLfs>>, default: LfsMode, field: &str) -> LfsMode {
+        match value.as_ref().map(|v| (v.span().start, v.get_ref())) {
+            None => default,
+            Some((_, RawLfs::Bool(true))) => LfsMode::On,
+            Some((_, RawLfs::Bool(false))) => LfsMode::Off,
+            Some((_, RawLfs::Text(t))) if t == "auto" => LfsMode::Auto,
+            Some((at, RawLfs::Text(_))) => {
+                self.error(at, format!("{field}.lfs"), "must be \"auto\", true or false");
+                default
+            }
+        }
+    }
+
     pub(crate) fn fraction(&mut self, value: &Option<Spanned<f64>>, field: &str) -> f64 {
         match value {
             Some(f) if !(0.0..=1.0).contains(f.get_ref()) => {
@@ -868,6 +895,7 @@ impl Validator<'_> {
             overwritten_retention_days: repo
                 .overwritten_retention_days
                 .unwrap_or(DEFAULT_OVERWRITTEN_RETENTION_DAYS),
+            lfs: self.lfs(&repo.lfs, LfsMode::Auto, &field),
             webhook,
             discovered: None,
         })
@@ -1156,6 +1184,26 @@ webhook = { provider = "gitea", secret_env = "NOPE" }
     #[test]
     fn syntax_errors_point_at_the_line() {
         let e = errors("[repos.a]\nurl = \"/x\"\nprune = maybe\n");
+        assert!(e[0].starts_with("mirrors.toml:3"), "{e:?}");
+    }
+
+    #[test]
+    fn lfs_is_auto_unless_set_to_true_or_false() {
+        let repo = |lfs: &str| format!("[repos.a]\nurl = \"/x\"\n{lfs}\n[[repos.a.targets]]\nurl = \"/y\"\n");
+        for (line, want) in [
+            ("", LfsMode::Auto),
+            ("lfs = \"auto\"", LfsMode::Auto),
+            ("lfs = true", LfsMode::On),
+            ("lfs = false", LfsMode::Off),
+        ] {
+            assert_eq!(parse(&repo(line)).unwrap().repo("a").unwrap().lfs, want, "{line}");
+        }
+        let e = errors(&repo("lfs = \"yes\""));
+        assert!(
+            e[0].starts_with("mirrors.toml:3") && e[0].contains("repos.a.lfs: must be \"auto\", true or false"),
+            "{e:?}"
+        );
+        let e = errors(&repo("lfs = 1"));
         assert!(e[0].starts_with("mirrors.toml:3"), "{e:?}");
     }
 

@@ -16,6 +16,7 @@
 //! * [`mod@push`] — a receive-pack client (plan, pack, report-status) and local-path pushes;
 //! * [`pack`] / [`local`] — streamed pack generation and local object copies;
 //! * [`ssh`] — ssh:// in process (russh), host keys always verified;
+//! * [`lfs`] — Git LFS objects: pointers among fetched objects, the Batch API, a cache by oid;
 //! * [`mirror()`] — the one-shot porcelain behind `gitferry mirror`.
 //!
 //! Errors are one enum, [`Error`], each transient or permanent. A panic never leaves the engine:
@@ -27,6 +28,7 @@ pub mod error;
 pub mod fetch;
 pub mod guard;
 pub mod hash;
+pub mod lfs;
 pub mod local;
 mod lsremote;
 pub mod mirror;

@@ -30,6 +30,8 @@ pub struct MirrorOptions {
     pub prune: bool,
     pub atomic: bool,
     pub progress: Option<ProgressFn>,
+    /// Mirror Git LFS objects too (`None`: never look for them).
+    pub lfs: Option<super::lfs::LfsOptions>,
 }
 
 /// What the fetch side did.
@@ -70,6 +72,8 @@ pub struct MirrorSummary {
     pub cache: PathBuf,
     pub fetch: FetchSummary,
     pub push: PushSummary,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lfs: Option<super::lfs::LfsSummary>,
     pub duration_ms: u64,
 }
 
@@ -110,6 +114,7 @@ fn mirror_through_cache(
     let cache = repo::open_or_init_bare(&cache_path)?;
 
     say(format!("fetching {source}"));
+    let packs = super::lfs::PackSnapshot::take(&cache_path);
     // The target's handshake runs while the fetch does: a no-op mirror then costs one server
     // round trip of wall time instead of two.
     let (fetched, connected) = std::thread::scope(|s| {
@@ -118,6 +123,7 @@ fn mirror_through_cache(
         (fetched, connected.join())
     });
     let (fetch, forward) = fetched?;
+    let lfs = super::lfs::for_mirror(&cache, &packs, source, target, options.lfs.as_ref(), &interrupt, &say)?;
     let connected = fresh(connected.unwrap_or_else(|_| Ok(None)))?;
     let push = push_step(&cache, target, connected, forward.as_ref(), options, &interrupt, &say)?;
     Ok(MirrorSummary {
@@ -126,6 +132,7 @@ fn mirror_through_cache(
         cache: cache_path,
         fetch,
         push,
+        lfs,
         duration_ms: started.elapsed().as_millis() as u64,
     })
 }
@@ -245,6 +252,9 @@ impl MirrorSummary {
                 self.push.objects,
                 human_bytes(self.push.bytes)
             ));
+        }
+        if let Some(lfs) = &self.lfs {
+            out.push_str(&lfs.human());
         }
         for r in &self.push.rejected {
             out.push_str(&format!("  rejected {}: {}\n", r.name, r.reason));

@@ -54,6 +54,7 @@ pub(crate) struct RawAccount {
     prune: Option<bool>,
     max_delete_fraction: Option<Spanned<f64>>,
     overwritten_retention_days: Option<u32>,
+    lfs: Option<Spanned<crate::config::RawLfs>>,
     #[serde(default)]
     targets: Vec<RawTargetTemplate>,
 }
@@ -209,6 +210,7 @@ pub(crate) fn validate(
             overwritten_retention_days: a
                 .overwritten_retention_days
                 .unwrap_or(DEFAULT_OVERWRITTEN_RETENTION_DAYS),
+            lfs: v.lfs(&a.lfs, crate::config::LfsMode::Auto, &field),
         };
         if a.targets.is_empty() {
             v.error(

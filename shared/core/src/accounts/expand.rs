@@ -98,6 +98,7 @@ pub fn repo_config(account: &AccountConfig, name: &str, d: &DiscoveredRepo) -> R
         prune: d_.prune,
         max_delete_fraction: d_.max_delete_fraction,
         overwritten_retention_days: d_.overwritten_retention_days,
+        lfs: d_.lfs,
         // Account hooks are authenticated by the provider's `[webhooks.PROVIDER]` secret.
         webhook: None,
         discovered: Some(Origin {

@@ -102,6 +102,7 @@ pub struct RepoDefaults {
     pub prune: bool,
     pub max_delete_fraction: f64,
     pub overwritten_retention_days: u32,
+    pub lfs: crate::config::LfsMode,
 }
 
 /// A target of every discovered repository, its URL a template.
