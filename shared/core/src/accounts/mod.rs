@@ -436,7 +436,6 @@ impl AccountState {
     /// not; `started`: when the listing began). Pure: the caller writes if `dirty`.
     pub fn apply(&mut self, account: &AccountConfig, listed: &[RemoteRepo], started: u64, now: u64) -> Changes {
         let mut changes = Changes::default();
-        let ids: BTreeMap<&str, &RemoteRepo> = listed.iter().map(|r| (r.id.as_str(), r)).collect();
         let by_id: BTreeMap<String, String> = self
             .repos
             .iter()
@@ -446,67 +445,49 @@ impl AccountState {
             match by_id.get(&r.id) {
                 Some(name) => {
                     let entry = self.repos.get_mut(name).expect("indexed");
-                    if entry.source.path != r.path {
-                        let old = entry.source.vars();
-                        for t in &account.targets {
-                            entry.pinned.entry(t.name.clone()).or_insert_with(|| old.clone());
-                        }
-                        changes
-                            .renamed
-                            .push((name.clone(), entry.source.path.clone(), r.path.clone()));
-                        entry.renamed_from = Some(entry.source.path.clone());
-                    }
-                    let was = entry.source_state();
-                    let now_state = if r.archived && !account.archived {
-                        match was {
-                            SourceState::Archived { .. } => was.clone(),
-                            _ => SourceState::Archived { since: now },
-                        }
-                    } else {
-                        SourceState::Active
-                    };
-                    if now_state != was {
-                        match (&was, &now_state) {
-                            (_, SourceState::Archived { .. }) => changes.archived.push(name.clone()),
-                            (SourceState::Vanished { .. } | SourceState::Archived { .. }, SourceState::Active) => {
-                                changes.returned.push(name.clone())
-                            }
-                            _ => {}
-                        }
-                        entry.state = (!now_state.is_active()).then_some(now_state);
-                        changes.dirty = true;
-                    }
-                    if entry.source != *r {
-                        entry.source = r.clone();
-                        changes.dirty = true;
-                    }
+                    entry.follow(name, account, r, now, &mut changes);
                 }
-                None => {
-                    if account.admits(r).is_err() {
-                        continue;
-                    }
-                    let mut name = account.name_for(&r.vars());
-                    if self.repos.contains_key(&name) {
-                        name = (2..)
-                            .map(|i| format!("{name}-{i}"))
-                            .find(|n| !self.repos.contains_key(n))
-                            .expect("unbounded");
-                    }
-                    self.repos.insert(
-                        name.clone(),
-                        DiscoveredRepo {
-                            source: r.clone(),
-                            first_seen: now,
-                            state: None,
-                            renamed_from: None,
-                            pinned: BTreeMap::new(),
-                        },
-                    );
-                    changes.added.push(name);
-                    changes.dirty = true;
-                }
+                None => self.add(account, r, now, &mut changes),
             }
         }
+        self.mark_vanished(listed, started, now, &mut changes);
+        if changes.dirty {
+            self.changed_at = now;
+        }
+        changes
+    }
+
+    /// A repository listed for the first time, if the account admits it, under a name of its
+    /// own (`-2`, `-3`… when the template's name is taken).
+    fn add(&mut self, account: &AccountConfig, r: &RemoteRepo, now: u64, changes: &mut Changes) {
+        if account.admits(r).is_err() {
+            return;
+        }
+        let mut name = account.name_for(&r.vars());
+        if self.repos.contains_key(&name) {
+            name = (2..)
+                .map(|i| format!("{name}-{i}"))
+                .find(|n| !self.repos.contains_key(n))
+                .expect("unbounded");
+        }
+        self.repos.insert(
+            name.clone(),
+            DiscoveredRepo {
+                source: r.clone(),
+                first_seen: now,
+                state: None,
+                renamed_from: None,
+                pinned: BTreeMap::new(),
+            },
+        );
+        changes.added.push(name);
+        changes.dirty = true;
+    }
+
+    /// Known repositories the listing no longer holds are marked vanished, once. Those first
+    /// seen after the listing `started` (a concurrent discovery) are not missing from it.
+    fn mark_vanished(&mut self, listed: &[RemoteRepo], started: u64, now: u64, changes: &mut Changes) {
+        let ids: BTreeMap<&str, &RemoteRepo> = listed.iter().map(|r| (r.id.as_str(), r)).collect();
         for (name, entry) in self.repos.iter_mut() {
             if ids.contains_key(entry.source.id.as_str()) || entry.first_seen >= started {
                 continue;
@@ -520,10 +501,48 @@ impl AccountState {
                 changes.dirty = true;
             }
         }
-        if changes.dirty {
-            self.changed_at = now;
+    }
+}
+
+impl DiscoveredRepo {
+    /// A known repository listed again (`name`: gitferry's name for it): follow a rename (the
+    /// targets keep the old placeholders' values until renamed with it), an archival or a
+    /// return, and any change of what the provider says about it.
+    fn follow(&mut self, name: &str, account: &AccountConfig, r: &RemoteRepo, now: u64, changes: &mut Changes) {
+        if self.source.path != r.path {
+            let old = self.source.vars();
+            for t in &account.targets {
+                self.pinned.entry(t.name.clone()).or_insert_with(|| old.clone());
+            }
+            changes
+                .renamed
+                .push((name.to_owned(), self.source.path.clone(), r.path.clone()));
+            self.renamed_from = Some(self.source.path.clone());
         }
-        changes
+        let was = self.source_state();
+        let now_state = if r.archived && !account.archived {
+            match was {
+                SourceState::Archived { .. } => was.clone(),
+                _ => SourceState::Archived { since: now },
+            }
+        } else {
+            SourceState::Active
+        };
+        if now_state != was {
+            match (&was, &now_state) {
+                (_, SourceState::Archived { .. }) => changes.archived.push(name.to_owned()),
+                (SourceState::Vanished { .. } | SourceState::Archived { .. }, SourceState::Active) => {
+                    changes.returned.push(name.to_owned())
+                }
+                _ => {}
+            }
+            self.state = (!now_state.is_active()).then_some(now_state);
+            changes.dirty = true;
+        }
+        if self.source != *r {
+            self.source = r.clone();
+            changes.dirty = true;
+        }
     }
 }
 
