@@ -724,95 +724,131 @@ pub async fn discover_account(
 ) -> Result<Vec<SyncRequest>, StoreError> {
     let store = catalog.store().clone();
     let exists = etag.is_some();
-    let mut requests = Vec::new();
-    {
-        tick.listed += 1;
-        let provider = discover::for_account(account);
-        // Repositories first seen at or after this (a concurrent webhook discovery) are not
-        // missing from a listing that began before them.
-        let started = now;
-        let listing = discover::list_all(provider.as_ref(), &state, account, deadline).await;
-        tick.requests += listing.requests;
-        tick.not_modified += listing.not_modified;
-        let mut state = state;
-        let mut etag = etag;
-        for attempt in 0..3 {
-            let mut next = state.clone();
-            let changes = match &listing.result {
-                Ok(list) => {
-                    let mut c = if next.filter_digest != account.filter_digest() {
-                        next.filter_digest = account.filter_digest();
-                        Changes {
-                            dirty: true,
-                            ..Changes::default()
-                        }
-                    } else {
-                        Changes::default()
-                    };
-                    let applied = next.apply(account, &list.repos, started, now);
-                    c.dirty |= applied.dirty;
-                    let c = Changes {
-                        dirty: c.dirty,
-                        ..applied
-                    };
-                    if next.pages != list.pages {
-                        next.pages = list.pages.clone();
-                    }
-                    if next.retry_at != 0 {
-                        next.retry_at = 0;
-                    }
-                    let dirty = c.dirty || next.pages != state.pages || state.retry_at != 0 || !exists;
-                    Changes { dirty, ..c }
-                }
-                Err(ApiError::RateLimited { until_ms }) => {
-                    tick.rate_limited += 1;
-                    tracing::warn!(account = %account.name, until_ms, "discovery rate-limited: listing again when the limit lifts");
-                    // The provider's time is the wall clock; the schedule's is `now`.
-                    next.retry_at = now + until_ms.saturating_sub(now_ms()).max(1);
-                    Changes {
-                        dirty: next.retry_at != state.retry_at,
-                        ..Changes::default()
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(account = %account.name, error = %e, "discovery failed: trying again at the next interval");
-                    Changes::default()
-                }
-            };
-            if !changes.dirty {
-                break;
+    tick.listed += 1;
+    let provider = discover::for_account(account);
+    // Repositories first seen at or after this (a concurrent webhook discovery) are not
+    // missing from a listing that began before them.
+    let started = now;
+    let listing = discover::list_all(provider.as_ref(), &state, account, deadline).await;
+    tick.requests += listing.requests;
+    tick.not_modified += listing.not_modified;
+    let (mut state, mut etag) = (state, etag);
+    for attempt in 0..3 {
+        let mut next = state.clone();
+        let changes = match &listing.result {
+            Ok(list) => {
+                let mut c = apply_listing(account, list, &state, &mut next, started, now);
+                c.dirty |= !exists;
+                c
             }
-            // Rename the targets gitferry created before the one write that records it all.
-            follow_renames(account, &mut next, &changes, store.as_ref()).await;
-            let body = serde_json::to_vec(&next).expect("account state serialises");
-            let condition = match &etag {
-                Some(e) => Condition::IfMatch(e.clone()),
-                None => Condition::IfAbsent,
-            };
-            match store.put(&keys::account(&account.name), body, condition).await {
-                Ok(_) => {
-                    tick.writes += 1;
-                    tick.added += changes.added.len();
-                    tick.vanished += changes.vanished.len();
-                    tick.renamed += changes.renamed.len();
-                    catalog.put_state(&account.name, next.clone());
-                    report(account, &next, &changes, notifier).await;
-                    for name in &changes.added {
-                        requests.push(first_mirror(&account.name, name));
-                    }
-                    break;
-                }
-                Err(StoreError::PreconditionFailed { .. }) if attempt < 2 => {
-                    // Someone (a webhook-triggered discovery) wrote meanwhile: apply to theirs.
-                    let (fresh, fresh_etag) = AccountState::load(store.as_ref(), &account.name).await?;
-                    state = fresh;
-                    etag = fresh_etag;
-                }
-                Err(e) => return Err(e),
+            Err(e) => listing_failed(account, e, &state, &mut next, now, tick),
+        };
+        if !changes.dirty {
+            break;
+        }
+        // Rename the targets gitferry created before the one write that records it all.
+        follow_renames(account, &mut next, &changes, store.as_ref()).await;
+        match write_state(store.as_ref(), &account.name, &next, etag.as_deref()).await {
+            Ok(()) => return Ok(recorded(catalog, notifier, account, next, &changes, tick).await),
+            Err(StoreError::PreconditionFailed { .. }) if attempt < 2 => {
+                // Someone (a webhook-triggered discovery) wrote meanwhile: apply to theirs.
+                (state, etag) = AccountState::load(store.as_ref(), &account.name).await?;
             }
+            Err(e) => return Err(e),
         }
     }
-    Ok(requests)
+    Ok(Vec::new())
+}
+
+/// A complete listing applied to `next` (a copy of `state`): new filters, repositories, page
+/// memos, and the end of a rate-limit wait all make it worth a write.
+fn apply_listing(
+    account: &AccountConfig,
+    list: &discover::Listed,
+    state: &AccountState,
+    next: &mut AccountState,
+    started: u64,
+    now: u64,
+) -> Changes {
+    let refiltered = next.filter_digest != account.filter_digest();
+    if refiltered {
+        next.filter_digest = account.filter_digest();
+    }
+    let applied = next.apply(account, &list.repos, started, now);
+    if next.pages != list.pages {
+        next.pages = list.pages.clone();
+    }
+    if next.retry_at != 0 {
+        next.retry_at = 0;
+    }
+    let dirty = refiltered || applied.dirty || next.pages != state.pages || state.retry_at != 0;
+    Changes { dirty, ..applied }
+}
+
+/// A listing that failed: a rate limit is recorded in `next` (listed again when it lifts);
+/// anything else waits for the next interval and writes nothing.
+fn listing_failed(
+    account: &AccountConfig,
+    e: &ApiError,
+    state: &AccountState,
+    next: &mut AccountState,
+    now: u64,
+    tick: &mut Discovery,
+) -> Changes {
+    match e {
+        ApiError::RateLimited { until_ms } => {
+            tick.rate_limited += 1;
+            tracing::warn!(account = %account.name, until_ms, "discovery rate-limited: listing again when the limit lifts");
+            // The provider's time is the wall clock; the schedule's is `now`.
+            next.retry_at = now + until_ms.saturating_sub(now_ms()).max(1);
+            Changes {
+                dirty: next.retry_at != state.retry_at,
+                ..Changes::default()
+            }
+        }
+        e => {
+            tracing::warn!(account = %account.name, error = %e, "discovery failed: trying again at the next interval");
+            Changes::default()
+        }
+    }
+}
+
+/// Write an account's state, conditional on the version it was read at (`None`: it had none).
+async fn write_state(
+    store: &dyn ObjectStore,
+    account: &str,
+    state: &AccountState,
+    etag: Option<&str>,
+) -> Result<(), StoreError> {
+    let body = serde_json::to_vec(state).expect("account state serialises");
+    let condition = match etag {
+        Some(e) => Condition::IfMatch(e.to_owned()),
+        None => Condition::IfAbsent,
+    };
+    store.put(&keys::account(account), body, condition).await.map(|_| ())
+}
+
+/// The state was written: count it, let this process see it at once, report what changed, and
+/// return the first-mirror requests of the new repositories.
+async fn recorded(
+    catalog: &Catalog,
+    notifier: Option<&Notifier>,
+    account: &AccountConfig,
+    state: AccountState,
+    changes: &Changes,
+    tick: &mut Discovery,
+) -> Vec<SyncRequest> {
+    tick.writes += 1;
+    tick.added += changes.added.len();
+    tick.vanished += changes.vanished.len();
+    tick.renamed += changes.renamed.len();
+    catalog.put_state(&account.name, state.clone());
+    report(account, &state, changes, notifier).await;
+    changes
+        .added
+        .iter()
+        .map(|name| first_mirror(&account.name, name))
+        .collect()
 }
 
 /// The queue's name for "discover this account now" (a message group of its own; not a valid
