@@ -4,7 +4,7 @@
 #   make test     install what the tests need, then build and run every test of the workspace
 #   make bench    compare `gitferry mirror` with the git CLI on generated repositories and
 #                 shapes (200 MiB blob, 386k-object history, 20,000 tags), git:// and HTTP
-#   make lint     clippy with warnings as errors
+#   make lint     clippy with warnings as errors; list product functions over 80 lines
 SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
@@ -145,6 +145,8 @@ bench-cache: deps
 
 lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	@# Issue 16: no product function over ~80 lines without a reason next to it (a report).
+	@python3 infra/ci/long_fns.py
 
 ## The SAM template is checked like code (issue 9). cfn-lint validates template.yaml offline
 ## (SAM resources against SAM's schemas); the SAM translator then expands it as CloudFormation

@@ -15,11 +15,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::extract::State;
+use gitferry_core::accounts::Catalog;
 use gitferry_core::api::{self, Api};
 use gitferry_core::config::{Config, Secret};
 use gitferry_core::metrics::{Metrics, Prometheus};
 use gitferry_core::notify::Notifier;
 use gitferry_core::poll::{PollOptions, Poller};
+use gitferry_core::queue::Queue;
 use gitferry_core::status::StatusBook;
 use gitferry_core::store::ObjectStore;
 use gitferry_core::sync::{SyncManager, SyncOptions};
@@ -73,28 +75,16 @@ pub async fn start(opts: ServeOptions) -> Result<Running, String> {
     };
     let prometheus = Arc::new(Prometheus::new());
     let metrics = Metrics::new(prometheus.clone());
-    let metrics_for_poller = metrics.clone();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     // One effective repository set (configured ∪ discovered) for the workers, the pages and
     // the poller: what discovery finds is seen by all of them at once.
-    let catalog = gitferry_core::accounts::Catalog::new(opts.config.clone(), store.clone());
-    let manager = SyncManager::new(
-        opts.config.clone(),
-        store.clone(),
-        Notifier::new(&opts.config.notify),
-        metrics.clone(),
-        SyncOptions {
-            work_dir,
-            ..SyncOptions::default()
-        },
-    )
-    .with_shutdown(shutdown_rx.clone())
-    .with_catalog(catalog.clone());
+    let catalog = Catalog::new(opts.config.clone(), store.clone());
+    let manager = sync_manager(&opts.config, &store, &metrics, work_dir, &catalog, &shutdown_rx);
     let api = Api {
         catalog: catalog.clone(),
         queue: queue.clone(),
         status: StatusBook::new(store.clone()),
-        metrics,
+        metrics: metrics.clone(),
         anonymous_status: opts.status_token.is_none() && opts.listen.ip().is_loopback(),
         status_token: opts.status_token,
         max_body: opts.max_body,
@@ -110,36 +100,15 @@ pub async fn start(opts: ServeOptions) -> Result<Running, String> {
         opts.config_digest.clone(),
         queue.clone(),
         store.clone(),
-        metrics_for_poller,
+        metrics,
         PollOptions::default(),
     )
     .with_catalog(catalog)
     .with_notifier(Notifier::new(&opts.config.notify));
-    let reconciled = poller
-        .reconcile("startup")
-        .await
-        .map_err(|e| format!("cannot enqueue the startup reconciliation: {e}"))?;
-    tracing::info!(%addr, repos = opts.config.repos.len(), reconciled, "gitferry serving");
+    reconcile(&poller, addr, opts.config.repos.len()).await?;
 
-    let app = axum::Router::new().fallback(handle).with_state(Arc::new(api));
-    let mut http_shutdown = shutdown_rx.clone();
-    let http = tokio::spawn(async move {
-        let graceful = async move {
-            let _ = http_shutdown.wait_for(|stop| *stop).await;
-        };
-        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(graceful).await {
-            tracing::error!(error = %e, "HTTP server failed");
-        }
-    });
-    let mut tasks = tokio::task::JoinSet::new();
-    let options = WorkerOptions {
-        visibility: gitferry_core::clock::scaled(VISIBILITY),
-        ack: Ack::Delete,
-    };
-    for id in 0..opts.workers.max(1) {
-        let worker = Worker::new(manager.clone(), queue.clone(), options);
-        tasks.spawn(worker::consume(worker, id, shutdown_rx.clone()));
-    }
+    let http = spawn_http(listener, api, shutdown_rx.clone());
+    let mut tasks = spawn_workers(&manager, &queue, opts.workers, &shutdown_rx);
     tasks.spawn(gitferry_core::poll::run(poller, shutdown_rx));
     let handle = tokio::spawn(async move {
         while tasks.join_next().await.is_some() {}
@@ -151,6 +120,75 @@ pub async fn start(opts: ServeOptions) -> Result<Running, String> {
         shutdown: shutdown_tx,
         handle,
     })
+}
+
+/// The sync manager the workers share; it stops starting phases once `shutdown` turns true.
+fn sync_manager(
+    config: &Arc<Config>,
+    store: &Arc<dyn ObjectStore>,
+    metrics: &Metrics,
+    work_dir: PathBuf,
+    catalog: &Catalog,
+    shutdown: &watch::Receiver<bool>,
+) -> SyncManager {
+    SyncManager::new(
+        config.clone(),
+        store.clone(),
+        Notifier::new(&config.notify),
+        metrics.clone(),
+        SyncOptions {
+            work_dir,
+            ..SyncOptions::default()
+        },
+    )
+    .with_shutdown(shutdown.clone())
+    .with_catalog(catalog.clone())
+}
+
+/// Enqueue every repository once: whatever happened while the server was down is caught up.
+async fn reconcile(poller: &Poller, addr: SocketAddr, repos: usize) -> Result<(), String> {
+    let reconciled = poller
+        .reconcile("startup")
+        .await
+        .map_err(|e| format!("cannot enqueue the startup reconciliation: {e}"))?;
+    tracing::info!(%addr, repos, reconciled, "gitferry serving");
+    Ok(())
+}
+
+/// The HTTP server, until `shutdown` turns true (requests in flight are finished).
+fn spawn_http(
+    listener: tokio::net::TcpListener,
+    api: Api,
+    mut shutdown: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let app = axum::Router::new().fallback(handle).with_state(Arc::new(api));
+    tokio::spawn(async move {
+        let graceful = async move {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        };
+        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(graceful).await {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    })
+}
+
+/// `workers` (at least one) queue consumers, each running the shared worker.
+fn spawn_workers(
+    manager: &SyncManager,
+    queue: &Arc<dyn Queue>,
+    workers: usize,
+    shutdown: &watch::Receiver<bool>,
+) -> tokio::task::JoinSet<()> {
+    let mut tasks = tokio::task::JoinSet::new();
+    let options = WorkerOptions {
+        visibility: gitferry_core::clock::scaled(VISIBILITY),
+        ack: Ack::Delete,
+    };
+    for id in 0..workers.max(1) {
+        let worker = Worker::new(manager.clone(), queue.clone(), options);
+        tasks.spawn(worker::consume(worker, id, shutdown.clone()));
+    }
+    tasks
 }
 
 /// Serve until SIGINT/SIGTERM.

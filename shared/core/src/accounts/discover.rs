@@ -126,18 +126,17 @@ pub fn for_account(a: &AccountConfig) -> Box<dyn Provider> {
         kind: a.owner_kind,
         subgroups: a.include_subgroups,
     };
-    match a.provider {
-        Kind::Github => Box::new(Github { http, owner }),
-        Kind::Gitlab => Box::new(Gitlab { http, owner }),
-        Kind::Gitea => Box::new(Gitea { http, owner }),
-    }
+    provider(a.provider, http, owner)
 }
 
 /// The provider of a target template with `create = true`.
 pub fn for_target(c: &CreateTarget) -> Box<dyn Provider> {
     let http = Http::new(c.provider, &c.api_url, c.token.as_ref().map(|t| t.expose().to_owned()));
-    let owner = Owner::default();
-    match c.provider {
+    provider(c.provider, http, Owner::default())
+}
+
+fn provider(kind: Kind, http: Http, owner: Owner) -> Box<dyn Provider> {
+    match kind {
         Kind::Github => Box::new(Github { http, owner }),
         Kind::Gitlab => Box::new(Gitlab { http, owner }),
         Kind::Gitea => Box::new(Gitea { http, owner }),
@@ -477,14 +476,30 @@ fn page_of(reply: Reply, parse: impl Fn(&Value) -> Result<RemoteRepo, ApiError>)
     }
 }
 
-// ---- GitHub --------------------------------------------------------------------------------
-
-struct Github {
-    http: Http,
-    owner: Owner,
+/// `GET path` of one repository: `None` when it does not exist (or is hidden).
+async fn one_repo(
+    http: &Http,
+    path: &str,
+    parse: fn(&Value) -> Result<RemoteRepo, ApiError>,
+) -> Result<Option<RemoteRepo>, ApiError> {
+    let r = http.get(path, None, Instant::now() + Duration::from_secs(60)).await?;
+    match r.status {
+        200 => parse(&r.json()?).map(Some),
+        404 => Ok(None),
+        _ => Err(r.error()),
+    }
 }
 
-fn github_repo(v: &Value) -> Result<RemoteRepo, ApiError> {
+// ---- GitHub's REST shape, which Gitea copies -----------------------------------------------
+//
+// Gitea (and Forgejo) answer in GitHub's shape: the same repository JSON (`full_name`,
+// `clone_url`, `private`, `fork`, `archived`, `has_wiki`…), `GET /repos/{owner}/{name}`,
+// create under the organisation or else the token's own user, rename by `PATCH`. That part is
+// written once, here; each provider's `impl` below says what differs (the listing's URL and
+// page size, the body of a create, how "it already exists" reads).
+
+/// A repository in GitHub's (and Gitea's) JSON.
+fn full_name_repo(v: &Value) -> Result<RemoteRepo, ApiError> {
     let path = s(v, "full_name");
     let (owner, name) = path
         .split_once('/')
@@ -505,6 +520,37 @@ fn github_repo(v: &Value) -> Result<RemoteRepo, ApiError> {
     })
 }
 
+/// `POST /orgs/{namespace}/repos`; when that is not an organisation (404), the token's own
+/// user: `POST /user/repos`. The reply is the caller's to read.
+async fn create_in_org_or_user(http: &Http, namespace: &str, body: &Value) -> Result<Reply, ApiError> {
+    let r = http
+        .call(reqwest::Method::POST, &format!("/orgs/{}/repos", enc(namespace)), body)
+        .await?;
+    if r.status != 404 {
+        return Ok(r);
+    }
+    http.call(reqwest::Method::POST, "/user/repos", body).await
+}
+
+/// `PATCH /repos/{namespace}/{from}` with the new name.
+async fn rename_by_patch(http: &Http, namespace: &str, from: &str, to: &str) -> Result<(), ApiError> {
+    let r = http
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/repos/{}/{}", enc(namespace), enc(from)),
+            &serde_json::json!({ "name": to }),
+        )
+        .await?;
+    if r.status == 200 { Ok(()) } else { Err(r.error()) }
+}
+
+// ---- GitHub --------------------------------------------------------------------------------
+
+struct Github {
+    http: Http,
+    owner: Owner,
+}
+
 #[async_trait::async_trait]
 impl Provider for Github {
     async fn list_page(&self, page: u32, etag: Option<&str>, deadline: Instant) -> Result<Page, ApiError> {
@@ -517,40 +563,23 @@ impl Provider for Github {
             }
             _ => format!("/orgs/{o}/repos?type=all&sort=created&direction=asc&per_page=100&page={page}"),
         };
-        page_of(self.http.get(&path, etag, deadline).await?, github_repo)
+        page_of(self.http.get(&path, etag, deadline).await?, full_name_repo)
     }
 
     async fn get_repo(&self, path: &str) -> Result<Option<RemoteRepo>, ApiError> {
-        let r = self
-            .http
-            .get(
-                &format!("/repos/{path}"),
-                None,
-                Instant::now() + Duration::from_secs(60),
-            )
-            .await?;
-        match r.status {
-            200 => github_repo(&r.json()?).map(Some),
-            404 => Ok(None),
-            _ => Err(r.error()),
-        }
+        one_repo(&self.http, &format!("/repos/{path}"), full_name_repo).await
     }
 
     async fn create_repo(&self, namespace: &str, name: &str, spec: &CreateSpec) -> Result<Creation, ApiError> {
+        // GitHub's create takes no default branch; `auto_init: false` keeps the repository
+        // empty for the first push.
         let body = serde_json::json!({
             "name": name,
             "private": spec.private,
             "description": spec.description.clone().unwrap_or_default(),
             "auto_init": false,
         });
-        let mut r = self
-            .http
-            .call(reqwest::Method::POST, &format!("/orgs/{}/repos", enc(namespace)), &body)
-            .await?;
-        if r.status == 404 {
-            // Not an organisation: the token's own user.
-            r = self.http.call(reqwest::Method::POST, "/user/repos", &body).await?;
-        }
+        let r = create_in_org_or_user(&self.http, namespace, &body).await?;
         match r.status {
             201 => Ok(Creation::New),
             422 if String::from_utf8_lossy(&r.body).contains("already exists") => Ok(Creation::Exists),
@@ -559,15 +588,7 @@ impl Provider for Github {
     }
 
     async fn rename_repo(&self, namespace: &str, from: &str, to: &str) -> Result<(), ApiError> {
-        let r = self
-            .http
-            .call(
-                reqwest::Method::PATCH,
-                &format!("/repos/{}/{}", enc(namespace), enc(from)),
-                &serde_json::json!({ "name": to }),
-            )
-            .await?;
-        if r.status == 200 { Ok(()) } else { Err(r.error()) }
+        rename_by_patch(&self.http, namespace, from, to).await
     }
 }
 
@@ -614,19 +635,7 @@ impl Provider for Gitlab {
     }
 
     async fn get_repo(&self, path: &str) -> Result<Option<RemoteRepo>, ApiError> {
-        let r = self
-            .http
-            .get(
-                &format!("/projects/{}", enc(path)),
-                None,
-                Instant::now() + Duration::from_secs(60),
-            )
-            .await?;
-        match r.status {
-            200 => gitlab_repo(&r.json()?).map(Some),
-            404 => Ok(None),
-            _ => Err(r.error()),
-        }
+        one_repo(&self.http, &format!("/projects/{}", enc(path)), gitlab_repo).await
     }
 
     async fn create_repo(&self, namespace: &str, name: &str, spec: &CreateSpec) -> Result<Creation, ApiError> {
@@ -680,27 +689,6 @@ struct Gitea {
     owner: Owner,
 }
 
-fn gitea_repo(v: &Value) -> Result<RemoteRepo, ApiError> {
-    let path = s(v, "full_name");
-    let (owner, name) = path
-        .split_once('/')
-        .map(|(o, n)| (o.to_owned(), n.to_owned()))
-        .ok_or_else(|| ApiError::Malformed("full_name without owner".into()))?;
-    Ok(RemoteRepo {
-        id: id(v)?,
-        owner,
-        name,
-        path,
-        clone_url: s(v, "clone_url"),
-        private: b(v, "private"),
-        fork: b(v, "fork"),
-        archived: b(v, "archived"),
-        default_branch: opt(v, "default_branch"),
-        description: opt(v, "description"),
-        has_wiki: b(v, "has_wiki"),
-    })
-}
-
 #[async_trait::async_trait]
 impl Provider for Gitea {
     fn page_size(&self) -> usize {
@@ -713,23 +701,11 @@ impl Provider for Gitea {
             OwnerKind::User => format!("/users/{o}/repos?limit=50&page={page}"),
             _ => format!("/orgs/{o}/repos?limit=50&page={page}"),
         };
-        page_of(self.http.get(&path, etag, deadline).await?, gitea_repo)
+        page_of(self.http.get(&path, etag, deadline).await?, full_name_repo)
     }
 
     async fn get_repo(&self, path: &str) -> Result<Option<RemoteRepo>, ApiError> {
-        let r = self
-            .http
-            .get(
-                &format!("/repos/{path}"),
-                None,
-                Instant::now() + Duration::from_secs(60),
-            )
-            .await?;
-        match r.status {
-            200 => gitea_repo(&r.json()?).map(Some),
-            404 => Ok(None),
-            _ => Err(r.error()),
-        }
+        one_repo(&self.http, &format!("/repos/{path}"), full_name_repo).await
     }
 
     async fn create_repo(&self, namespace: &str, name: &str, spec: &CreateSpec) -> Result<Creation, ApiError> {
@@ -741,13 +717,7 @@ impl Provider for Gitea {
         if let Some(branch) = &spec.default_branch {
             body["default_branch"] = branch.clone().into();
         }
-        let mut r = self
-            .http
-            .call(reqwest::Method::POST, &format!("/orgs/{}/repos", enc(namespace)), &body)
-            .await?;
-        if r.status == 404 {
-            r = self.http.call(reqwest::Method::POST, "/user/repos", &body).await?;
-        }
+        let r = create_in_org_or_user(&self.http, namespace, &body).await?;
         match r.status {
             201 => Ok(Creation::New),
             409 => Ok(Creation::Exists),
@@ -756,15 +726,7 @@ impl Provider for Gitea {
     }
 
     async fn rename_repo(&self, namespace: &str, from: &str, to: &str) -> Result<(), ApiError> {
-        let r = self
-            .http
-            .call(
-                reqwest::Method::PATCH,
-                &format!("/repos/{}/{}", enc(namespace), enc(from)),
-                &serde_json::json!({ "name": to }),
-            )
-            .await?;
-        if r.status == 200 { Ok(()) } else { Err(r.error()) }
+        rename_by_patch(&self.http, namespace, from, to).await
     }
 }
 

@@ -437,7 +437,6 @@ impl AccountState {
     /// not; `started`: when the listing began). Pure: the caller writes if `dirty`.
     pub fn apply(&mut self, account: &AccountConfig, listed: &[RemoteRepo], started: u64, now: u64) -> Changes {
         let mut changes = Changes::default();
-        let ids: BTreeMap<&str, &RemoteRepo> = listed.iter().map(|r| (r.id.as_str(), r)).collect();
         let by_id: BTreeMap<String, String> = self
             .repos
             .iter()
@@ -447,67 +446,49 @@ impl AccountState {
             match by_id.get(&r.id) {
                 Some(name) => {
                     let entry = self.repos.get_mut(name).expect("indexed");
-                    if entry.source.path != r.path {
-                        let old = entry.source.vars();
-                        for t in &account.targets {
-                            entry.pinned.entry(t.name.clone()).or_insert_with(|| old.clone());
-                        }
-                        changes
-                            .renamed
-                            .push((name.clone(), entry.source.path.clone(), r.path.clone()));
-                        entry.renamed_from = Some(entry.source.path.clone());
-                    }
-                    let was = entry.source_state();
-                    let now_state = if r.archived && !account.archived {
-                        match was {
-                            SourceState::Archived { .. } => was.clone(),
-                            _ => SourceState::Archived { since: now },
-                        }
-                    } else {
-                        SourceState::Active
-                    };
-                    if now_state != was {
-                        match (&was, &now_state) {
-                            (_, SourceState::Archived { .. }) => changes.archived.push(name.clone()),
-                            (SourceState::Vanished { .. } | SourceState::Archived { .. }, SourceState::Active) => {
-                                changes.returned.push(name.clone())
-                            }
-                            _ => {}
-                        }
-                        entry.state = (!now_state.is_active()).then_some(now_state);
-                        changes.dirty = true;
-                    }
-                    if entry.source != *r {
-                        entry.source = r.clone();
-                        changes.dirty = true;
-                    }
+                    entry.follow(name, account, r, now, &mut changes);
                 }
-                None => {
-                    if account.admits(r).is_err() {
-                        continue;
-                    }
-                    let mut name = account.name_for(&r.vars());
-                    if self.repos.contains_key(&name) {
-                        name = (2..)
-                            .map(|i| format!("{name}-{i}"))
-                            .find(|n| !self.repos.contains_key(n))
-                            .expect("unbounded");
-                    }
-                    self.repos.insert(
-                        name.clone(),
-                        DiscoveredRepo {
-                            source: r.clone(),
-                            first_seen: now,
-                            state: None,
-                            renamed_from: None,
-                            pinned: BTreeMap::new(),
-                        },
-                    );
-                    changes.added.push(name);
-                    changes.dirty = true;
-                }
+                None => self.add(account, r, now, &mut changes),
             }
         }
+        self.mark_vanished(listed, started, now, &mut changes);
+        if changes.dirty {
+            self.changed_at = now;
+        }
+        changes
+    }
+
+    /// A repository listed for the first time, if the account admits it, under a name of its
+    /// own (`-2`, `-3`… when the template's name is taken).
+    fn add(&mut self, account: &AccountConfig, r: &RemoteRepo, now: u64, changes: &mut Changes) {
+        if account.admits(r).is_err() {
+            return;
+        }
+        let mut name = account.name_for(&r.vars());
+        if self.repos.contains_key(&name) {
+            name = (2..)
+                .map(|i| format!("{name}-{i}"))
+                .find(|n| !self.repos.contains_key(n))
+                .expect("unbounded");
+        }
+        self.repos.insert(
+            name.clone(),
+            DiscoveredRepo {
+                source: r.clone(),
+                first_seen: now,
+                state: None,
+                renamed_from: None,
+                pinned: BTreeMap::new(),
+            },
+        );
+        changes.added.push(name);
+        changes.dirty = true;
+    }
+
+    /// Known repositories the listing no longer holds are marked vanished, once. Those first
+    /// seen after the listing `started` (a concurrent discovery) are not missing from it.
+    fn mark_vanished(&mut self, listed: &[RemoteRepo], started: u64, now: u64, changes: &mut Changes) {
+        let ids: BTreeMap<&str, &RemoteRepo> = listed.iter().map(|r| (r.id.as_str(), r)).collect();
         for (name, entry) in self.repos.iter_mut() {
             if ids.contains_key(entry.source.id.as_str()) || entry.first_seen >= started {
                 continue;
@@ -521,10 +502,48 @@ impl AccountState {
                 changes.dirty = true;
             }
         }
-        if changes.dirty {
-            self.changed_at = now;
+    }
+}
+
+impl DiscoveredRepo {
+    /// A known repository listed again (`name`: gitferry's name for it): follow a rename (the
+    /// targets keep the old placeholders' values until renamed with it), an archival or a
+    /// return, and any change of what the provider says about it.
+    fn follow(&mut self, name: &str, account: &AccountConfig, r: &RemoteRepo, now: u64, changes: &mut Changes) {
+        if self.source.path != r.path {
+            let old = self.source.vars();
+            for t in &account.targets {
+                self.pinned.entry(t.name.clone()).or_insert_with(|| old.clone());
+            }
+            changes
+                .renamed
+                .push((name.to_owned(), self.source.path.clone(), r.path.clone()));
+            self.renamed_from = Some(self.source.path.clone());
         }
-        changes
+        let was = self.source_state();
+        let now_state = if r.archived && !account.archived {
+            match was {
+                SourceState::Archived { .. } => was.clone(),
+                _ => SourceState::Archived { since: now },
+            }
+        } else {
+            SourceState::Active
+        };
+        if now_state != was {
+            match (&was, &now_state) {
+                (_, SourceState::Archived { .. }) => changes.archived.push(name.to_owned()),
+                (SourceState::Vanished { .. } | SourceState::Archived { .. }, SourceState::Active) => {
+                    changes.returned.push(name.to_owned())
+                }
+                _ => {}
+            }
+            self.state = (!now_state.is_active()).then_some(now_state);
+            changes.dirty = true;
+        }
+        if self.source != *r {
+            self.source = r.clone();
+            changes.dirty = true;
+        }
     }
 }
 
@@ -706,95 +725,131 @@ pub async fn discover_account(
 ) -> Result<Vec<SyncRequest>, StoreError> {
     let store = catalog.store().clone();
     let exists = etag.is_some();
-    let mut requests = Vec::new();
-    {
-        tick.listed += 1;
-        let provider = discover::for_account(account);
-        // Repositories first seen at or after this (a concurrent webhook discovery) are not
-        // missing from a listing that began before them.
-        let started = now;
-        let listing = discover::list_all(provider.as_ref(), &state, account, deadline).await;
-        tick.requests += listing.requests;
-        tick.not_modified += listing.not_modified;
-        let mut state = state;
-        let mut etag = etag;
-        for attempt in 0..3 {
-            let mut next = state.clone();
-            let changes = match &listing.result {
-                Ok(list) => {
-                    let mut c = if next.filter_digest != account.filter_digest() {
-                        next.filter_digest = account.filter_digest();
-                        Changes {
-                            dirty: true,
-                            ..Changes::default()
-                        }
-                    } else {
-                        Changes::default()
-                    };
-                    let applied = next.apply(account, &list.repos, started, now);
-                    c.dirty |= applied.dirty;
-                    let c = Changes {
-                        dirty: c.dirty,
-                        ..applied
-                    };
-                    if next.pages != list.pages {
-                        next.pages = list.pages.clone();
-                    }
-                    if next.retry_at != 0 {
-                        next.retry_at = 0;
-                    }
-                    let dirty = c.dirty || next.pages != state.pages || state.retry_at != 0 || !exists;
-                    Changes { dirty, ..c }
-                }
-                Err(ApiError::RateLimited { until_ms }) => {
-                    tick.rate_limited += 1;
-                    tracing::warn!(account = %account.name, until_ms, "discovery rate-limited: listing again when the limit lifts");
-                    // The provider's time is the wall clock; the schedule's is `now`.
-                    next.retry_at = now + until_ms.saturating_sub(now_ms()).max(1);
-                    Changes {
-                        dirty: next.retry_at != state.retry_at,
-                        ..Changes::default()
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(account = %account.name, error = %e, "discovery failed: trying again at the next interval");
-                    Changes::default()
-                }
-            };
-            if !changes.dirty {
-                break;
+    tick.listed += 1;
+    let provider = discover::for_account(account);
+    // Repositories first seen at or after this (a concurrent webhook discovery) are not
+    // missing from a listing that began before them.
+    let started = now;
+    let listing = discover::list_all(provider.as_ref(), &state, account, deadline).await;
+    tick.requests += listing.requests;
+    tick.not_modified += listing.not_modified;
+    let (mut state, mut etag) = (state, etag);
+    for attempt in 0..3 {
+        let mut next = state.clone();
+        let changes = match &listing.result {
+            Ok(list) => {
+                let mut c = apply_listing(account, list, &state, &mut next, started, now);
+                c.dirty |= !exists;
+                c
             }
-            // Rename the targets gitferry created before the one write that records it all.
-            follow_renames(account, &mut next, &changes, store.as_ref()).await;
-            let body = serde_json::to_vec(&next).expect("account state serialises");
-            let condition = match &etag {
-                Some(e) => Condition::IfMatch(e.clone()),
-                None => Condition::IfAbsent,
-            };
-            match store.put(&keys::account(&account.name), body, condition).await {
-                Ok(_) => {
-                    tick.writes += 1;
-                    tick.added += changes.added.len();
-                    tick.vanished += changes.vanished.len();
-                    tick.renamed += changes.renamed.len();
-                    catalog.put_state(&account.name, next.clone());
-                    report(account, &next, &changes, notifier).await;
-                    for name in &changes.added {
-                        requests.push(first_mirror(&account.name, name));
-                    }
-                    break;
-                }
-                Err(StoreError::PreconditionFailed { .. }) if attempt < 2 => {
-                    // Someone (a webhook-triggered discovery) wrote meanwhile: apply to theirs.
-                    let (fresh, fresh_etag) = AccountState::load(store.as_ref(), &account.name).await?;
-                    state = fresh;
-                    etag = fresh_etag;
-                }
-                Err(e) => return Err(e),
+            Err(e) => listing_failed(account, e, &state, &mut next, now, tick),
+        };
+        if !changes.dirty {
+            break;
+        }
+        // Rename the targets gitferry created before the one write that records it all.
+        follow_renames(account, &mut next, &changes, store.as_ref()).await;
+        match write_state(store.as_ref(), &account.name, &next, etag.as_deref()).await {
+            Ok(()) => return Ok(recorded(catalog, notifier, account, next, &changes, tick).await),
+            Err(StoreError::PreconditionFailed { .. }) if attempt < 2 => {
+                // Someone (a webhook-triggered discovery) wrote meanwhile: apply to theirs.
+                (state, etag) = AccountState::load(store.as_ref(), &account.name).await?;
             }
+            Err(e) => return Err(e),
         }
     }
-    Ok(requests)
+    Ok(Vec::new())
+}
+
+/// A complete listing applied to `next` (a copy of `state`): new filters, repositories, page
+/// memos, and the end of a rate-limit wait all make it worth a write.
+fn apply_listing(
+    account: &AccountConfig,
+    list: &discover::Listed,
+    state: &AccountState,
+    next: &mut AccountState,
+    started: u64,
+    now: u64,
+) -> Changes {
+    let refiltered = next.filter_digest != account.filter_digest();
+    if refiltered {
+        next.filter_digest = account.filter_digest();
+    }
+    let applied = next.apply(account, &list.repos, started, now);
+    if next.pages != list.pages {
+        next.pages = list.pages.clone();
+    }
+    if next.retry_at != 0 {
+        next.retry_at = 0;
+    }
+    let dirty = refiltered || applied.dirty || next.pages != state.pages || state.retry_at != 0;
+    Changes { dirty, ..applied }
+}
+
+/// A listing that failed: a rate limit is recorded in `next` (listed again when it lifts);
+/// anything else waits for the next interval and writes nothing.
+fn listing_failed(
+    account: &AccountConfig,
+    e: &ApiError,
+    state: &AccountState,
+    next: &mut AccountState,
+    now: u64,
+    tick: &mut Discovery,
+) -> Changes {
+    match e {
+        ApiError::RateLimited { until_ms } => {
+            tick.rate_limited += 1;
+            tracing::warn!(account = %account.name, until_ms, "discovery rate-limited: listing again when the limit lifts");
+            // The provider's time is the wall clock; the schedule's is `now`.
+            next.retry_at = now + until_ms.saturating_sub(now_ms()).max(1);
+            Changes {
+                dirty: next.retry_at != state.retry_at,
+                ..Changes::default()
+            }
+        }
+        e => {
+            tracing::warn!(account = %account.name, error = %e, "discovery failed: trying again at the next interval");
+            Changes::default()
+        }
+    }
+}
+
+/// Write an account's state, conditional on the version it was read at (`None`: it had none).
+async fn write_state(
+    store: &dyn ObjectStore,
+    account: &str,
+    state: &AccountState,
+    etag: Option<&str>,
+) -> Result<(), StoreError> {
+    let body = serde_json::to_vec(state).expect("account state serialises");
+    let condition = match etag {
+        Some(e) => Condition::IfMatch(e.to_owned()),
+        None => Condition::IfAbsent,
+    };
+    store.put(&keys::account(account), body, condition).await.map(|_| ())
+}
+
+/// The state was written: count it, let this process see it at once, report what changed, and
+/// return the first-mirror requests of the new repositories.
+async fn recorded(
+    catalog: &Catalog,
+    notifier: Option<&Notifier>,
+    account: &AccountConfig,
+    state: AccountState,
+    changes: &Changes,
+    tick: &mut Discovery,
+) -> Vec<SyncRequest> {
+    tick.writes += 1;
+    tick.added += changes.added.len();
+    tick.vanished += changes.vanished.len();
+    tick.renamed += changes.renamed.len();
+    catalog.put_state(&account.name, state.clone());
+    report(account, &state, changes, notifier).await;
+    changes
+        .added
+        .iter()
+        .map(|name| first_mirror(&account.name, name))
+        .collect()
 }
 
 /// The queue's name for "discover this account now" (a message group of its own; not a valid

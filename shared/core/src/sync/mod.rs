@@ -357,35 +357,12 @@ impl SyncManager {
         if let Some(account) = crate::accounts::discovery_of(repo) {
             return self.discover_now(account, deadline).await;
         }
-        let Some(config) = self.catalog.repo(repo).await else {
-            tracing::warn!(repo, "request for a repository that is not configured; dropped");
-            for r in requests {
-                self.metrics.sync(repo, r.trigger.kind().as_str(), "skipped");
-            }
-            return RepoOutcome::Skipped("not configured".into());
+        let (config, followed) = match self.admit(repo, requests).await {
+            Ok(admitted) => admitted,
+            Err(skipped) => return skipped,
         };
         let config = &config;
-        if let Some(why) = config.frozen_because() {
-            // Accounts never delete: a vanished or archived source keeps its mirror as it is.
-            tracing::info!(repo, why, "not synced: the source is gone");
-            for r in requests {
-                self.metrics.sync(repo, r.trigger.kind().as_str(), "skipped");
-            }
-            return RepoOutcome::Skipped(why);
-        }
-        let followed = self.followed(config, requests);
-        if followed.is_empty() {
-            return RepoOutcome::Skipped(format!(
-                "sync policy {:?} follows none of these triggers",
-                config.sync_policy
-            ));
-        }
-        // The trigger shown in status: a webhook's delivery id is the most useful to trace.
-        let primary = followed
-            .iter()
-            .rev()
-            .find(|r| r.trigger.kind() == TriggerKind::Webhook)
-            .unwrap_or_else(|| followed.last().expect("not empty"));
+        let primary = primary(&followed);
         let count = |outcome: &str| {
             for r in &followed {
                 self.metrics.sync(repo, r.trigger.kind().as_str(), outcome);
@@ -406,9 +383,7 @@ impl SyncManager {
             .all(|r| plan::static_commit_recorded(&r.trigger, &snapshot, config))
         {
             tracing::info!(repo, "webhook commit already mirrored everywhere: no-op");
-            count("noop");
-            self.settle_noop(repo, primary).await;
-            return RepoOutcome::NoOp;
+            return self.noop(repo, primary, &count).await;
         }
         // Latest commit: ask the source.
         let (source, patterns) = (config.source.clone(), config.refs.clone());
@@ -425,9 +400,7 @@ impl SyncManager {
                 refs = advertised.len(),
                 "source unchanged and targets up to date: no-op"
             );
-            count("noop");
-            self.settle_noop(repo, primary).await;
-            return RepoOutcome::NoOp;
+            return self.noop(repo, primary, &count).await;
         }
 
         let started = Instant::now();
@@ -436,17 +409,48 @@ impl SyncManager {
             .await;
         self.record_metrics(repo, &outcome, started.elapsed(), count);
         evict(&self.options, &cache);
-        match outcome {
-            Ok(s) if s.interrupted => RepoOutcome::Interrupted {
-                status: Box::new(s.status),
-                committed: s.committed,
-            },
-            Ok(s) => RepoOutcome::Synced(Box::new(s.status)),
-            Err(f) => RepoOutcome::Failed {
-                error: f.message,
-                transient: f.class == ErrorClass::Transient,
-            },
+        repo_outcome(outcome)
+    }
+
+    /// The repository's configuration and the requests its policy follows; `Err` holds the
+    /// outcome when there is nothing to sync (not configured, frozen, or no trigger followed).
+    async fn admit<'r>(
+        &self,
+        repo: &str,
+        requests: &[&'r SyncRequest],
+    ) -> Result<(RepoConfig, Vec<&'r SyncRequest>), RepoOutcome> {
+        let Some(config) = self.catalog.repo(repo).await else {
+            tracing::warn!(repo, "request for a repository that is not configured; dropped");
+            self.count_skipped(repo, requests);
+            return Err(RepoOutcome::Skipped("not configured".into()));
+        };
+        if let Some(why) = config.frozen_because() {
+            // Accounts never delete: a vanished or archived source keeps its mirror as it is.
+            tracing::info!(repo, why, "not synced: the source is gone");
+            self.count_skipped(repo, requests);
+            return Err(RepoOutcome::Skipped(why));
         }
+        let followed = self.followed(&config, requests);
+        if followed.is_empty() {
+            return Err(RepoOutcome::Skipped(format!(
+                "sync policy {:?} follows none of these triggers",
+                config.sync_policy
+            )));
+        }
+        Ok((config, followed))
+    }
+
+    fn count_skipped(&self, repo: &str, requests: &[&SyncRequest]) {
+        for r in requests {
+            self.metrics.sync(repo, r.trigger.kind().as_str(), "skipped");
+        }
+    }
+
+    /// Nothing to do: counted as a no-op, and the status settled if it says otherwise.
+    async fn noop(&self, repo: &str, primary: &SyncRequest, count: impl Fn(&str)) -> RepoOutcome {
+        count("noop");
+        self.settle_noop(repo, primary).await;
+        RepoOutcome::NoOp
     }
 
     /// Sync outcome and work metrics. An interrupted sync is counted when its continuation
@@ -723,6 +727,31 @@ impl Synced {
             interrupted,
             committed: work.committed,
         }
+    }
+}
+
+/// The request shown in status: a webhook's delivery id is the most useful to trace.
+fn primary<'r>(followed: &[&'r SyncRequest]) -> &'r SyncRequest {
+    followed
+        .iter()
+        .rev()
+        .find(|r| r.trigger.kind() == TriggerKind::Webhook)
+        .copied()
+        .unwrap_or_else(|| followed.last().expect("not empty"))
+}
+
+/// A sync under the lease as the batch reports it.
+fn repo_outcome(outcome: Result<Synced, Failure>) -> RepoOutcome {
+    match outcome {
+        Ok(s) if s.interrupted => RepoOutcome::Interrupted {
+            status: Box::new(s.status),
+            committed: s.committed,
+        },
+        Ok(s) => RepoOutcome::Synced(Box::new(s.status)),
+        Err(f) => RepoOutcome::Failed {
+            error: f.message,
+            transient: f.class == ErrorClass::Transient,
+        },
     }
 }
 
