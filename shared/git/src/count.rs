@@ -71,39 +71,8 @@ pub fn objects(
         .filter_map(|h| repo::peel(repo, *h))
         .filter(|id| repo::object_kind(repo, *id) == Some(Kind::Commit))
         .collect();
-
-    // Sort tips into commits to walk, tag objects to send as they are and trees/blobs.
-    let mut commit_tips = Vec::new();
-    let mut tags = Vec::new();
-    let mut whole = Vec::new();
-    for &tip in tips {
-        let mut id = tip;
-        loop {
-            match repo::object_kind(repo, id) {
-                Some(Kind::Tag) => {
-                    tags.push(id);
-                    let tag = repo.find_object(id).map_err(|e| local(e.to_string()))?;
-                    id = tag
-                        .try_into_tag()
-                        .map_err(|e| local(e.to_string()))?
-                        .target_id()
-                        .map_err(|e| local(e.to_string()))?
-                        .detach();
-                }
-                Some(Kind::Commit) => {
-                    commit_tips.push(id);
-                    break;
-                }
-                Some(Kind::Tree | Kind::Blob) => {
-                    whole.push(id);
-                    break;
-                }
-                None => return Err(local(format!("object {id} is missing from the local repository"))),
-            }
-        }
-    }
-
-    let walked = walk(repo, &commit_tips, &hidden, interrupt)?;
+    let tips = Tips::sort(repo, tips)?;
+    let walked = walk(repo, &tips.commits, &hidden, interrupt)?;
     // `seen`: counted, or known to be the receiver's — either way not to be counted again.
     let mut seen: HashSet<ObjectId> = HashSet::new();
     let mut trees = TreeWalk::default();
@@ -118,12 +87,12 @@ pub fn objects(
             .collect::<Result<_, _>>()?;
         trees.add(repo, commit.tree, parent_trees, &mut seen, &mut counted, interrupt)?;
     }
-    for tag in tags {
+    for tag in tips.tags {
         if !known.contains(&tag) && seen.insert(tag) {
             counted.objects.push(tag);
         }
     }
-    for id in whole {
+    for id in tips.whole {
         if known.contains(&id) || seen.contains(&id) {
             continue;
         }
@@ -138,6 +107,46 @@ pub fn objects(
     known.extend(walked.uninteresting.iter().copied());
     counted.known.extend(known);
     Ok(counted)
+}
+
+/// The tips sorted by what they need: commits to walk, tag objects to send as they are (with
+/// what they point to sorted in turn), trees and blobs named directly, sent whole.
+#[derive(Default)]
+struct Tips {
+    commits: Vec<ObjectId>,
+    tags: Vec<ObjectId>,
+    whole: Vec<ObjectId>,
+}
+
+impl Tips {
+    fn sort(repo: &gix::Repository, tips: &[ObjectId]) -> Result<Tips, PackError> {
+        let mut sorted = Tips::default();
+        for &tip in tips {
+            let mut id = tip;
+            loop {
+                match repo::object_kind(repo, id) {
+                    Some(Kind::Tag) => {
+                        sorted.tags.push(id);
+                        id = tag_target(repo, id)?;
+                    }
+                    Some(Kind::Commit) => break sorted.commits.push(id),
+                    Some(Kind::Tree | Kind::Blob) => break sorted.whole.push(id),
+                    None => return Err(local(format!("object {id} is missing from the local repository"))),
+                }
+            }
+        }
+        Ok(sorted)
+    }
+}
+
+fn tag_target(repo: &gix::Repository, tag: ObjectId) -> Result<ObjectId, PackError> {
+    let tag = repo.find_object(tag).map_err(|e| local(e.to_string()))?;
+    Ok(tag
+        .try_into_tag()
+        .map_err(|e| local(e.to_string()))?
+        .target_id()
+        .map_err(|e| local(e.to_string()))?
+        .detach())
 }
 
 fn tree_of(repo: &gix::Repository, commit: ObjectId) -> Result<ObjectId, PackError> {
@@ -182,30 +191,77 @@ fn walk(
     hidden: &[ObjectId],
     interrupt: &AtomicBool,
 ) -> Result<Walked, PackError> {
-    let mut nodes: HashMap<ObjectId, Node> = HashMap::new();
-    let mut queue: BinaryHeap<(i64, ObjectId)> = BinaryHeap::new();
-    let mut interesting_queued = 0usize;
-    let parse = |id: ObjectId| -> Result<Node, PackError> {
-        let c = repo.find_commit(id).map_err(|e| local(e.to_string()))?;
+    let mut graph = Graph::new(repo);
+    for &id in hidden {
+        graph.enqueue(id, true)?;
+    }
+    for &id in tips {
+        graph.enqueue(id, false)?;
+    }
+    let popped = graph.expand(interrupt)?;
+    Ok(graph.into_walked(&popped))
+}
+
+/// The commits met so far, by id, and the queue of those to expand, newest first.
+struct Graph<'r> {
+    repo: &'r gix::Repository,
+    nodes: HashMap<ObjectId, Node>,
+    queue: BinaryHeap<(i64, ObjectId)>,
+    /// Queued commits not (yet) known to be uninteresting.
+    interesting_queued: usize,
+}
+
+impl<'r> Graph<'r> {
+    fn new(repo: &'r gix::Repository) -> Graph<'r> {
+        Graph {
+            repo,
+            nodes: HashMap::new(),
+            queue: BinaryHeap::new(),
+            interesting_queued: 0,
+        }
+    }
+
+    fn parse(&self, id: ObjectId) -> Result<Node, PackError> {
+        let c = self.repo.find_commit(id).map_err(|e| local(e.to_string()))?;
         Ok(Node {
             flags: 0,
             time: c.committer().map(|s| s.seconds()).unwrap_or(0),
             tree: c.tree_id().map_err(|e| local(e.to_string()))?.detach(),
             parents: c.parent_ids().map(|p| p.detach()).collect(),
         })
-    };
+    }
+
+    /// Know `id`, mark it uninteresting if asked, and queue it unless queued or expanded.
+    fn enqueue(&mut self, id: ObjectId, uninteresting: bool) -> Result<(), PackError> {
+        if !self.nodes.contains_key(&id) {
+            let node = self.parse(id)?;
+            self.nodes.insert(id, node);
+        }
+        if uninteresting {
+            self.mark_uninteresting(id);
+        }
+        let node = self.nodes.get_mut(&id).expect("inserted above");
+        if node.flags & (QUEUED | EXPANDED) == 0 {
+            node.flags |= QUEUED;
+            if node.flags & UNINTERESTING == 0 {
+                self.interesting_queued += 1;
+            }
+            self.queue.push((node.time, id));
+        }
+        Ok(())
+    }
 
     /// Mark `id` (and, through parents already known, its ancestors) uninteresting.
-    fn mark_uninteresting(nodes: &mut HashMap<ObjectId, Node>, id: ObjectId, interesting_queued: &mut usize) {
+    fn mark_uninteresting(&mut self, id: ObjectId) {
         let mut stack = vec![id];
         while let Some(id) = stack.pop() {
-            let Some(node) = nodes.get_mut(&id) else { continue };
+            let Some(node) = self.nodes.get_mut(&id) else { continue };
             if node.flags & UNINTERESTING != 0 {
                 continue;
             }
             node.flags |= UNINTERESTING;
             if node.flags & QUEUED != 0 {
-                *interesting_queued -= 1;
+                self.interesting_queued -= 1;
             }
             if node.flags & EXPANDED != 0 {
                 stack.extend(node.parents.iter().copied());
@@ -213,53 +269,29 @@ fn walk(
         }
     }
 
-    let enqueue = |nodes: &mut HashMap<ObjectId, Node>,
-                   queue: &mut BinaryHeap<(i64, ObjectId)>,
-                   interesting_queued: &mut usize,
-                   id: ObjectId,
-                   uninteresting: bool|
-     -> Result<(), PackError> {
-        if let std::collections::hash_map::Entry::Vacant(slot) = nodes.entry(id) {
-            slot.insert(parse(id)?);
-        }
-        if uninteresting {
-            mark_uninteresting(nodes, id, interesting_queued);
-        }
-        let node = nodes.get_mut(&id).expect("inserted above");
-        if node.flags & (QUEUED | EXPANDED) == 0 {
-            node.flags |= QUEUED;
-            if node.flags & UNINTERESTING == 0 {
-                *interesting_queued += 1;
+    /// Expand commits newest first until only uninteresting ones remain (and `SLOP` more);
+    /// returns the interesting commits in the order they were expanded.
+    fn expand(&mut self, interrupt: &AtomicBool) -> Result<Vec<ObjectId>, PackError> {
+        let mut popped_interesting = Vec::new();
+        let mut slop = SLOP;
+        while let Some((_, id)) = self.queue.pop() {
+            check(interrupt)?;
+            let node = self.nodes.get_mut(&id).expect("queued commits are known");
+            node.flags &= !QUEUED;
+            node.flags |= EXPANDED;
+            let uninteresting = node.flags & UNINTERESTING != 0;
+            if !uninteresting {
+                self.interesting_queued -= 1;
             }
-            queue.push((node.time, id));
-        }
-        Ok(())
-    };
-
-    for &id in hidden {
-        enqueue(&mut nodes, &mut queue, &mut interesting_queued, id, true)?;
-    }
-    for &id in tips {
-        enqueue(&mut nodes, &mut queue, &mut interesting_queued, id, false)?;
-    }
-    let mut popped_interesting = Vec::new();
-    let mut slop = SLOP;
-    while let Some((_, id)) = queue.pop() {
-        check(interrupt)?;
-        let node = nodes.get_mut(&id).expect("queued commits are known");
-        node.flags &= !QUEUED;
-        node.flags |= EXPANDED;
-        let uninteresting = node.flags & UNINTERESTING != 0;
-        if !uninteresting {
-            interesting_queued -= 1;
-        }
-        let parents = node.parents.clone();
-        for p in parents {
-            enqueue(&mut nodes, &mut queue, &mut interesting_queued, p, uninteresting)?;
-        }
-        if uninteresting {
-            // git's `still_interesting`: stop a few commits after only uninteresting ones remain.
-            if interesting_queued > 0 {
+            let parents = node.parents.clone();
+            for p in parents {
+                self.enqueue(p, uninteresting)?;
+            }
+            if !uninteresting {
+                popped_interesting.push(id);
+            } else if self.interesting_queued > 0 {
+                // git's `still_interesting`: stop a few commits after only uninteresting ones
+                // remain.
                 slop = SLOP;
             } else {
                 slop -= 1;
@@ -267,58 +299,61 @@ fn walk(
                     break;
                 }
             }
-        } else {
-            popped_interesting.push(id);
         }
+        Ok(popped_interesting)
     }
 
-    let is_interesting = |id: &ObjectId| nodes.get(id).is_some_and(|n| n.flags & UNINTERESTING == 0);
-    let interesting: HashSet<ObjectId> = popped_interesting.iter().copied().filter(is_interesting).collect();
-    // Parents first: a depth-first post-order over the interesting commits.
-    let mut order = Vec::with_capacity(interesting.len());
-    let mut done: HashSet<ObjectId> = HashSet::with_capacity(interesting.len());
-    for &start in popped_interesting.iter().rev() {
-        if !interesting.contains(&start) || done.contains(&start) {
-            continue;
-        }
-        let mut stack = vec![(start, false)];
-        while let Some((id, parents_done)) = stack.pop() {
-            if done.contains(&id) {
+    fn is_interesting(&self, id: &ObjectId) -> bool {
+        self.nodes.get(id).is_some_and(|n| n.flags & UNINTERESTING == 0)
+    }
+
+    /// The interesting commits among `popped`, parents first (a depth-first post-order), and
+    /// every commit found uninteresting.
+    fn into_walked(self, popped: &[ObjectId]) -> Walked {
+        let interesting: HashSet<ObjectId> = popped.iter().copied().filter(|id| self.is_interesting(id)).collect();
+        let mut order = Vec::with_capacity(interesting.len());
+        let mut done: HashSet<ObjectId> = HashSet::with_capacity(interesting.len());
+        for &start in popped.iter().rev() {
+            if !interesting.contains(&start) || done.contains(&start) {
                 continue;
             }
-            if parents_done {
-                done.insert(id);
-                order.push(id);
-                continue;
-            }
-            stack.push((id, true));
-            for p in &nodes[&id].parents {
-                if interesting.contains(p) && !done.contains(p) {
-                    stack.push((*p, false));
+            let mut stack = vec![(start, false)];
+            while let Some((id, parents_done)) = stack.pop() {
+                if done.contains(&id) {
+                    continue;
+                }
+                if parents_done {
+                    done.insert(id);
+                    order.push(id);
+                    continue;
+                }
+                stack.push((id, true));
+                for p in &self.nodes[&id].parents {
+                    if interesting.contains(p) && !done.contains(p) {
+                        stack.push((*p, false));
+                    }
                 }
             }
         }
-    }
-    let uninteresting = nodes
-        .iter()
-        .filter(|(_, n)| n.flags & UNINTERESTING != 0)
-        .map(|(id, _)| *id)
-        .collect();
-    let interesting = order
-        .into_iter()
-        .map(|id| {
-            let n = &nodes[&id];
-            Commit {
+        let uninteresting = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.flags & UNINTERESTING != 0)
+            .map(|(id, _)| *id)
+            .collect();
+        let interesting = order
+            .into_iter()
+            .map(|id| Commit {
                 id,
-                tree: n.tree,
-                parents: n.parents.clone(),
-            }
-        })
-        .collect();
-    Ok(Walked {
-        interesting,
-        uninteresting,
-    })
+                tree: self.nodes[&id].tree,
+                parents: self.nodes[&id].parents.clone(),
+            })
+            .collect();
+        Walked {
+            interesting,
+            uninteresting,
+        }
+    }
 }
 
 /// Counts the new parts of trees (see the module docs, step 2), reusing its buffers.

@@ -396,6 +396,8 @@ fn connect_network(remote: &Remote) -> Result<Connected, Error> {
     Ok(Connected { t, advertised, opened })
 }
 
+/// The receive-pack conversation after the handshake: plan, commands and pack on one stream,
+/// then the target's report.
 fn push_network(
     repo: &gix::Repository,
     remote: &Remote,
@@ -406,18 +408,14 @@ fn push_network(
     interrupt: &AtomicBool,
 ) -> Result<PushOutcome, Error> {
     let Connected { mut t, advertised, .. } = connected;
-    let offers = |name: &str| advertised.offers(name);
-
-    let all = RefPatterns::all();
-    let target_all = lsremote::ref_state_from_advertisement(&advertised.refs, &all)?;
+    let target_all = lsremote::ref_state_from_advertisement(&advertised.refs, &RefPatterns::all())?;
     let current = target_all.filtered(&options.refs).ids();
     let commands = plan(desired, &current, options.prune, |old, new| {
         repo::is_ancestor(repo, old, new)
     });
     let (commands, diverged) = withhold_diverged(commands, &current, options.keep_divergent.as_ref());
-    let atomic = options.atomic && offers("atomic");
     let mut outcome = PushOutcome {
-        atomic,
+        atomic: options.atomic && advertised.offers("atomic"),
         diverged,
         target_before: current,
         ..Default::default()
@@ -426,106 +424,153 @@ fn push_network(
         let _ = gix::protocol::indicate_end_of_interaction(&mut t, false);
         return Ok(outcome);
     }
-
-    if !offers("report-status") {
-        return Err(Error::Remote {
-            remote: remote.to_string(),
-            message: "the target's receive-pack does not offer report-status; refusing to push blind".into(),
-            transient: false,
-        });
-    }
-    let mut want_caps = vec!["report-status".to_owned()];
-    let sideband = offers("side-band-64k");
-    for (cap, wanted) in [
-        ("side-band-64k", sideband),
-        ("ofs-delta", true),
-        ("delete-refs", commands.iter().any(|c| c.new.is_none())),
-        ("atomic", atomic),
-    ] {
-        if wanted && offers(cap) {
-            want_caps.push(cap.to_owned());
-        }
-    }
-    want_caps.push(format!("agent={}", transport::AGENT));
-    // Thin packs as `git push` sends them, unless the target says it cannot complete them.
-    let pack_options = pack::PackOptions {
-        ofs_delta: offers("ofs-delta"),
-        thin: !offers("no-thin"),
-    };
-    let needs_pack = commands.iter().any(|c| c.new.is_some());
+    let caps = Capabilities::choose(remote, &advertised, &commands, outcome.atomic)?;
     // The received pack may hold ofs-deltas: only for a target that reads them.
-    let forward =
-        forward.filter(|f| pack_options.ofs_delta && f.covers(&outcome.target_before, &commands, repo.object_hash()));
-
+    let forward = forward
+        .filter(|f| caps.pack.ofs_delta && f.covers(&outcome.target_before, &commands, repo.object_hash()));
     let request = t
         .request(WriteMode::Binary, MessageKind::Flush, false)
         .map_err(|e| Error::from_client(remote, "starting push", &e))?;
     let (mut raw, mut reader) = request.into_parts();
-
-    // Commands, then (if anything is created or updated) the pack, all on one stream.
-    let send = (|| -> Result<(u64, u64), SendError> {
-        let mut buf = Vec::new();
-        for (i, c) in commands.iter().enumerate() {
-            let zero = ObjectId::null(repo.object_hash());
-            let mut line = format!("{} {} {}", c.old.unwrap_or(zero), c.new.unwrap_or(zero), c.name);
-            if i == 0 {
-                line.push('\0');
-                line.push_str(&want_caps.join(" "));
-            }
-            line.push('\n');
-            encode::data_to_write(line.as_bytes(), &mut buf).map_err(SendError::Io)?;
-        }
-        encode::flush_to_write(&mut buf).map_err(SendError::Io)?;
-        raw.write_all(&buf).map_err(SendError::Io)?;
-        let mut stats = (0, 0);
-        if needs_pack {
-            let tips: Vec<ObjectId> = commands.iter().filter_map(|c| c.new).collect();
-            let haves: Vec<ObjectId> = target_all.refs.values().map(|t| t.id).collect();
-            let mut w = BufWriter::with_capacity(1 << 16, &mut raw);
-            let s = match forward {
-                Some(f) => pack::copy_pack(&f.pack, &mut w, interrupt),
-                None => pack::write_pack(repo, &tips, &haves, pack_options, &mut w, interrupt),
-            }
-            .map_err(SendError::Pack)?;
-            w.flush().map_err(SendError::Io)?;
-            stats = (s.objects, s.bytes);
-        }
-        raw.flush().map_err(SendError::Io)?;
-        Ok(stats)
-    })();
+    let haves: Vec<ObjectId> = target_all.refs.values().map(|t| t.id).collect();
+    let source = match forward {
+        Some(f) => PackSource::Forward(&f.pack),
+        None => PackSource::Count { haves: &haves },
+    };
+    let send = send_commands_and_pack(repo, &commands, &caps, source, &mut raw, interrupt);
     drop(raw); // ends the HTTP request body
     if let Err(SendError::Pack(PackError::Interrupted)) = send {
         // The target still waits for the rest of the pack: reading its report would block
         // until the connection times out. Hanging up makes it discard what it got.
         return Err(Error::Interrupted);
     }
-
     let mut messages = RemoteMessages::default();
-    let report = read_report(remote, &mut reader, sideband, &mut messages);
+    let report = read_report(remote, &mut reader, caps.sideband, &mut messages);
     outcome.remote_messages = messages.lines(remote);
+    let (stats, report) = sent(repo, remote, send, report)?;
+    (outcome.objects, outcome.bytes) = stats;
+    outcome.results = results(remote, commands, &report)?;
+    Ok(outcome)
+}
 
-    let (objects, bytes) = match send {
-        Ok(stats) => stats,
-        Err(SendError::Pack(PackError::Interrupted)) => return Err(Error::Interrupted),
-        Err(SendError::Pack(PackError::Local(m))) => {
-            return Err(Error::Local {
-                path: repo.path().display().to_string(),
-                message: m,
+/// What we ask of the target's receive-pack, from what it offers.
+struct Capabilities {
+    /// The capability list sent with the first command.
+    wanted: Vec<String>,
+    sideband: bool,
+    pack: pack::PackOptions,
+}
+
+impl Capabilities {
+    fn choose(
+        remote: &Remote,
+        advertised: &advert::Advertisement,
+        commands: &[Command],
+        atomic: bool,
+    ) -> Result<Capabilities, Error> {
+        let offers = |name: &str| advertised.offers(name);
+        if !offers("report-status") {
+            return Err(Error::Remote {
+                remote: remote.to_string(),
+                message: "the target's receive-pack does not offer report-status; refusing to push blind".into(),
+                transient: false,
             });
         }
-        Err(SendError::Pack(PackError::Write(e)) | SendError::Io(e)) => {
-            // The target hung up early: its own words (a report or fatal error) explain more
-            // than our broken pipe.
-            return Err(match report {
-                Err(reason) => reason,
-                Ok(_) => Error::from_io(remote, "sending pack", &e),
-            });
+        let mut wanted = vec!["report-status".to_owned()];
+        let sideband = offers("side-band-64k");
+        for (cap, want) in [
+            ("side-band-64k", sideband),
+            ("ofs-delta", true),
+            ("delete-refs", commands.iter().any(|c| c.new.is_none())),
+            ("atomic", atomic),
+        ] {
+            if want && offers(cap) {
+                wanted.push(cap.to_owned());
+            }
         }
-    };
-    outcome.objects = objects;
-    outcome.bytes = bytes;
-    let report = report?;
-    let status = parse_report_status(&report).map_err(|m| Error::Remote {
+        wanted.push(format!("agent={}", transport::AGENT));
+        // Thin packs as `git push` sends them, unless the target says it cannot complete them.
+        let pack = pack::PackOptions {
+            ofs_delta: offers("ofs-delta"),
+            thin: !offers("no-thin"),
+        };
+        Ok(Capabilities { wanted, sideband, pack })
+    }
+}
+
+/// Where the pack comes from: the source's pack as received, or counted against `haves`.
+enum PackSource<'a> {
+    Forward(&'a std::path::Path),
+    Count { haves: &'a [ObjectId] },
+}
+
+/// Commands, then (if anything is created or updated) the pack, all on one stream. Returns the
+/// pack's objects and bytes.
+fn send_commands_and_pack(
+    repo: &gix::Repository,
+    commands: &[Command],
+    caps: &Capabilities,
+    source: PackSource<'_>,
+    raw: &mut dyn Write,
+    interrupt: &AtomicBool,
+) -> Result<(u64, u64), SendError> {
+    let mut buf = Vec::new();
+    let zero = ObjectId::null(repo.object_hash());
+    for (i, c) in commands.iter().enumerate() {
+        let mut line = format!("{} {} {}", c.old.unwrap_or(zero), c.new.unwrap_or(zero), c.name);
+        if i == 0 {
+            line.push('\0');
+            line.push_str(&caps.wanted.join(" "));
+        }
+        line.push('\n');
+        encode::data_to_write(line.as_bytes(), &mut buf).map_err(SendError::Io)?;
+    }
+    encode::flush_to_write(&mut buf).map_err(SendError::Io)?;
+    raw.write_all(&buf).map_err(SendError::Io)?;
+    let mut stats = (0, 0);
+    if commands.iter().any(|c| c.new.is_some()) {
+        let mut w = BufWriter::with_capacity(1 << 16, &mut *raw);
+        let s = match source {
+            PackSource::Forward(path) => pack::copy_pack(path, &mut w, interrupt),
+            PackSource::Count { haves } => {
+                let tips: Vec<ObjectId> = commands.iter().filter_map(|c| c.new).collect();
+                pack::write_pack(repo, &tips, haves, caps.pack, &mut w, interrupt)
+            }
+        }
+        .map_err(SendError::Pack)?;
+        w.flush().map_err(SendError::Io)?;
+        stats = (s.objects, s.bytes);
+    }
+    raw.flush().map_err(SendError::Io)?;
+    Ok(stats)
+}
+
+/// What was sent and the target's report, or why sending failed — in the target's own words
+/// when it hung up early with a report or a fatal error, which explain more than our broken
+/// pipe.
+fn sent(
+    repo: &gix::Repository,
+    remote: &Remote,
+    send: Result<(u64, u64), SendError>,
+    report: Result<Vec<String>, Error>,
+) -> Result<((u64, u64), Vec<String>), Error> {
+    match send {
+        Ok(stats) => Ok((stats, report?)),
+        Err(SendError::Pack(PackError::Interrupted)) => Err(Error::Interrupted),
+        Err(SendError::Pack(PackError::Local(m))) => Err(Error::Local {
+            path: repo.path().display().to_string(),
+            message: m,
+        }),
+        Err(SendError::Pack(PackError::Write(e)) | SendError::Io(e)) => Err(match report {
+            Err(reason) => reason,
+            Ok(_) => Error::from_io(remote, "sending pack", &e),
+        }),
+    }
+}
+
+/// Each command with the target's verdict from its report-status.
+fn results(remote: &Remote, commands: Vec<Command>, report: &[String]) -> Result<Vec<RefResult>, Error> {
+    let status = parse_report_status(report).map_err(|m| Error::Remote {
         remote: remote.to_string(),
         message: scrub(&m, remote),
         transient: true,
@@ -536,7 +581,7 @@ fn push_network(
             message: scrub(&reason, remote),
         });
     }
-    outcome.results = commands
+    Ok(commands
         .into_iter()
         .map(|command| {
             let rejected = match status.refs.get(&command.name) {
@@ -546,8 +591,7 @@ fn push_network(
             };
             RefResult { command, rejected }
         })
-        .collect();
-    Ok(outcome)
+        .collect())
 }
 
 enum SendError {
