@@ -91,17 +91,17 @@ fn fetch_and_prune(
     // are what gc is for.
     received.release();
     applied?;
-    let after = if updates.is_empty() {
-        before.clone()
-    } else {
-        repo::read_refs(cache, &options.refs, Peel::No)?
+    let before = before.ids();
+    let deltas = match updates.is_empty() {
+        true => Vec::new(),
+        false => {
+            let after = repo::read_refs(cache, &options.refs, Peel::No)?;
+            refs::diff(&before, &after.ids(), |old, new| repo::is_ancestor(cache, old, new))
+        }
     };
-    let deltas = refs::diff(&before.ids(), &after.ids(), |old, new| {
-        repo::is_ancestor(cache, old, new)
-    });
     let forward = received.pack.take().map(|pack| super::push::Forward {
         pack,
-        valid_for: before.ids(),
+        valid_for: before,
     });
     Ok(FetchOutcome {
         deltas,
@@ -145,7 +145,7 @@ fn fetch_network(
 ) -> Result<(RefState, Received), Error> {
     // gix parses the advertisement itself: `Guarded` keeps it from the path that panics on a
     // dangling symref, and notices a SHA-256 repository before gix fails on its ids.
-    let (mut t, seen) = advert::Guarded::new(transport::open(
+    let (t, seen) = advert::Guarded::new(transport::open(
         remote,
         gix::protocol::transport::Service::UploadPack,
         gix::protocol::transport::Protocol::V2,
@@ -157,11 +157,6 @@ fn fetch_network(
         },
         None => Error::from_gix(remote, "fetch", &e),
     };
-    if remote.is_http() {
-        use gix::protocol::transport::client::TransportWithoutIO;
-        t.configure(&*transport::http_options())
-            .map_err(|e| Error::from_gix(remote, "configuring HTTP", &e))?;
-    }
     let (specs, head) = refspecs(options).map_err(gix_err)?;
     // Ask the server only for our prefixes, unless a pattern has no usable literal prefix
     // (e.g. `refs/*`): a literal `ref-prefix refs/*` would match nothing.

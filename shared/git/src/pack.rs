@@ -124,9 +124,9 @@ pub fn copy_pack(path: &std::path::Path, out: &mut dyn Write, interrupt: &Atomic
     }
     out.write_all(&header).map_err(PackError::Write)?;
     let mut bytes = header.len() as u64;
-    let mut buf = vec![0u8; 1 << 16];
+    let mut buf = vec![0u8; PIECE];
     loop {
-        if interrupt.load(std::sync::atomic::Ordering::Relaxed) {
+        if interrupt.load(Ordering::Relaxed) {
             return Err(PackError::Interrupted);
         }
         let n = file.read(&mut buf).map_err(local)?;

@@ -271,9 +271,9 @@ pub fn push_through(
 ) -> Result<PushOutcome, Error> {
     guard(remote, "pushing", || {
         let desired = desired.filtered(&options.refs).ids();
-        match (remote.location(), connected) {
-            (Location::Local(path), _) => push_local(repo, remote, path, &desired, options, interrupt),
-            (Location::Network(_), connected) => {
+        match remote.location() {
+            Location::Local(path) => push_local(repo, remote, path, &desired, options, interrupt),
+            Location::Network(_) => {
                 let c = match connected {
                     Some(c) => c,
                     None => connect_network(remote)?,
@@ -426,8 +426,8 @@ fn push_network(
     }
     let caps = Capabilities::choose(remote, &advertised, &commands, outcome.atomic)?;
     // The received pack may hold ofs-deltas: only for a target that reads them.
-    let forward = forward
-        .filter(|f| caps.pack.ofs_delta && f.covers(&outcome.target_before, &commands, repo.object_hash()));
+    let forward =
+        forward.filter(|f| caps.pack.ofs_delta && f.covers(&outcome.target_before, &commands, repo.object_hash()));
     let request = t
         .request(WriteMode::Binary, MessageKind::Flush, false)
         .map_err(|e| Error::from_client(remote, "starting push", &e))?;

@@ -163,11 +163,6 @@ impl std::io::Read for QuickAck {
     }
 }
 
-/// HTTP options for every transfer we make.
-pub(crate) fn http_options() -> Box<dyn Any> {
-    http_options_with(Timeouts::TRANSFER)
-}
-
 fn http_options_with(limits: Timeouts) -> Box<dyn Any> {
     let backend = http::reqwest::Options {
         configure_client: Some(Box::new(move |builder| {
