@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 
+use gitferry_core::git::push::PackMode;
 use gitferry_core::git::{self, DeltaKind, MirrorOptions, MirrorSummary, RefPatterns, Remote};
 use harness::leaks::CheckedOutput;
 use harness::{
@@ -261,18 +262,44 @@ fn received_pack_is_forwarded_unless_a_new_tip_is_missing_from_it() {
         let mut case = Case::new(proto);
         let first = case.mirror();
         assert_eq!(
-            first.push.bytes, first.fetch.bytes,
-            "{proto:?}: first mirror forwards: {first:?}"
+            (first.push.bytes, first.push.pack),
+            (first.fetch.bytes, PackMode::Streamed),
+            "{proto:?}: first mirror forwards while fetching: {first:?}"
         );
         case.wt.commit_file("src/next.rs", b"pub fn next() {}\n", "next");
         case.wt.push_all();
         let s = case.mirror();
         case.assert_mirrored();
         assert_eq!(
-            (s.push.objects, s.push.bytes),
-            (s.fetch.objects, s.fetch.bytes),
+            (s.push.objects, s.push.bytes, s.push.pack),
+            (s.fetch.objects, s.fetch.bytes, PackMode::Streamed),
             "{proto:?}: {s:?}"
         );
+        // Forwarded after the fetch, not while (the sync service's way).
+        let copy = case.servers.create_bare("copy.git");
+        git(&case.target, ["push", "--quiet", "--mirror", copy.to_str().unwrap()]);
+        case.wt.commit_file("src/again.rs", b"pub fn again() {}\n", "again");
+        case.wt.push_all();
+        let cache = git::repo::open(&case.cache_repo()).unwrap();
+        let never = std::sync::atomic::AtomicBool::new(false);
+        let fetched = git::mirror_fetch(&cache, &case.source_remote(), &git::FetchOptions::default(), &never).unwrap();
+        let copy_remote = Remote::parse(&case.servers.url(proto, "copy.git")).unwrap();
+        let desired = git::repo::read_refs(&cache, &RefPatterns::default(), git::repo::Peel::No).unwrap();
+        let pushed = git::push_through(
+            &cache,
+            &copy_remote,
+            None,
+            fetched.forward.as_ref(),
+            &desired,
+            &git::PushOptions::default(),
+            &never,
+        )
+        .unwrap();
+        // The pack as stored: a thin one is completed with its bases when it is indexed.
+        assert_eq!(pushed.pack, PackMode::Forwarded, "{proto:?}");
+        assert!(pushed.objects >= fetched.objects, "{proto:?}: {pushed:?} {fetched:?}");
+        assert_refs_equal(&case.source, &copy);
+        assert_fsck_clean(&copy);
 
         // `gone` reaches a commit only it reaches; the cache keeps the object after the prune.
         let gone = case.wt.commit_file("gone.txt", b"soon unreferenced\n", "only on gone");
@@ -295,7 +322,8 @@ fn received_pack_is_forwarded_unless_a_new_tip_is_missing_from_it() {
         assert_refs_equal(&case.source, &fresh);
         assert_fsck_clean(&fresh);
         assert!(s.fetch.objects > 0, "{proto:?}: {s:?}");
-        assert_ne!(s.push.bytes, s.fetch.bytes, "{proto:?}: counted, not forwarded: {s:?}");
+        assert_eq!(s.push.pack, PackMode::Counted, "{proto:?}: counted, not forwarded: {s:?}");
+        assert_ne!(s.push.bytes, s.fetch.bytes, "{proto:?}: {s:?}");
     }
 }
 

@@ -146,6 +146,47 @@ async fn first_sync_mirrors_then_a_noop_writes_nothing() {
     }
 }
 
+/// The sync service sends the pack the source sent on as it is when the target's refs are the
+/// cache's before the fetch (the usual incremental): no counting, no re-packing. Not when the
+/// target lags (a second target added later): then a pack is counted for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fetched_pack_is_forwarded_to_targets_in_step() {
+    for proto in Proto::ALL {
+        let mut w = World::new();
+        let dst = w.target("dst.git");
+        let m = w.manager(&w.toml(proto, &[("dst.git", "")], ""));
+        // How each push to `name` made its pack, from the log line the sync writes per push.
+        let servers = &w.servers;
+        let packs = |name: &str| {
+            let url = servers.url(proto, name);
+            harness::leaks::logged(|l| l.contains("pushed") && l.contains(&format!("target={url} ")))
+                .iter()
+                .filter_map(|l| l.split("pack=").nth(1)?.split(' ').next().map(str::to_owned))
+                .collect::<Vec<_>>()
+        };
+        for round in 0..3 {
+            let out = w.run(&m, &[poll(round)]).await;
+            assert_eq!(out.verdicts, vec![Verdict::Done], "{proto:?}");
+            assert_refs_equal(&w.source, &dst);
+            assert_fsck_clean(&dst);
+            w.wt.commit_file(&format!("round{round}.txt"), b"more\n", "more");
+            w.wt.push_all();
+        }
+        // The first sync goes in batches (counted); the incrementals are forwarded.
+        assert_eq!(packs("dst.git").last().map(String::as_str), Some("Forwarded"), "{proto:?}");
+        assert_eq!(packs("dst.git").iter().filter(|p| *p == "Forwarded").count(), 2, "{proto:?}");
+        let late = w.target("late.git");
+        let m = w.manager(&w.toml(proto, &[("dst.git", ""), ("late.git", "")], ""));
+        let out = w.run(&m, &[poll(9)]).await;
+        assert_eq!(out.verdicts, vec![Verdict::Done], "{proto:?}");
+        assert_refs_equal(&w.source, &dst);
+        assert_refs_equal(&w.source, &late);
+        assert_fsck_clean(&late);
+        assert_eq!(packs("dst.git").last().map(String::as_str), Some("Forwarded"), "{proto:?}");
+        assert_eq!(packs("late.git"), ["Counted"], "{proto:?}: late lacks the history");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_requests_for_one_repo_make_one_sync() {
     let w = World::new();

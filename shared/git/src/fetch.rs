@@ -15,6 +15,7 @@
 use std::sync::atomic::AtomicBool;
 
 use super::guard::guard;
+pub use super::receive::PackTee;
 use super::receive::Received;
 use super::refs::{self, RefDelta, RefPatterns, RefState};
 use super::remote::{Location, Remote};
@@ -65,8 +66,20 @@ pub fn mirror_fetch(
     options: &FetchOptions,
     interrupt: &AtomicBool,
 ) -> Result<FetchOutcome, Error> {
+    mirror_fetch_teed(cache, remote, options, interrupt, None)
+}
+
+/// [`mirror_fetch`], showing the pack to `tee` as it arrives when it asks to see it (network
+/// sources only; a local path has no pack stream).
+pub fn mirror_fetch_teed(
+    cache: &gix::Repository,
+    remote: &Remote,
+    options: &FetchOptions,
+    interrupt: &AtomicBool,
+    tee: Option<&mut dyn PackTee>,
+) -> Result<FetchOutcome, Error> {
     guard(remote, "fetching", || {
-        fetch_and_prune(cache, remote, options, interrupt)
+        fetch_and_prune(cache, remote, options, interrupt, tee)
     })
 }
 
@@ -75,11 +88,12 @@ fn fetch_and_prune(
     remote: &Remote,
     options: &FetchOptions,
     interrupt: &AtomicBool,
+    tee: Option<&mut dyn PackTee>,
 ) -> Result<FetchOutcome, Error> {
     let before = repo::read_refs(cache, &options.refs, Peel::No)?;
     let (source, mut received) = match remote.location() {
         Location::Local(path) => fetch_local(cache, remote, path, &before, &options.refs, interrupt)?,
-        Location::Network(_) => fetch_network(cache, remote, &before, options, interrupt)?,
+        Location::Network(_) => fetch_network(cache, remote, &before, options, interrupt, tee)?,
     };
     let (objects, bytes) = (received.objects, received.bytes);
 
@@ -142,6 +156,7 @@ fn fetch_network(
     before: &RefState,
     options: &FetchOptions,
     interrupt: &AtomicBool,
+    tee: Option<&mut dyn PackTee>,
 ) -> Result<(RefState, Received), Error> {
     // gix parses the advertisement itself: `Guarded` keeps it from the path that panics on a
     // dangling symref, and notices a SHA-256 repository before gix fails on its ids.
@@ -184,7 +199,11 @@ fn fetch_network(
         // and no ref transaction — a no-op touches nothing on disk.
         return Ok((source, Received::default()));
     }
-    let received = listing.receive(cache, interrupt).map_err(gix_err)?;
+    let tee = match tee {
+        Some(t) => t.start(before, &source).then_some(t),
+        None => None,
+    };
+    let received = listing.receive(cache, interrupt, tee).map_err(gix_err)?;
     Ok((source, received))
 }
 

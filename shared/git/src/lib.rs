@@ -47,7 +47,7 @@ pub use error::{Error, ErrorClass};
 pub use fetch::{FetchOptions, FetchOutcome, mirror_fetch};
 pub use lsremote::{ls_remote, ls_remote_within};
 pub use mirror::{MirrorOptions, MirrorSummary, ProgressFn, mirror};
-pub use push::{PushOptions, PushOutcome, RefResult, push};
+pub use push::{Forward, PushOptions, PushOutcome, RefResult, push, push_through};
 pub use refs::{DeltaKind, RefDelta, RefPatterns, RefState, RefTarget};
 pub use remote::{Credentials, Remote};
 pub use restore::restore_ref;

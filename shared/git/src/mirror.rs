@@ -4,6 +4,12 @@
 //! nothing (no pack); then the target is brought to the cache's refs, and when it already
 //! matches, nothing is sent either. Running a mirror twice with nothing changed therefore
 //! transfers no pack in either direction: one listing of each remote, nothing more.
+//!
+//! The target's handshake runs while the source is listed. When a pack comes and the target's
+//! refs are the cache's, the push starts at once and the source's pack goes on to the target
+//! as it arrives, its last bytes held until the cache has it all and any LFS objects are up
+//! ([`push::Pipeline`]): a mirror then moves the pack once in and once out, and the target
+//! works on it while the cache does.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,10 +19,10 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::Error;
-use super::fetch::{FetchOptions, mirror_fetch};
+use super::fetch::{FetchOptions, PackTee, mirror_fetch_teed};
 use super::guard::guard;
 use super::push::{self, PushOptions, RefResult};
-use super::refs::{DeltaCounts, RefDelta, RefPatterns};
+use super::refs::{DeltaCounts, RefDelta, RefPatterns, RefState};
 use super::remote::Remote;
 use super::repo::{self, Peel};
 
@@ -61,6 +67,8 @@ pub struct PushSummary {
     pub rejected: Vec<Rejected>,
     pub objects: u64,
     pub bytes: u64,
+    /// How the pack was made: counted for the target, or the source's forwarded as it is.
+    pub pack: push::PackMode,
     pub remote_messages: Vec<String>,
 }
 
@@ -116,16 +124,31 @@ fn mirror_through_cache(
     say(format!("fetching {source}"));
     let packs = super::lfs::PackSnapshot::take(&cache_path);
     // The target's handshake runs while the fetch does: a no-op mirror then costs one server
-    // round trip of wall time instead of two.
-    let (fetched, connected) = std::thread::scope(|s| {
-        let connected = s.spawn(|| push::connect(target));
-        let fetched = fetch_step(&cache, source, options, &interrupt, &say);
-        (fetched, connected.join())
+    // round trip of wall time instead of two. When a pack comes and the target's refs are the
+    // cache's, the push starts with it and is fed the pack as it arrives (`push::Pipeline`).
+    let (fetched, forwarder) = std::thread::scope(|s| {
+        let mut forwarder = Forwarder {
+            cache: &cache,
+            target,
+            options,
+            connecting: Some(s.spawn(|| push::connect(target))),
+            connected: None,
+            pipeline: None,
+        };
+        let fetched = fetch_step(&cache, source, options, &interrupt, &say, &mut forwarder);
+        forwarder.join();
+        (fetched, (forwarder.connected, forwarder.pipeline))
     });
     let (fetch, forward) = fetched?;
+    let (connected, pipeline) = forwarder;
     let lfs = super::lfs::for_mirror(&cache, &packs, source, target, options.lfs.as_ref(), &interrupt, &say)?;
-    let connected = fresh(connected.unwrap_or_else(|_| Ok(None)))?;
-    let push = push_step(&cache, target, connected, forward.as_ref(), options, &interrupt, &say)?;
+    let push = match pipeline {
+        Some(p) => commit_step(&cache, target, p, forward.as_ref(), options, &interrupt, &say)?,
+        None => {
+            let connected = fresh(connected.unwrap_or(Ok(None)))?;
+            push_step(&cache, target, connected, forward.as_ref(), options, &interrupt, &say)?
+        }
+    };
     Ok(MirrorSummary {
         source: source.to_string(),
         target: target.to_string(),
@@ -143,13 +166,14 @@ fn fetch_step(
     options: &MirrorOptions,
     interrupt: &AtomicBool,
     say: &dyn Fn(String),
+    tee: &mut dyn PackTee,
 ) -> Result<(FetchSummary, Option<push::Forward>), Error> {
     let fetch_options = FetchOptions {
         refs: options.refs.clone(),
         prune: options.prune,
         follow_head: true,
     };
-    let outcome = mirror_fetch(cache, source, &fetch_options, interrupt)?;
+    let outcome = mirror_fetch_teed(cache, source, &fetch_options, interrupt, Some(tee))?;
     let fetch = FetchSummary {
         refs: DeltaCounts::of(outcome.deltas.iter().map(|d| &d.kind)),
         up_to_date: outcome.deltas.is_empty() && outcome.objects == 0,
@@ -184,13 +208,53 @@ fn push_step(
 ) -> Result<PushSummary, Error> {
     let desired = repo::read_refs(cache, &options.refs, Peel::No)?;
     say(format!("pushing {} refs to {target}", desired.len()));
-    let push_options = PushOptions {
+    let outcome = push::push_through(cache, target, connected, forward, &desired, &push_options(options), interrupt)?;
+    Ok(push_summary(outcome, say))
+}
+
+fn push_options(options: &MirrorOptions) -> PushOptions {
+    PushOptions {
         refs: options.refs.clone(),
         prune: options.prune,
         atomic: options.atomic,
         keep_divergent: None,
-    };
-    let outcome = push::push_through(cache, target, connected, forward, &desired, &push_options, interrupt)?;
+    }
+}
+
+/// A forwarded push's end: the commands planned again on the fetched cache (classified now that
+/// it has the new objects), the pack's held-back end, the target's report. Pushes again the
+/// ordinary way if that fails, or if the target waited so long for the pack's end (LFS
+/// transfers) that a server or proxy may have cut the connection.
+fn commit_step(
+    cache: &gix::Repository,
+    target: &Remote,
+    pipeline: push::Pipeline,
+    forward: Option<&push::Forward>,
+    options: &MirrorOptions,
+    interrupt: &AtomicBool,
+    say: &dyn Fn(String),
+) -> Result<PushSummary, Error> {
+    let desired = repo::read_refs(cache, &options.refs, Peel::No)?.ids();
+    let commands = push::plan(&desired, pipeline.target_before(), options.prune, |old, new| {
+        repo::is_ancestor(cache, old, new)
+    });
+    if pipeline.idle() >= CONNECTION_FRESH_FOR {
+        say(format!("{target} waited {:.0?} for the rest of the pack; pushing again", pipeline.idle()));
+        drop(pipeline);
+        return push_step(cache, target, None, forward, options, interrupt, say);
+    }
+    say(format!("finishing the push to {target}: {} ref change(s), pack forwarded as it arrived", commands.len()));
+    match pipeline.commit(commands) {
+        Ok(outcome) => Ok(push_summary(outcome, say)),
+        Err(Error::Interrupted) => Err(Error::Interrupted),
+        Err(e) => {
+            say(format!("forwarding the pack to {target} failed ({e}); pushing again"));
+            push_step(cache, target, None, None, options, interrupt, say)
+        }
+    }
+}
+
+fn push_summary(outcome: push::PushOutcome, say: &dyn Fn(String)) -> PushSummary {
     for m in &outcome.remote_messages {
         say(format!("remote: {m}"));
     }
@@ -205,17 +269,63 @@ fn push_step(
             .collect(),
         objects: outcome.objects,
         bytes: outcome.bytes,
+        pack: outcome.pack,
         remote_messages: outcome.remote_messages.clone(),
         results: outcome.results,
     };
+    let how = match push.pack {
+        push::PackMode::None | push::PackMode::Counted => "",
+        push::PackMode::Forwarded => ", the source's pack as received",
+        push::PackMode::Streamed => ", the source's pack as it arrived",
+    };
     say(format!(
-        "pushed {} objects ({}), {} ref change(s), {} rejected",
+        "pushed {} objects ({}{how}), {} ref change(s), {} rejected",
         push.objects,
         human_bytes(push.bytes),
         push.refs.total(),
         push.rejected.len()
     ));
-    Ok(push)
+    push
+}
+
+/// The target's connection, opened while the fetch lists the source, and — when a pack comes
+/// that is valid for the target — the forwarded push it starts ([`push::Pipeline`]).
+struct Forwarder<'a, 'scope> {
+    cache: &'a gix::Repository,
+    target: &'a Remote,
+    options: &'a MirrorOptions,
+    connecting: Option<std::thread::ScopedJoinHandle<'scope, Result<Option<push::Connected>, Error>>>,
+    connected: Option<Result<Option<push::Connected>, Error>>,
+    pipeline: Option<push::Pipeline>,
+}
+
+impl Forwarder<'_, '_> {
+    fn join(&mut self) {
+        if let Some(handle) = self.connecting.take() {
+            self.connected = Some(handle.join().unwrap_or(Ok(None)));
+        }
+    }
+}
+
+impl PackTee for Forwarder<'_, '_> {
+    fn start(&mut self, before: &RefState, source: &RefState) -> bool {
+        self.join();
+        let Some(Ok(Some(connected))) = self.connected.take() else {
+            return false;
+        };
+        let options = push_options(self.options);
+        match push::Pipeline::start(self.cache, self.target, connected, before, source, &options) {
+            Ok(p) => self.pipeline = Some(p),
+            Err(connected) => self.connected = Some(Ok(connected)),
+        }
+        self.pipeline.is_some()
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        if let Some(p) = &mut self.pipeline {
+            p.write(bytes);
+        }
+    }
 }
 
 impl MirrorSummary {

@@ -11,7 +11,9 @@
 //! 4. **Pack** of exactly what the target lacks, streamed raw after the commands' flush
 //!    ([`super::pack`]). No pack when every command is a delete; an empty (32-byte) pack when
 //!    refs are created or moved to objects the target already has — receive-pack waits for a
-//!    pack whenever any command is not a delete.
+//!    pack whenever any command is not a delete. When the target's refs are the cache's before
+//!    a fetch, the fetch's pack is sent instead, as it is: after the fetch ([`Forward`]) or
+//!    while it arrives ([`Pipeline`]) — no counting, no re-packing ([`PackMode`] says which).
 //! 5. **report-status**, demultiplexed from side-band channel 1 (channel 2 carries hook
 //!    messages and progress, channel 3 a fatal error), into a per-ref result.
 //!
@@ -41,6 +43,9 @@ use super::refs::{self, DeltaKind, RefPatterns, RefState};
 use super::remote::{Location, Remote, scrub};
 use super::repo::{self, LocalUpdate, Peel};
 use super::{Error, advert, local, lsremote, transport};
+
+mod pipeline;
+pub use pipeline::Pipeline;
 
 /// How to push.
 #[derive(Clone, Debug)]
@@ -100,10 +105,27 @@ pub struct RefResult {
     pub rejected: Option<String>,
 }
 
+/// How the pack of a push was made.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PackMode {
+    /// No pack was needed (nothing to send, or only deletes).
+    #[default]
+    None,
+    /// Counted and written for this target (what it lacks, thin where it allows).
+    Counted,
+    /// The pack received from the source, sent as it is after the fetch ([`Forward`]).
+    Forwarded,
+    /// The pack received from the source, sent while it arrived ([`Pipeline`]).
+    Streamed,
+}
+
 /// What a push did.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct PushOutcome {
     pub results: Vec<RefResult>,
+    /// How the pack was made.
+    pub pack: PackMode,
     /// Objects and bytes of the pack sent (0 when none was needed).
     pub objects: u64,
     pub bytes: u64,
@@ -316,6 +338,9 @@ fn push_local(
         local::copy_objects(repo, &target, &tips, &haves, interrupt).map_err(|e| e.into_error(remote.to_string()))?;
     outcome.objects = stats.objects;
     outcome.bytes = stats.bytes;
+    if !tips.is_empty() {
+        outcome.pack = PackMode::Counted;
+    }
     let to_update = |c: &Command| LocalUpdate {
         name: c.name.clone(),
         old: c.old,
@@ -437,6 +462,12 @@ fn push_network(
         Some(f) => PackSource::Forward(&f.pack),
         None => PackSource::Count { haves: &haves },
     };
+    if commands.iter().any(|c| c.new.is_some()) {
+        outcome.pack = match source {
+            PackSource::Forward(_) => PackMode::Forwarded,
+            PackSource::Count { .. } => PackMode::Counted,
+        };
+    }
     let send = send_commands_and_pack(repo, &commands, &caps, source, &mut raw, interrupt);
     drop(raw); // ends the HTTP request body
     if let Err(SendError::Pack(PackError::Interrupted)) = send {
@@ -514,19 +545,7 @@ fn send_commands_and_pack(
     raw: &mut dyn Write,
     interrupt: &AtomicBool,
 ) -> Result<(u64, u64), SendError> {
-    let mut buf = Vec::new();
-    let zero = ObjectId::null(repo.object_hash());
-    for (i, c) in commands.iter().enumerate() {
-        let mut line = format!("{} {} {}", c.old.unwrap_or(zero), c.new.unwrap_or(zero), c.name);
-        if i == 0 {
-            line.push('\0');
-            line.push_str(&caps.wanted.join(" "));
-        }
-        line.push('\n');
-        encode::data_to_write(line.as_bytes(), &mut buf).map_err(SendError::Io)?;
-    }
-    encode::flush_to_write(&mut buf).map_err(SendError::Io)?;
-    raw.write_all(&buf).map_err(SendError::Io)?;
+    write_commands(repo.object_hash(), commands, caps, raw).map_err(SendError::Io)?;
     let mut stats = (0, 0);
     if commands.iter().any(|c| c.new.is_some()) {
         let mut w = BufWriter::with_capacity(1 << 16, &mut *raw);
@@ -543,6 +562,28 @@ fn send_commands_and_pack(
     }
     raw.flush().map_err(SendError::Io)?;
     Ok(stats)
+}
+
+/// The commands as pkt-lines and their flush, the first line carrying our capabilities.
+fn write_commands(
+    hash: gix::hash::Kind,
+    commands: &[Command],
+    caps: &Capabilities,
+    raw: &mut dyn Write,
+) -> std::io::Result<()> {
+    let mut buf = Vec::new();
+    let zero = ObjectId::null(hash);
+    for (i, c) in commands.iter().enumerate() {
+        let mut line = format!("{} {} {}", c.old.unwrap_or(zero), c.new.unwrap_or(zero), c.name);
+        if i == 0 {
+            line.push('\0');
+            line.push_str(&caps.wanted.join(" "));
+        }
+        line.push('\n');
+        encode::data_to_write(line.as_bytes(), &mut buf)?;
+    }
+    encode::flush_to_write(&mut buf)?;
+    raw.write_all(&buf)
 }
 
 /// What was sent and the target's report, or why sending failed — in the target's own words
@@ -620,7 +661,9 @@ impl RemoteMessages {
 }
 
 fn is_progress(line: &str) -> bool {
-    line.contains("% (") || line.starts_with("Total ") && line.contains("(delta ")
+    line.contains("% (")
+        || line.starts_with("Total ") && line.contains("(delta ")
+        || line.starts_with("Checking connectivity")
 }
 
 /// Read report-status lines from the response.

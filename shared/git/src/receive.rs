@@ -94,7 +94,13 @@ fn agent() -> (&'static str, Option<String>) {
 impl<T: Transport> Listing<T> {
     /// Negotiate with the source as `git fetch` does (the cache's refs named by the mappings are
     /// the haves) and write the pack it sends into `cache`, with its index; no ref is touched.
-    pub fn receive(mut self, cache: &gix::Repository, interrupt: &AtomicBool) -> Result<Received, gix::Error> {
+    /// `tee`, when given, sees every byte of the pack as it is read (see [`PackTee`]).
+    pub fn receive(
+        mut self,
+        cache: &gix::Repository,
+        interrupt: &AtomicBool,
+        tee: Option<&mut dyn PackTee>,
+    ) -> Result<Received, gix::Error> {
         let graph_repo = {
             let mut r = cache.clone();
             // Checking for unknown server refs must not trigger ODB refreshes, and the graph keeps
@@ -116,8 +122,13 @@ impl<T: Transport> Listing<T> {
         let outcome = gix::protocol::fetch(
             &mut negotiator,
             |reader, progress, interrupt| {
+                let mut reader = Teed {
+                    inner: reader,
+                    tee,
+                    counted: Counted::default(),
+                };
                 let bundle = gix_pack::Bundle::write_to_directory(
-                    reader,
+                    &mut reader,
                     Some(&pack_dir),
                     progress,
                     interrupt,
@@ -126,12 +137,9 @@ impl<T: Transport> Listing<T> {
                     gix_pack::bundle::write::Options::default(),
                 )
                 .or_raise(|| gix::error::message("writing the received pack"))?;
-                received.objects = u64::from(bundle.index.num_objects);
-                received.bytes = bundle
-                    .data_path
-                    .as_ref()
-                    .and_then(|p| std::fs::metadata(p).ok())
-                    .map_or(0, |m| m.len());
+                // As on the wire (a thin pack is stored completed with its bases).
+                received.objects = reader.counted.objects();
+                received.bytes = reader.counted.bytes;
                 received.pack = bundle.data_path;
                 received.keep = bundle.keep_path;
                 Ok(true)
@@ -156,6 +164,77 @@ impl<T: Transport> Listing<T> {
         }
         outcome?;
         Ok(received)
+    }
+}
+
+/// Sees a fetch's pack as it arrives, before it is indexed: [`super::mirror`] forwards it to a
+/// target's receive-pack while the cache indexes it (see `super::push::Pipeline`).
+pub trait PackTee {
+    /// A pack is about to be asked for, to bring the cache from `before` to the `source`'s refs
+    /// as listed: whether to see it.
+    fn start(&mut self, before: &super::refs::RefState, source: &super::refs::RefState) -> bool;
+    /// The pack's next bytes, in order: every byte read from the source's pack stream.
+    fn write(&mut self, bytes: &[u8]);
+}
+
+/// A pack stream's bytes, and the object count of its header.
+#[derive(Default)]
+pub(crate) struct Counted {
+    header: Vec<u8>,
+    pub bytes: u64,
+}
+
+impl Counted {
+    pub fn add(&mut self, bytes: &[u8]) {
+        if self.header.len() < 12 {
+            let n = (12 - self.header.len()).min(bytes.len());
+            self.header.extend_from_slice(&bytes[..n]);
+        }
+        self.bytes += bytes.len() as u64;
+    }
+
+    pub fn objects(&self) -> u64 {
+        match self.header.get(8..12) {
+            Some(n) => u64::from(u32::from_be_bytes([n[0], n[1], n[2], n[3]])),
+            None => 0,
+        }
+    }
+}
+
+/// A reader that counts what is read through it and hands it to a [`PackTee`].
+struct Teed<'r, 't> {
+    inner: &'r mut dyn std::io::BufRead,
+    tee: Option<&'t mut dyn PackTee>,
+    counted: Counted,
+}
+
+fn seen(counted: &mut Counted, tee: &mut Option<&mut dyn PackTee>, bytes: &[u8]) {
+    counted.add(bytes);
+    if let Some(tee) = tee {
+        tee.write(bytes);
+    }
+}
+
+impl std::io::Read for Teed<'_, '_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        seen(&mut self.counted, &mut self.tee, &buf[..n]);
+        Ok(n)
+    }
+}
+
+impl std::io::BufRead for Teed<'_, '_> {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        self.inner.fill_buf()
+    }
+
+    fn consume(&mut self, amount: usize) {
+        // What was filled and not consumed is still buffered: filling again reads nothing.
+        let Teed { inner, tee, counted } = self;
+        if let Ok(buf) = inner.fill_buf() {
+            seen(counted, tee, &buf[..amount.min(buf.len())]);
+        }
+        inner.consume(amount);
     }
 }
 

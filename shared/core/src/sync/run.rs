@@ -264,7 +264,9 @@ impl<'a> Run<'a> {
         .await?
         .refs;
         self.commit(source).await?;
-        self.push_all(false, false).await?;
+        // No forwarding: the batch's pack is valid for the batch's refs only, not for the
+        // target's whole ref set that the push compares.
+        self.push_all(false, false, None).await?;
         Ok(fetched.bytes)
     }
 
@@ -277,7 +279,7 @@ impl<'a> Run<'a> {
         self.batch_refs = None;
         self.commit(fetched.source.clone()).await?;
         self.work.refs_done = self.work.refs_total;
-        self.push_all(prune, true).await?;
+        self.push_all(prune, true, fetched.forward.as_ref()).await?;
         self.compact_and_collect().await
     }
 
@@ -397,7 +399,8 @@ impl<'a> Run<'a> {
 
     /// Push the cache's refs to every target that has not failed in this run, recording what
     /// landed after each. `complete`: this push carries everything the source has.
-    async fn push_all(&mut self, prune: bool, complete: bool) -> Result<(), Failure> {
+    /// `forward`: the final fetch's pack, sent as it is where it is valid.
+    async fn push_all(&mut self, prune: bool, complete: bool, forward: Option<&git::Forward>) -> Result<(), Failure> {
         let path = self.cache.path().to_owned();
         let patterns = self.config.refs.clone();
         let desired = blocking("reading the cache", move || {
@@ -419,6 +422,7 @@ impl<'a> Run<'a> {
                 manifest: &self.snapshot.manifest,
                 interrupt: self.interrupt.flag(),
                 store: self.cache.store().as_ref(),
+                forward,
             }
             .run()
             .await;

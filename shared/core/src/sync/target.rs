@@ -38,6 +38,9 @@ pub(super) struct TargetPush<'a> {
     pub interrupt: Arc<AtomicBool>,
     /// For targets gitferry creates (`created.json`).
     pub store: &'a dyn crate::store::ObjectStore,
+    /// The pack the fetch just received, sent as it is to a target whose refs are the cache's
+    /// before that fetch (no counting, no re-packing; see `git::Forward`).
+    pub forward: Option<&'a git::Forward>,
 }
 
 impl TargetPush<'_> {
@@ -64,19 +67,30 @@ impl TargetPush<'_> {
             atomic: false,
             keep_divergent: last_known.clone(),
         };
-        let (path, remote, desired, interrupt) = (
+        let (path, remote, desired, interrupt, forward) = (
             self.cache_path.clone(),
             self.target.remote.clone(),
             self.desired.clone(),
             self.interrupt.clone(),
+            self.forward.cloned(),
         );
         let pushed = blocking("pushing", move || {
             let r = repo::open(&path)?;
-            git::push(&r, &remote, &desired, &options, &interrupt)
+            git::push_through(&r, &remote, None, forward.as_ref(), &desired, &options, &interrupt)
         })
         .await;
         match pushed {
-            Ok(outcome) => landed(outcome, last_known.as_ref()),
+            Ok(outcome) => {
+                tracing::info!(
+                    repo = %self.config.name,
+                    target = %self.target.remote,
+                    pack = ?outcome.pack,
+                    objects = outcome.objects,
+                    bytes = outcome.bytes,
+                    "pushed"
+                );
+                landed(outcome, last_known.as_ref())
+            }
             Err(f) => self.failed(f),
         }
     }
