@@ -51,6 +51,8 @@ pub struct FetchOutcome {
     pub deltas: Vec<RefDelta>,
     /// The source's refs (selected by the patterns) as advertised during this fetch.
     pub source: RefState,
+    /// The cache's refs (selected by the patterns) after this fetch.
+    pub cache: RefState,
     /// Objects and bytes of the pack received (0 when nothing was needed).
     pub objects: u64,
     pub bytes: u64,
@@ -105,20 +107,21 @@ fn fetch_and_prune(
     // are what gc is for.
     received.release();
     applied?;
-    let before = before.ids();
-    let deltas = match updates.is_empty() {
-        true => Vec::new(),
+    let (deltas, after) = match updates.is_empty() {
+        true => (Vec::new(), before.clone()),
         false => {
             let after = repo::read_refs(cache, &options.refs, Peel::No)?;
-            refs::diff(&before, &after.ids(), |old, new| repo::is_ancestor(cache, old, new))
+            let deltas = refs::diff(&before.ids(), &after.ids(), |old, new| repo::is_ancestor(cache, old, new));
+            (deltas, after)
         }
     };
     let forward = received.pack.take().map(|pack| super::push::Forward {
         pack,
-        valid_for: before,
+        valid_for: before.ids(),
     });
     Ok(FetchOutcome {
         deltas,
+        cache: after,
         source,
         objects,
         bytes,

@@ -24,7 +24,7 @@ use super::guard::guard;
 use super::push::{self, PushOptions, RefResult};
 use super::refs::{DeltaCounts, RefDelta, RefPatterns, RefState};
 use super::remote::Remote;
-use super::repo::{self, Peel};
+use super::repo;
 
 /// Receives one line of progress text (for humans).
 pub type ProgressFn = Arc<dyn Fn(&str) + Send + Sync>;
@@ -139,15 +139,20 @@ fn mirror_through_cache(
         forwarder.join();
         (fetched, (forwarder.connected, forwarder.pipeline))
     });
-    let (fetch, forward) = fetched?;
+    let (fetch, forward, desired) = fetched?;
     let (connected, pipeline) = forwarder;
     let lfs = super::lfs::for_mirror(&cache, &packs, source, target, options.lfs.as_ref(), &interrupt, &say)?;
+    let step = PushStep {
+        cache: &cache,
+        target,
+        desired: &desired,
+        options,
+        interrupt: &interrupt,
+        say: &say,
+    };
     let push = match pipeline {
-        Some(p) => commit_step(&cache, target, p, forward.as_ref(), options, &interrupt, &say)?,
-        None => {
-            let connected = fresh(connected.unwrap_or(Ok(None)))?;
-            push_step(&cache, target, connected, forward.as_ref(), options, &interrupt, &say)?
-        }
+        Some(p) => step.commit(p, forward.as_ref())?,
+        None => step.push(fresh(connected.unwrap_or(Ok(None)))?, forward.as_ref())?,
     };
     Ok(MirrorSummary {
         source: source.to_string(),
@@ -167,7 +172,7 @@ fn fetch_step(
     interrupt: &AtomicBool,
     say: &dyn Fn(String),
     tee: &mut dyn PackTee,
-) -> Result<(FetchSummary, Option<push::Forward>), Error> {
+) -> Result<(FetchSummary, Option<push::Forward>, RefState), Error> {
     let fetch_options = FetchOptions {
         refs: options.refs.clone(),
         prune: options.prune,
@@ -194,22 +199,61 @@ fn fetch_step(
             fetch.refs.total()
         ));
     }
-    Ok((fetch, outcome.forward))
+    Ok((fetch, outcome.forward, outcome.cache))
 }
 
-fn push_step(
-    cache: &gix::Repository,
-    target: &Remote,
-    connected: Option<push::Connected>,
-    forward: Option<&push::Forward>,
-    options: &MirrorOptions,
-    interrupt: &AtomicBool,
-    say: &dyn Fn(String),
-) -> Result<PushSummary, Error> {
-    let desired = repo::read_refs(cache, &options.refs, Peel::No)?;
-    say(format!("pushing {} refs to {target}", desired.len()));
-    let outcome = push::push_through(cache, target, connected, forward, &desired, &push_options(options), interrupt)?;
-    Ok(push_summary(outcome, say))
+/// The push side of one mirror: the cache's refs after the fetch go to the target.
+struct PushStep<'a> {
+    cache: &'a gix::Repository,
+    target: &'a Remote,
+    /// The cache's refs after the fetch.
+    desired: &'a RefState,
+    options: &'a MirrorOptions,
+    interrupt: &'a AtomicBool,
+    say: &'a dyn Fn(String),
+}
+
+impl PushStep<'_> {
+    /// Through `connected` (or a new connection), with `forward`'s pack where it is valid.
+    fn push(&self, connected: Option<push::Connected>, forward: Option<&push::Forward>) -> Result<PushSummary, Error> {
+        (self.say)(format!("pushing {} refs to {}", self.desired.len(), self.target));
+        let options = push_options(self.options);
+        let outcome = push::push_through(
+            self.cache,
+            self.target,
+            connected,
+            forward,
+            self.desired,
+            &options,
+            self.interrupt,
+        )?;
+        Ok(push_summary(outcome, self.say))
+    }
+
+    /// A forwarded push's end: the commands planned again on the fetched cache (classified
+    /// now that it has the new objects), the pack's held-back end, the target's report. Pushes
+    /// again the ordinary way if that fails, or if the target waited so long for the pack's
+    /// end (LFS transfers) that a server or proxy may have cut the connection.
+    fn commit(&self, pipeline: push::Pipeline, forward: Option<&push::Forward>) -> Result<PushSummary, Error> {
+        let (target, say) = (self.target, self.say);
+        let commands = push::plan(&self.desired.ids(), pipeline.target_before(), self.options.prune, |old, new| {
+            repo::is_ancestor(self.cache, old, new)
+        });
+        if pipeline.idle() >= CONNECTION_FRESH_FOR {
+            say(format!("{target} waited {:.0?} for the rest of the pack; pushing again", pipeline.idle()));
+            drop(pipeline);
+            return self.push(None, forward);
+        }
+        say(format!("finishing the push to {target}: {} ref change(s), pack forwarded as it arrived", commands.len()));
+        match pipeline.commit(commands) {
+            Ok(outcome) => Ok(push_summary(outcome, say)),
+            Err(Error::Interrupted) => Err(Error::Interrupted),
+            Err(e) => {
+                say(format!("forwarding the pack to {target} failed ({e}); pushing again"));
+                self.push(None, None)
+            }
+        }
+    }
 }
 
 fn push_options(options: &MirrorOptions) -> PushOptions {
@@ -218,39 +262,6 @@ fn push_options(options: &MirrorOptions) -> PushOptions {
         prune: options.prune,
         atomic: options.atomic,
         keep_divergent: None,
-    }
-}
-
-/// A forwarded push's end: the commands planned again on the fetched cache (classified now that
-/// it has the new objects), the pack's held-back end, the target's report. Pushes again the
-/// ordinary way if that fails, or if the target waited so long for the pack's end (LFS
-/// transfers) that a server or proxy may have cut the connection.
-fn commit_step(
-    cache: &gix::Repository,
-    target: &Remote,
-    pipeline: push::Pipeline,
-    forward: Option<&push::Forward>,
-    options: &MirrorOptions,
-    interrupt: &AtomicBool,
-    say: &dyn Fn(String),
-) -> Result<PushSummary, Error> {
-    let desired = repo::read_refs(cache, &options.refs, Peel::No)?.ids();
-    let commands = push::plan(&desired, pipeline.target_before(), options.prune, |old, new| {
-        repo::is_ancestor(cache, old, new)
-    });
-    if pipeline.idle() >= CONNECTION_FRESH_FOR {
-        say(format!("{target} waited {:.0?} for the rest of the pack; pushing again", pipeline.idle()));
-        drop(pipeline);
-        return push_step(cache, target, None, forward, options, interrupt, say);
-    }
-    say(format!("finishing the push to {target}: {} ref change(s), pack forwarded as it arrived", commands.len()));
-    match pipeline.commit(commands) {
-        Ok(outcome) => Ok(push_summary(outcome, say)),
-        Err(Error::Interrupted) => Err(Error::Interrupted),
-        Err(e) => {
-            say(format!("forwarding the pack to {target} failed ({e}); pushing again"));
-            push_step(cache, target, None, None, options, interrupt, say)
-        }
     }
 }
 

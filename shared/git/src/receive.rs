@@ -73,18 +73,61 @@ pub(crate) fn list<T: Transport>(
         Vec::new(),
         &mut gix::progress::Discard,
     )?;
+    let prefixes = prefix_filter.then(|| ref_prefixes(refspecs.iter().chain(&extra)));
+    let refs = match handshake.refs.take() {
+        Some(refs) => refs, // v0/v1: listed in the handshake
+        None => ls_refs(&mut transport, &handshake.capabilities, prefixes)?,
+    };
     let context = fetch::refmap::init::Context {
         fetch_refspecs: refspecs,
         extra_refspecs: extra,
     };
-    let ref_map = handshake
-        .prepare_lsrefs_or_extract_refmap(agent(), prefix_filter, context)?
-        .fetch_blocking(gix::progress::Discard, &mut transport, false)?;
+    let ref_map = RefMap::from_refs(refs, &handshake.capabilities, context)?;
     Ok(Listing {
         transport,
         handshake,
         ref_map,
     })
+}
+
+/// `ls-refs` as gix sends it, without `peel`: a mirror compares ref values, never what a tag
+/// points to, and peeling costs the server a read of every annotated tag object (a fifth of
+/// the time git's upload-pack takes to list 20,000 tags).
+fn ls_refs<T: Transport>(
+    transport: &mut T,
+    capabilities: &gix::protocol::transport::client::Capabilities,
+    prefixes: Option<Vec<gix::bstr::BString>>,
+) -> Result<Vec<gix::protocol::handshake::Ref>, gix::Error> {
+    use gix::protocol::Command;
+    use gix::protocol::transport::client::blocking_io::TransportV2Ext;
+    let mut features = Command::LsRefs.default_features(Protocol::V2, capabilities);
+    features.push(agent());
+    let mut arguments: Vec<gix::bstr::BString> = vec!["symrefs".into()];
+    let unborn = capabilities.capability("ls-refs").and_then(|c| c.supports("unborn"));
+    if unborn.unwrap_or_default() {
+        arguments.push("unborn".into());
+    }
+    arguments.extend(prefixes.into_iter().flatten().map(|p| {
+        let mut arg = gix::bstr::BString::from("ref-prefix ");
+        arg.extend_from_slice(&p);
+        arg
+    }));
+    let mut listed = transport
+        .invoke("ls-refs", features.into_iter(), Some(arguments.into_iter()), false)
+        .or_raise(|| gix::error::message("Failed to list references on the remote"))?;
+    gix::protocol::handshake::refs::from_v2_refs(&mut listed)
+}
+
+/// The literal prefixes of `specs` for `ref-prefix` (names a short spec could mean, expanded
+/// as git does).
+fn ref_prefixes<'a>(specs: impl Iterator<Item = &'a gix::refspec::RefSpec>) -> Vec<gix::bstr::BString> {
+    let mut prefixes = Vec::new();
+    for spec in specs {
+        spec.to_ref().expand_prefixes(&mut prefixes);
+    }
+    prefixes.sort();
+    prefixes.dedup();
+    prefixes
 }
 
 fn agent() -> (&'static str, Option<String>) {
