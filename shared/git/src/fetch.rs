@@ -103,6 +103,7 @@ fn fetch_and_prune(
     // read before the fetch (which wrote no ref); HEAD like the source's.
     let updates = ref_updates(&before, &source, options.prune);
     let applied = repo::apply_cache_ref_updates(cache, &updates, source.head.as_deref(), "gitferry: fetch");
+    tracing::debug!(updates = updates.len(), "cache refs written");
     // Released either way: a pack kept forever would never be repacked; unreferenced objects
     // are what gc is for.
     received.release();
@@ -111,7 +112,9 @@ fn fetch_and_prune(
         true => (Vec::new(), before.clone()),
         false => {
             let after = repo::read_refs(cache, &options.refs, Peel::No)?;
-            let deltas = refs::diff(&before.ids(), &after.ids(), |old, new| repo::is_ancestor(cache, old, new));
+            let deltas = refs::diff(&before.ids(), &after.ids(), |old, new| {
+                repo::is_ancestor(cache, old, new)
+            });
             (deltas, after)
         }
     };
@@ -179,7 +182,13 @@ fn fetch_network(
     // Ask the server only for our prefixes, unless a pattern has no usable literal prefix
     // (e.g. `refs/*`): a literal `ref-prefix refs/*` would match nothing.
     let prefix_filter = options.refs.prefixes().iter().all(|p| p.len() > "refs/".len());
+    let started = std::time::Instant::now();
     let listing = receive::list(t, specs, head, prefix_filter).map_err(gix_err)?;
+    tracing::debug!(
+        refs = listing.ref_map.remote_refs.len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "listed the source's refs"
+    );
     if listing.ref_map.object_hash != cache.object_hash() {
         return Err(Error::UnsupportedObjectFormat {
             remote: remote.to_string(),
@@ -202,11 +211,20 @@ fn fetch_network(
         // and no ref transaction — a no-op touches nothing on disk.
         return Ok((source, Received::default()));
     }
-    let tee = match tee {
+    let mut tee = match tee {
         Some(t) => t.start(before, &source).then_some(t),
         None => None,
     };
-    let received = listing.receive(cache, interrupt, tee).map_err(gix_err)?;
+    let received = listing.receive(cache, interrupt, tee.as_deref_mut()).map_err(gix_err)?;
+    if let Some(t) = tee {
+        t.received();
+    }
+    tracing::debug!(
+        objects = received.objects,
+        bytes = received.bytes,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "received the pack"
+    );
     Ok((source, received))
 }
 

@@ -131,17 +131,24 @@ fn mirror_through_cache(
             cache: &cache,
             target,
             options,
+            packs: &packs,
             connecting: Some(s.spawn(|| push::connect(target))),
             connected: None,
             pipeline: None,
+            scanned: None,
         };
         let fetched = fetch_step(&cache, source, options, &interrupt, &say, &mut forwarder);
         forwarder.join();
-        (fetched, (forwarder.connected, forwarder.pipeline))
+        (fetched, (forwarder.connected, forwarder.pipeline, forwarder.scanned))
     });
     let (fetch, forward, desired) = fetched?;
-    let (connected, pipeline) = forwarder;
-    let lfs = super::lfs::for_mirror(&cache, &packs, source, target, options.lfs.as_ref(), &interrupt, &say)?;
+    let (connected, pipeline, scanned) = forwarder;
+    let found = match scanned {
+        Some(found) => found?,
+        None if super::lfs::enabled(options.lfs.as_ref()) => super::lfs::scan::new_pointers(&cache, &packs)?,
+        None => Vec::new(),
+    };
+    let lfs = super::lfs::for_mirror(&cache, found, source, target, options.lfs.as_ref(), &interrupt, &say)?;
     let step = PushStep {
         cache: &cache,
         target,
@@ -234,18 +241,23 @@ impl PushStep<'_> {
     /// now that it has the new objects), the pack's held-back end, the target's report. Pushes
     /// again the ordinary way if that fails, or if the target waited so long for the pack's
     /// end (LFS transfers) that a server or proxy may have cut the connection.
-    fn commit(&self, pipeline: push::Pipeline, forward: Option<&push::Forward>) -> Result<PushSummary, Error> {
+    fn commit(&self, mut pipeline: push::Pipeline, forward: Option<&push::Forward>) -> Result<PushSummary, Error> {
         let (target, say) = (self.target, self.say);
-        let commands = push::plan(&self.desired.ids(), pipeline.target_before(), self.options.prune, |old, new| {
-            repo::is_ancestor(self.cache, old, new)
-        });
-        if pipeline.idle() >= CONNECTION_FRESH_FOR {
-            say(format!("{target} waited {:.0?} for the rest of the pack; pushing again", pipeline.idle()));
-            drop(pipeline);
-            return self.push(None, forward);
+        if !pipeline.finished() {
+            if pipeline.idle() >= CONNECTION_FRESH_FOR || *pipeline.desired() != self.desired.ids() {
+                say(format!(
+                    "{target} waited {:.0?} for the rest of the pack; pushing again",
+                    pipeline.idle()
+                ));
+                drop(pipeline);
+                return self.push(None, forward);
+            }
+            pipeline.finish(self.cache);
         }
-        say(format!("finishing the push to {target}: {} ref change(s), pack forwarded as it arrived", commands.len()));
-        match pipeline.commit(commands) {
+        say(format!(
+            "finishing the push to {target}: the source's pack, forwarded as it arrived"
+        ));
+        match pipeline.outcome() {
             Ok(outcome) => Ok(push_summary(outcome, say)),
             Err(Error::Interrupted) => Err(Error::Interrupted),
             Err(e) => {
@@ -305,9 +317,13 @@ struct Forwarder<'a, 'scope> {
     cache: &'a gix::Repository,
     target: &'a Remote,
     options: &'a MirrorOptions,
+    /// The cache's packs before the fetch (new LFS pointers are in the packs added since).
+    packs: &'a super::lfs::PackSnapshot,
     connecting: Option<std::thread::ScopedJoinHandle<'scope, Result<Option<push::Connected>, Error>>>,
     connected: Option<Result<Option<push::Connected>, Error>>,
     pipeline: Option<push::Pipeline>,
+    /// The LFS pointers among the new objects, when the pack's arrival had them looked for.
+    scanned: Option<Result<Vec<super::lfs::Pointer>, super::lfs::LfsError>>,
 }
 
 impl Forwarder<'_, '_> {
@@ -336,6 +352,23 @@ impl PackTee for Forwarder<'_, '_> {
         if let Some(p) = &mut self.pipeline {
             p.write(bytes);
         }
+    }
+
+    /// The pack is in the cache: the target gets its end now, unless LFS objects must reach
+    /// the target first (then after the LFS step, [`PushStep::commit`]).
+    fn received(&mut self) {
+        let Some(p) = &mut self.pipeline else {
+            return;
+        };
+        if super::lfs::enabled(self.options.lfs.as_ref()) {
+            let found = super::lfs::scan::new_pointers(self.cache, self.packs);
+            let clear = found.as_ref().is_ok_and(Vec::is_empty);
+            self.scanned = Some(found);
+            if !clear {
+                return;
+            }
+        }
+        p.finish(self.cache);
     }
 }
 

@@ -142,7 +142,7 @@ impl<T: Transport> Listing<T> {
         mut self,
         cache: &gix::Repository,
         interrupt: &AtomicBool,
-        tee: Option<&mut dyn PackTee>,
+        tee: Option<&mut (dyn PackTee + '_)>,
     ) -> Result<Received, gix::Error> {
         let graph_repo = {
             let mut r = cache.clone();
@@ -218,6 +218,8 @@ pub trait PackTee {
     fn start(&mut self, before: &super::refs::RefState, source: &super::refs::RefState) -> bool;
     /// The pack's next bytes, in order: every byte read from the source's pack stream.
     fn write(&mut self, bytes: &[u8]);
+    /// The whole pack is in the cache, checked and indexed (no ref points into it yet).
+    fn received(&mut self) {}
 }
 
 /// A pack stream's bytes, and the object count of its header.
@@ -245,20 +247,20 @@ impl Counted {
 }
 
 /// A reader that counts what is read through it and hands it to a [`PackTee`].
-struct Teed<'r, 't> {
+struct Teed<'r, 't, 'o> {
     inner: &'r mut dyn std::io::BufRead,
-    tee: Option<&'t mut dyn PackTee>,
+    tee: Option<&'t mut (dyn PackTee + 'o)>,
     counted: Counted,
 }
 
-fn seen(counted: &mut Counted, tee: &mut Option<&mut dyn PackTee>, bytes: &[u8]) {
+fn seen(counted: &mut Counted, tee: &mut Option<&mut (dyn PackTee + '_)>, bytes: &[u8]) {
     counted.add(bytes);
     if let Some(tee) = tee {
         tee.write(bytes);
     }
 }
 
-impl std::io::Read for Teed<'_, '_> {
+impl std::io::Read for Teed<'_, '_, '_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
         seen(&mut self.counted, &mut self.tee, &buf[..n]);
@@ -266,7 +268,7 @@ impl std::io::Read for Teed<'_, '_> {
     }
 }
 
-impl std::io::BufRead for Teed<'_, '_> {
+impl std::io::BufRead for Teed<'_, '_, '_> {
     fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
         self.inner.fill_buf()
     }

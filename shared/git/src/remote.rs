@@ -171,6 +171,30 @@ impl Remote {
         }
     }
 
+    /// The same remote at a sibling path: `suffix` replaces a trailing `.git` (or is appended)
+    /// — `acme/app.git` → `acme/app.wiki.git` for a repository's wiki. Credentials and SSH
+    /// options stay.
+    pub fn with_path_suffix(&self, suffix: &str) -> Remote {
+        let swap = |path: &str| {
+            format!(
+                "{}{suffix}",
+                path.strip_suffix(".git").unwrap_or(path).trim_end_matches('/')
+            )
+        };
+        let mut out = self.clone();
+        match &mut out.location {
+            Location::Local(path) => {
+                *path = PathBuf::from(swap(&path.to_string_lossy()));
+                out.display = path.display().to_string();
+            }
+            Location::Network(url) => {
+                url.path = swap(&url.path.to_string()).into();
+                out.display = url.to_bstring().to_string();
+            }
+        }
+        out
+    }
+
     /// Authenticate with this key (SSH remotes only; ignored otherwise).
     pub fn with_ssh_identity(mut self, identity: SshIdentity) -> Remote {
         if self.is_ssh() {

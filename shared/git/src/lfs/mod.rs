@@ -260,11 +260,12 @@ fn write_pending(git_dir: &Path, pointers: &[Pointer]) -> Result<(), LfsError> {
     std::fs::rename(&tmp, &path).map_err(local)
 }
 
-/// Mirror the LFS objects of what the fetch since `before` brought into `cache` (plus what an
-/// earlier run left pending) from `source` to each of `targets`.
+/// Mirror the LFS objects of the pointers a fetch brought into `cache` (`found`, from
+/// [`scan::new_pointers`]; plus what an earlier run left pending) from `source` to each of
+/// `targets`.
 pub fn mirror_objects(
     cache: &gix::Repository,
-    before: &PackSnapshot,
+    found: Vec<Pointer>,
     source: &Remote,
     targets: &[&Remote],
     options: &LfsOptions,
@@ -274,7 +275,7 @@ pub fn mirror_objects(
         return Ok(LfsSummary::default());
     }
     let mut pointers = read_pending(cache.path());
-    pointers.extend(scan::new_pointers(cache, before)?);
+    pointers.extend(found);
     pointers.sort();
     pointers.dedup();
     if pointers.is_empty() {
@@ -470,11 +471,16 @@ fn protocol(endpoint: &Endpoint, message: &str) -> LfsError {
     }
 }
 
+/// Whether `options` mirror LFS objects at all.
+pub fn enabled(options: Option<&LfsOptions>) -> bool {
+    options.is_some_and(|o| o.mode != LfsMode::Off)
+}
+
 /// The LFS step of [`crate::mirror()`], between its fetch and its push: objects reach the
 /// target before the refs that point at them, as with `git push` and git-lfs's pre-push hook.
 pub(crate) fn for_mirror(
     cache: &gix::Repository,
-    packs: &PackSnapshot,
+    found: Vec<Pointer>,
     source: &Remote,
     target: &Remote,
     options: Option<&LfsOptions>,
@@ -484,7 +490,7 @@ pub(crate) fn for_mirror(
     let Some(options) = options.filter(|o| o.mode != LfsMode::Off) else {
         return Ok(None);
     };
-    let summary = mirror_objects(cache, packs, source, &[target], options, interrupt)?;
+    let summary = mirror_objects(cache, found, source, &[target], options, interrupt)?;
     if summary.objects > 0 {
         say(format!(
             "LFS: {} objects ({}), {} downloaded, {} uploaded, {} missing on the source",

@@ -9,16 +9,14 @@
 //! go first, then the pack as it arrives; a sender thread owns the connection, so a slow target
 //! never stalls the fetch beyond a small bounded queue.
 //!
-//! The last bytes of the pack (its checksum trailer) are held back until [`Pipeline::commit`]:
-//! the target's receive-pack cannot finish the pack, let alone update a ref, before them. So
-//! nothing lands on the target until the cache has the whole pack, checked and indexed, and its
-//! refs written — a fetch that fails half-way pushes nothing — and LFS objects go to the
-//! target's LFS server before the refs that need them (as git-lfs's pre-push does). Dropping a
-//! [`Pipeline`] without committing hangs up: the held-back pack is never applied. Measured on
-//! a 386k-object history, holding the trailer cost no measurable time: the target's delta
-//! resolution and connectivity check dominate either way. A target left waiting too long (LFS
-//! transfers; servers and proxies cut idle request bodies) is pushed to again instead
-//! ([`super::super::mirror`]).
+//! The last bytes of the pack (its checksum trailer) are held back until [`Pipeline::finish`]:
+//! the target's receive-pack cannot finish the pack, let alone update a ref, before them. The
+//! mirror finishes once the cache has the whole pack, received, checked and indexed — a fetch
+//! that fails half-way pushes nothing — and, when the new objects include LFS pointers, only
+//! after their LFS objects are on the target's LFS server (as git-lfs's pre-push does).
+//! Dropping an unfinished [`Pipeline`] hangs up: the held-back pack is never applied. A target
+//! left waiting too long (LFS transfers; servers and proxies cut idle request bodies) is pushed
+//! to again instead ([`super::super::mirror`]).
 
 use std::collections::BTreeMap;
 use std::io::{BufWriter, Write};
@@ -52,16 +50,24 @@ pub struct Pipeline {
     pending: Vec<u8>,
     hold: usize,
     commands: Vec<Command>,
+    /// The refs the push gives the target: the cache's after the fetch.
+    desired: BTreeMap<String, ObjectId>,
     target_before: BTreeMap<String, ObjectId>,
+    prune: bool,
     atomic: bool,
     last_piece: Instant,
+    /// The end of the pack went out ([`Pipeline::finish`]).
+    finished: bool,
 }
 
 enum Piece {
     Bytes(Vec<u8>),
     /// The held-back tail, and the commands as sent with their kinds classified now that the
     /// cache has the objects.
-    Commit { tail: Vec<u8>, commands: Vec<Command> },
+    Commit {
+        tail: Vec<u8>,
+        commands: Vec<Command>,
+    },
 }
 
 /// What the sender thread did.
@@ -85,7 +91,13 @@ impl Pipeline {
         source: &RefState,
         options: &PushOptions,
     ) -> Result<Pipeline, Option<Connected>> {
-        let Some((commands, caps, target_before)) = fits(repo, remote, &connected, before, source, options) else {
+        let Some(Fit {
+            commands,
+            caps,
+            desired,
+            target_before,
+        }) = fits(repo, remote, &connected, before, source, options)
+        else {
             return Err(Some(connected));
         };
         let atomic = options.atomic && connected.advertised.offers("atomic");
@@ -105,9 +117,12 @@ impl Pipeline {
             pending: Vec::with_capacity(PIECE + 64),
             hold: repo.object_hash().len_in_bytes(),
             commands,
+            desired,
             target_before,
+            prune: options.prune,
             atomic,
             last_piece: Instant::now(),
+            finished: false,
         })
     }
 
@@ -137,18 +152,33 @@ impl Pipeline {
         self.last_piece.elapsed()
     }
 
-    /// The target's refs (within the patterns) when the push started.
-    pub fn target_before(&self) -> &BTreeMap<String, ObjectId> {
-        &self.target_before
+    /// The refs the push gives the target (the cache's once the fetch has written them).
+    pub fn desired(&self) -> &BTreeMap<String, ObjectId> {
+        &self.desired
     }
 
-    /// The rest of the pack, with `commands` — the push's plan made again now that the fetch
-    /// is in, which must be the commands already sent — and the target's report.
-    pub fn commit(mut self, commands: Vec<Command>) -> Result<PushOutcome, Error> {
+    pub fn finished(&self) -> bool {
+        self.finished
+    }
+
+    /// The pack is in `repo` (the cache: received, checked, indexed): send its end, with the
+    /// commands' kinds classified now that the new objects can be walked. The target then
+    /// finishes the pack and updates its refs while the caller goes on; [`Pipeline::outcome`]
+    /// waits for its report.
+    pub fn finish(&mut self, repo: &gix::Repository) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        let commands = plan(&self.desired, &self.target_before, self.prune, |old, new| {
+            crate::repo::is_ancestor(repo, old, new)
+        });
         let same = |a: &Command, b: &Command| (&a.name, a.old, a.new) == (&b.name, b.old, b.new);
-        let sent_ok = commands.len() == self.commands.len() && commands.iter().zip(&self.commands).all(|(a, b)| same(a, b));
-        if !sent_ok || self.pending.len() < self.hold {
-            return Err(self.refused("the fetched refs are not those the forwarded push was started for"));
+        let as_sent =
+            commands.len() == self.commands.len() && commands.iter().zip(&self.commands).all(|(a, b)| same(a, b));
+        if !as_sent || self.pending.len() < self.hold {
+            self.to_sender = None; // cannot happen (same plan, same refs); hang up rather than guess
+            return;
         }
         let tail = self.pending.split_off(self.pending.len() - self.hold);
         let rest = std::mem::take(&mut self.pending);
@@ -156,7 +186,15 @@ impl Pipeline {
             self.queue(Piece::Bytes(rest));
         }
         self.queue(Piece::Commit { tail, commands });
-        drop(self.to_sender.take());
+        self.to_sender = None;
+    }
+
+    /// The target's report on the push [`Pipeline::finish`] ended (an error if it was not).
+    pub fn outcome(mut self) -> Result<PushOutcome, Error> {
+        if !self.finished {
+            return Err(self.refused("the forwarded pack was not finished"));
+        }
+        self.to_sender = None;
         let failed = self.refused("the forwarding thread failed");
         let sent = self.sender.join().unwrap_or(Err(failed))?;
         Ok(PushOutcome {
@@ -180,8 +218,16 @@ impl Pipeline {
     }
 }
 
-/// The commands, capabilities and target refs of a forwarded push, if the pack the fetch is
-/// about to receive is valid for this target.
+/// A forwarded push's plan.
+struct Fit {
+    commands: Vec<Command>,
+    caps: Capabilities,
+    desired: BTreeMap<String, ObjectId>,
+    target_before: BTreeMap<String, ObjectId>,
+}
+
+/// The plan of a forwarded push, if the pack the fetch is about to receive is valid for this
+/// target.
 fn fits(
     repo: &gix::Repository,
     remote: &Remote,
@@ -189,7 +235,7 @@ fn fits(
     before: &RefState,
     source: &RefState,
     options: &PushOptions,
-) -> Option<(Vec<Command>, Capabilities, BTreeMap<String, ObjectId>)> {
+) -> Option<Fit> {
     let advertised = &connected.advertised;
     if options.keep_divergent.is_some() || !advertised.offers("ofs-delta") || advertised.offers("no-thin") {
         return None;
@@ -206,7 +252,7 @@ fn fits(
     if options.prune {
         desired.retain(|name, _| source.refs.contains_key(name));
     }
-    // Kinds are classified again at commit, when the cache has the new objects.
+    // Kinds are classified again when the pack is in and the new objects can be walked.
     let commands = plan(&desired, &current, options.prune, |_, _| true);
     let known: std::collections::HashSet<&ObjectId> = current.values().collect();
     let arrives = |id: &ObjectId| known.contains(id) || !repo.has_object(id);
@@ -215,7 +261,12 @@ fn fits(
     }
     let atomic = options.atomic && advertised.offers("atomic");
     let caps = Capabilities::choose(remote, advertised, &commands, atomic).ok()?;
-    Some((commands, caps, current))
+    Some(Fit {
+        commands,
+        caps,
+        desired,
+        target_before: current,
+    })
 }
 
 /// The sender thread: commands, then the pack as it comes, then the target's report.
