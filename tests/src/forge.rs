@@ -62,6 +62,8 @@ pub struct Repo {
     pub default_branch: String,
     /// What the API reports as the clone URL.
     pub clone_url: String,
+    /// The wiki is enabled (`has_wiki` / `wiki_enabled`).
+    pub has_wiki: bool,
 }
 
 /// A rate-limit answer to give instead of the next request's.
@@ -102,6 +104,7 @@ impl State {
             description: format!("the {name} repository"),
             default_branch: "main".into(),
             clone_url: clone_url.into(),
+            has_wiki: false,
         });
         self.repos.last_mut().expect("just pushed")
     }
@@ -332,7 +335,7 @@ fn repo_json(kind: Kind, r: &Repo) -> Value {
                 "id": r.id, "name": r.name, "path": r.name, "path_with_namespace": path,
                 "http_url_to_repo": r.clone_url, "visibility": if r.private { "private" } else { "public" },
                 "archived": r.archived, "default_branch": r.default_branch, "description": r.description,
-                "wiki_enabled": false,
+                "wiki_enabled": r.has_wiki,
             });
             if r.fork {
                 v["forked_from_project"] = json!({ "id": 1, "path_with_namespace": "upstream/x" });
@@ -342,7 +345,7 @@ fn repo_json(kind: Kind, r: &Repo) -> Value {
         _ => json!({
             "id": r.id, "name": r.name, "full_name": path, "clone_url": r.clone_url,
             "private": r.private, "fork": r.fork, "archived": r.archived,
-            "default_branch": r.default_branch, "description": r.description, "has_wiki": false,
+            "default_branch": r.default_branch, "description": r.description, "has_wiki": r.has_wiki,
             "owner": { "login": r.owner },
         }),
     }

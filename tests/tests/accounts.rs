@@ -155,6 +155,10 @@ async fn discover_and_mirror(kind: Kind) {
             wts.push(source(&servers, &format!("{owner}/{name}")));
             st.add(owner, name, &servers.url(Proto::Http, &format!("{owner}/{name}.git")));
         }
+        // Wikis: app's has pages (a wiki repository), tools' is enabled but empty (none).
+        wts.push(source(&servers, &format!("{owner}/app.wiki")));
+        st.find(&format!("{owner}/app")).unwrap().has_wiki = true;
+        st.find(&format!("{owner}/tools")).unwrap().has_wiki = true;
         wts.push(source(&servers, &format!("{sub}/deep")));
         st.add(sub, "deep", &servers.url(Proto::Http, &format!("{sub}/deep.git")));
         st.add(owner, "a-fork", "http://127.0.0.1:1/x.git").fork = true;
@@ -166,6 +170,8 @@ async fn discover_and_mirror(kind: Kind) {
     }
     // `tools` has a target that exists already (someone made it): creating it is a no-op.
     servers.create_bare("mirrors/tools.git");
+    // A wiki repository comes with its project (GitLab, Gitea) or first page (GitHub).
+    let target_wiki = servers.create_bare("mirrors/app.wiki.git");
     forge.state().add("mirrors", "tools", "created:mirrors/tools");
     let subgroups = if kind == Kind::Gitlab {
         "include_subgroups = true\n"
@@ -177,7 +183,9 @@ async fn discover_and_mirror(kind: Kind) {
         &forge,
         &servers,
         owner,
-        &format!("exclude = [\"filler-*\"]\nforks = false\narchived = false\nprivate = false\n{subgroups}"),
+        &format!(
+            "exclude = [\"filler-*\"]\nforks = false\narchived = false\nprivate = false\nwikis = true\n{subgroups}"
+        ),
     );
     let ferry = Ferry::new(&text);
 
@@ -188,7 +196,14 @@ async fn discover_and_mirror(kind: Kind) {
     let listed: usize = 3 + 3 + 120;
     assert_eq!(d.requests, listed.div_ceil(per_page), "{kind:?} {d:?}");
     assert_eq!((d.listed, d.added, d.writes), (1, 3, 1), "{kind:?} {d:?}");
-    assert_eq!(synced, ["app", "deep", "tools"], "{kind:?}");
+    assert_eq!(synced, ["app", "app.wiki", "deep", "tools", "tools.wiki"], "{kind:?}");
+    harness::assert_refs_equal(&servers.path(&format!("{owner}/app.wiki.git")), &target_wiki);
+    // No wiki repository at tools' source: nothing to mirror, not a failure.
+    let tools_wiki = ferry.manager.status_book().get("tools.wiki").await.unwrap();
+    assert!(
+        tools_wiki.as_ref().is_none_or(|s| s.error_class.is_none()),
+        "{kind:?}: {tools_wiki:?}"
+    );
     println!(
         "{kind:?}: discovered {} repos and mirrored 3 in {:?}",
         listed,

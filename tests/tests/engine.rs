@@ -322,7 +322,11 @@ fn received_pack_is_forwarded_unless_a_new_tip_is_missing_from_it() {
         assert_refs_equal(&case.source, &fresh);
         assert_fsck_clean(&fresh);
         assert!(s.fetch.objects > 0, "{proto:?}: {s:?}");
-        assert_eq!(s.push.pack, PackMode::Counted, "{proto:?}: counted, not forwarded: {s:?}");
+        assert_eq!(
+            s.push.pack,
+            PackMode::Counted,
+            "{proto:?}: counted, not forwarded: {s:?}"
+        );
         assert_ne!(s.push.bytes, s.fetch.bytes, "{proto:?}: {s:?}");
     }
 }

@@ -173,8 +173,16 @@ async fn the_fetched_pack_is_forwarded_to_targets_in_step() {
             w.wt.push_all();
         }
         // The first sync goes in batches (counted); the incrementals are forwarded.
-        assert_eq!(packs("dst.git").last().map(String::as_str), Some("Forwarded"), "{proto:?}");
-        assert_eq!(packs("dst.git").iter().filter(|p| *p == "Forwarded").count(), 2, "{proto:?}");
+        assert_eq!(
+            packs("dst.git").last().map(String::as_str),
+            Some("Forwarded"),
+            "{proto:?}"
+        );
+        assert_eq!(
+            packs("dst.git").iter().filter(|p| *p == "Forwarded").count(),
+            2,
+            "{proto:?}"
+        );
         let late = w.target("late.git");
         let m = w.manager(&w.toml(proto, &[("dst.git", ""), ("late.git", "")], ""));
         let out = w.run(&m, &[poll(9)]).await;
@@ -182,7 +190,11 @@ async fn the_fetched_pack_is_forwarded_to_targets_in_step() {
         assert_refs_equal(&w.source, &dst);
         assert_refs_equal(&w.source, &late);
         assert_fsck_clean(&late);
-        assert_eq!(packs("dst.git").last().map(String::as_str), Some("Forwarded"), "{proto:?}");
+        assert_eq!(
+            packs("dst.git").last().map(String::as_str),
+            Some("Forwarded"),
+            "{proto:?}"
+        );
         assert_eq!(packs("late.git"), ["Counted"], "{proto:?}: late lacks the history");
     }
 }

@@ -26,7 +26,11 @@ pub fn effective(base: &Config, states: &BTreeMap<String, Arc<AccountState>>) ->
             }
             match repo_config(account, name, discovered) {
                 Ok(r) => {
+                    let wiki = (account.wikis && discovered.source.has_wiki).then(|| wiki_config(&r));
                     config.repos.insert(name.clone(), r);
+                    if let Some(w) = wiki.filter(|w| !config.repos.contains_key(&w.name)) {
+                        config.repos.insert(w.name.clone(), w);
+                    }
                 }
                 Err(why) => tracing::warn!(repo = %name, account = %account_name, why, "discovered repository skipped"),
             }
@@ -109,8 +113,30 @@ pub fn repo_config(account: &AccountConfig, name: &str, d: &DiscoveredRepo) -> R
             kept_targets: kept,
             description: d.source.description.clone(),
             default_branch: d.source.default_branch.clone(),
+            wiki: false,
         }),
     })
+}
+
+/// The wiki of a discovered repository (`wikis = true`): `{name}.wiki`, from the source's
+/// `….wiki.git` to each target's `….wiki.git` — the layout GitHub, GitLab and Gitea share.
+/// Never created through an API (no provider creates a wiki repository that way: it comes
+/// with the project, or with its first page); a target without one reports the push's error.
+/// A source that has no wiki repository yet (wiki enabled, no page written) is a no-op.
+fn wiki_config(repo: &RepoConfig) -> RepoConfig {
+    let mut wiki = repo.clone();
+    wiki.name = format!("{}.wiki", repo.name);
+    wiki.source = repo.source.with_path_suffix(".wiki.git");
+    for t in &mut wiki.targets {
+        t.remote = t.remote.with_path_suffix(".wiki.git");
+        t.create = None;
+    }
+    // A wiki has one branch and no tags worth a separate policy: the repository's settings.
+    if let Some(origin) = &mut wiki.discovered {
+        origin.wiki = true;
+        origin.description = None;
+    }
+    wiki
 }
 
 impl RepoConfig {

@@ -138,6 +138,8 @@ pub struct Origin {
     pub kept_targets: Vec<String>,
     pub description: Option<String>,
     pub default_branch: Option<String>,
+    /// This is the wiki of the discovered repository (`{name}.wiki`, `wikis = true`).
+    pub wiki: bool,
 }
 
 /// What became of a discovered repository's source.

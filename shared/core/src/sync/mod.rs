@@ -387,8 +387,20 @@ impl SyncManager {
         }
         // Latest commit: ask the source.
         let (source, patterns) = (config.source.clone(), config.refs.clone());
-        let advertised = match blocking("listing the source's refs", move || git::ls_remote(&source, &patterns)).await {
-            Ok(a) => a,
+        let wiki = config.discovered.as_ref().is_some_and(|o| o.wiki);
+        let listed = blocking("listing the source's refs", move || {
+            match git::ls_remote(&source, &patterns) {
+                // Wiki enabled, no page written yet: no wiki repository, nothing to mirror.
+                Err(git::Error::NotFound { .. }) if wiki => Ok(None),
+                listed => listed.map(Some),
+            }
+        });
+        let advertised = match listed.await {
+            Ok(Some(a)) => a,
+            Ok(None) => {
+                tracing::info!(repo, "the source has no wiki repository yet: nothing to mirror");
+                return self.noop(repo, primary, &count).await;
+            }
             Err(f) => {
                 count("failed");
                 return self.fail_before_start(repo, primary, f).await;
