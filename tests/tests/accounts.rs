@@ -451,63 +451,134 @@ fn api(ferry: &Ferry) -> gitferry_core::api::Api {
     }
 }
 
-/// An organisation hook's `repository` events (GitHub's documented payload: `action`,
-/// `repository` with `full_name`, `owner.login`, `clone_url`; `organization.login`), signed with
-/// the account-level `[webhooks.github]` secret: a created repository is discovered and mirrored
-/// by the one sync the delivery enqueues; a deleted one is reported and its mirror kept.
+/// An account-level hook's repository events, as each provider documents them, authenticated
+/// with the account-level `[webhooks.PROVIDER]` secret: a created repository is discovered and
+/// mirrored by the one sync the delivery enqueues; a deleted one is reported and its mirror
+/// kept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn repository_webhooks_discover_at_once() {
+async fn github_organisation_hook_repository_events_discover_at_once() {
+    repository_events_discover_at_once(Kind::Github).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gitlab_group_hook_project_events_discover_at_once() {
+    repository_events_discover_at_once(Kind::Gitlab).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gitea_organisation_hook_repository_events_discover_at_once() {
+    repository_events_discover_at_once(Kind::Gitea).await;
+}
+
+/// A repository event from `owner`'s account-level hook: headers and body as the provider
+/// sends them (`action` is `created` or `deleted`).
+/// - GitHub `repository` (organisation hook): `action`, `repository` with `full_name`,
+///   `owner.login`, `clone_url`; `organization.login`; HMAC-SHA256 in `X-Hub-Signature-256`.
+/// - GitLab group hook "Project events" (GitLab 17.6; `X-Gitlab-Event: Project Hook`, the
+///   secret in `X-Gitlab-Token`): the documented payload of `project_create` /
+///   `project_destroy` — GitLab docs `doc/user/project/integrations/webhook_events.md`, as in
+///   gitlabhq/gitlabhq at 88d3e50d6971e1cf4ab52c1d44eebf0ca852baf5.
+/// - Gitea/Forgejo `repository` (organisation hook): `action`, `repository` with `full_name`,
+///   `owner.login`/`username`, `clone_url`; `organization.username`; hex HMAC-SHA256 in
+///   `X-Gitea-Signature`.
+fn repository_event(
+    kind: Kind,
+    servers: &Servers,
+    (action, owner, name): (&str, &str, &str),
+    id: &str,
+    secret: &str,
+) -> (Vec<(String, String)>, String) {
     use gitferry_core::config::Provider;
-    use gitferry_core::webhook::{Delivery, accept, sign};
+    use gitferry_core::webhook::sign;
+    let clone_url = servers.url(Proto::Http, &format!("{owner}/{name}.git"));
+    let full_name = format!("{owner}/{name}");
+    let (provider, body, mut headers) = match kind {
+        Kind::Github => (
+            Provider::Github,
+            serde_json::json!({
+                "action": action,
+                "repository": { "id": 99, "name": name, "full_name": full_name,
+                    "owner": { "login": owner, "type": "Organization" }, "clone_url": clone_url, "private": false },
+                "organization": { "login": owner },
+                "sender": { "login": "someone" },
+            }),
+            vec![("X-GitHub-Event", "repository"), ("X-GitHub-Delivery", id)],
+        ),
+        Kind::Gitlab => (
+            Provider::Gitlab,
+            serde_json::json!({
+                "event_name": if action == "created" { "project_create" } else { "project_destroy" },
+                "created_at": "2024-10-07T10:43:48Z", "updated_at": "2024-10-07T10:43:48Z",
+                "name": name, "path": name, "path_with_namespace": full_name,
+                "project_id": 22, "project_namespace_id": 32,
+                "owners": [{ "name": "John", "email": "user1@example.com" }],
+                "project_visibility": "private",
+            }),
+            vec![("X-Gitlab-Event", "Project Hook"), ("X-Gitlab-Event-UUID", id)],
+        ),
+        Kind::Gitea => (
+            Provider::Gitea,
+            serde_json::json!({
+                "action": action,
+                "repository": { "id": 99, "name": name, "full_name": full_name,
+                    "owner": { "login": owner, "username": owner }, "clone_url": clone_url, "private": false },
+                "organization": { "username": owner },
+                "sender": { "login": "someone", "username": "someone" },
+            }),
+            vec![("X-Gitea-Event", "repository"), ("X-Gitea-Delivery", id)],
+        ),
+    };
+    let body = body.to_string();
+    let signature = sign(provider, secret, body.as_bytes());
+    let signature_header = match kind {
+        Kind::Github => "X-Hub-Signature-256",
+        Kind::Gitlab => "X-Gitlab-Token",
+        Kind::Gitea => "X-Gitea-Signature",
+    };
+    headers.push((signature_header, &signature));
+    headers.push(("Content-Type", "application/json"));
+    let headers = headers.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
+    (headers, body)
+}
+
+async fn repository_events_discover_at_once(kind: Kind) {
+    use gitferry_core::webhook::{Delivery, accept};
     const SECRET: &str = ORG_SECRET;
+    let (provider, owner) = match kind {
+        Kind::Github => ("github", "acme"),
+        Kind::Gitlab => ("gitlab", "grp"),
+        Kind::Gitea => ("gitea", "acme"),
+    };
     let servers = Servers::start();
-    let forge = Forge::start(Kind::Github);
+    let forge = Forge::start(kind);
     {
         let mut st = forge.state();
         st.git_root = Some(servers.root().to_owned());
         st.owners.insert("mirrors".into());
-        source(&servers, "acme/app");
-        st.add("acme", "app", &servers.url(Proto::Http, "acme/app.git"));
+        source(&servers, &format!("{owner}/app"));
+        st.add(owner, "app", &servers.url(Proto::Http, &format!("{owner}/app.git")));
     }
-    let mut text = account_toml(Kind::Github, &forge, &servers, "acme", "");
-    text.push_str("[webhooks.github]\nsecret_env = \"ORG_SECRET\"\n");
+    let mut text = account_toml(kind, &forge, &servers, owner, "");
+    text.push_str(&format!("[webhooks.{provider}]\nsecret_env = \"ORG_SECRET\"\n"));
     let ferry = Ferry::new(&text);
     // Webhook discoveries run at the wall clock: the poll tick before them does too.
     let (_, synced) = ferry.tick(harness::now_ms() - MINUTE).await;
     assert_eq!(synced, ["app"]);
 
     let deliver = |action: &str, owner: &str, name: &str, id: &str, secret: &str| {
-        let body = serde_json::json!({
-            "action": action,
-            "repository": { "id": 99, "name": name, "full_name": format!("{owner}/{name}"),
-                "owner": { "login": owner, "type": "Organization" },
-                "clone_url": servers.url(Proto::Http, &format!("{owner}/{name}.git")), "private": false },
-            "organization": { "login": owner },
-            "sender": { "login": "someone" },
-        })
-        .to_string();
-        let headers = vec![
-            ("X-GitHub-Event".to_owned(), "repository".to_owned()),
-            ("X-GitHub-Delivery".to_owned(), id.to_owned()),
-            (
-                "X-Hub-Signature-256".to_owned(),
-                sign(Provider::Github, secret, body.as_bytes()),
-            ),
-            ("Content-Type".to_owned(), "application/json".to_owned()),
-        ];
-        (headers, body)
+        repository_event(kind, &servers, (action, owner, name), id, secret)
     };
     // What the API hands the webhook code: the effective configuration.
     let config = ferry.catalog.config().await;
 
     // Created: one delivery, one queued discovery, the new repository mirrored by that sync.
-    source(&servers, "acme/fresh");
+    source(&servers, &format!("{owner}/fresh"));
     forge
         .state()
-        .add("acme", "fresh", &servers.url(Proto::Http, "acme/fresh.git"));
-    let (headers, body) = deliver("created", "acme", "fresh", "d-1", SECRET);
+        .add(owner, "fresh", &servers.url(Proto::Http, &format!("{owner}/fresh.git")));
+    let (headers, body) = deliver("created", owner, "fresh", "d-1", SECRET);
     let d = Delivery {
-        provider: "github",
+        provider,
         headers: &headers,
         body: body.as_bytes(),
     };
@@ -526,20 +597,23 @@ async fn repository_webhooks_discover_at_once() {
         out.verdicts.iter().all(|v| format!("{v:?}").contains("Done")),
         "{out:?}"
     );
-    harness::assert_refs_equal(&servers.path("acme/fresh.git"), &servers.path("mirrors/fresh.git"));
+    harness::assert_refs_equal(
+        &servers.path(&format!("{owner}/fresh.git")),
+        &servers.path("mirrors/fresh.git"),
+    );
     println!("webhook → discovered and mirrored in {:?}", started.elapsed());
 
     // A wrong signature: 401, nothing queued; an owner no account discovers: 202 ignored.
-    let (headers, body) = deliver("created", "acme", "x", "d-2", "wrong");
+    let (headers, body) = deliver("created", owner, "x", "d-2", "wrong");
     let d = Delivery {
-        provider: "github",
+        provider,
         headers: &headers,
         body: body.as_bytes(),
     };
     assert_eq!(accept(&config, ferry.queue.as_ref(), &d, 1 << 20).await.status, 401);
     let (headers, body) = deliver("created", "other-org", "x", "d-3", SECRET);
     let d = Delivery {
-        provider: "github",
+        provider,
         headers: &headers,
         body: body.as_bytes(),
     };
@@ -552,9 +626,9 @@ async fn repository_webhooks_discover_at_once() {
 
     // Deleted: reported, the mirror kept.
     forge.state().repos.retain(|r| r.name != "app");
-    let (headers, body) = deliver("deleted", "acme", "app", "d-4", SECRET);
+    let (headers, body) = deliver("deleted", owner, "app", "d-4", SECRET);
     let d = Delivery {
-        provider: "github",
+        provider,
         headers: &headers,
         body: body.as_bytes(),
     };
@@ -566,7 +640,10 @@ async fn repository_webhooks_discover_at_once() {
         .await;
     let app = ferry.manager.catalog().config().await.repo("app").cloned().unwrap();
     assert!(app.frozen_because().unwrap().contains("mirror kept"), "{app:?}");
-    harness::assert_refs_equal(&servers.path("acme/app.git"), &servers.path("mirrors/app.git"));
+    harness::assert_refs_equal(
+        &servers.path(&format!("{owner}/app.git")),
+        &servers.path("mirrors/app.git"),
+    );
 }
 
 /// `gitferry discover ACCOUNT --json`: what would be mirrored and created, nothing written;

@@ -172,13 +172,14 @@ fn github_event(name: &str) -> Event {
     }
 }
 
-/// GitLab's event: the header for project and group hooks; for system hooks the body's
+/// GitLab's event: the header for project and group hooks; for system hooks and a group hook's
+/// project events (`Project Hook`, GitLab 17.6: `project_create`, `project_destroy`) the body's
 /// `event_name` (or `object_kind`, which newer system events use instead).
 fn gitlab_event(name: &str, json: &Value) -> (Event, String) {
     match name {
         // GitLab's "Test" button sends a push hook too.
         "Push Hook" | "Tag Push Hook" => (Event::Push, name.to_owned()),
-        "System Hook" => {
+        "System Hook" | "Project Hook" => {
             let kind = json["event_name"]
                 .as_str()
                 .or_else(|| json["object_kind"].as_str())
@@ -188,9 +189,9 @@ fn gitlab_event(name: &str, json: &Value) -> (Event, String) {
                 "project_create" | "project_destroy" | "project_rename" | "project_transfer" | "project_update" => {
                     Event::Repository
                 }
-                other => Event::Other(format!("System Hook: {other}")),
+                other => Event::Other(format!("{name}: {other}")),
             };
-            (event, format!("System Hook: {kind}"))
+            (event, format!("{name}: {kind}"))
         }
         other => (Event::Other(other.to_owned()), other.to_owned()),
     }
@@ -371,7 +372,8 @@ mod tests {
     }
 
     /// Repository events name their owners: GitHub's `repository` (a transfer names the old
-    /// owner too), Gitea's `repository`, GitLab's system hook `project_rename` (both paths).
+    /// owner too), Gitea's `repository`, GitLab's system hook `project_rename` (both paths) and
+    /// group hook `project_create`.
     #[test]
     fn repository_events_name_their_owners() {
         let h = |k: &str, v: &str| vec![(k.to_owned(), v.to_owned())];
@@ -407,6 +409,21 @@ mod tests {
         };
         let p = parse(Provider::Gitlab, &d, &json);
         assert_eq!((p.event, p.owners), (Event::Repository, vec!["grp/sub".into()]));
+        // A group hook's project event (GitLab 17.6), the documented payload (GitLab docs
+        // doc/user/project/integrations/webhook_events.md, gitlabhq/gitlabhq at 88d3e50d).
+        let group = h("X-Gitlab-Event", "Project Hook");
+        let json = serde_json::json!({ "event_name": "project_create",
+            "created_at": "2024-10-07T10:43:48Z", "updated_at": "2024-10-07T10:43:48Z",
+            "name": "project1", "path": "project1", "path_with_namespace": "group1/project1",
+            "project_id": 22, "project_namespace_id": 32,
+            "owners": [{ "name": "John", "email": "user1@example.com" }], "project_visibility": "private" });
+        let d = Delivery {
+            provider: "gitlab",
+            headers: &group,
+            body: b"",
+        };
+        let p = parse(Provider::Gitlab, &d, &json);
+        assert_eq!((p.event, p.owners), (Event::Repository, vec!["group1".into()]));
     }
 
     #[test]
