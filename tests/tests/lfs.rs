@@ -365,3 +365,82 @@ fn a_run_that_failed_after_its_fetch_resumes_the_objects_next_time() {
     let dir = harness::tempdir();
     case.clone_checked("org/dst.git", dir.path());
 }
+
+/// The sync service mirrors LFS objects too, and keeps each in the object store
+/// (`lfs/ab/cd/{oid}`) once downloaded: a repository whose source's LFS server lacks an object
+/// another repository already brought (a fork pushed without its LFS objects) gets it from the
+/// store, on a cold work directory — never downloaded twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sync_service_mirrors_lfs_objects_through_the_store() {
+    use gitferry_core::store::ObjectStore;
+    let mut case = Case::new();
+    let oid = case.push_lfs("a.bin", &harness::pseudo_random_bytes(3_000, 21));
+    // The fork: the same git history, no LFS object on its LFS server.
+    case.servers.create_bare("org/fork.git");
+    harness::git(
+        &case.servers.path("org/src.git"),
+        [
+            "push",
+            "--quiet",
+            "--mirror",
+            case.servers.path("org/fork.git").to_str().unwrap(),
+        ],
+    );
+    case.servers.create_bare("org/dst2.git");
+    let toml = format!(
+        "[repos.app]\nurl = \"{}\"\n[[repos.app.targets]]\nurl = \"{}\"\n\n\
+         [repos.fork]\nurl = \"{}\"\n[[repos.fork.targets]]\nurl = \"{}\"\n",
+        case.servers.url("org/src.git"),
+        case.servers.url("org/dst.git"),
+        case.servers.url("org/fork.git"),
+        case.servers.url("org/dst2.git"),
+    );
+    let store_dir = harness::tempdir();
+    let store: std::sync::Arc<dyn ObjectStore> =
+        std::sync::Arc::new(gitferry_core::store::fs::FsStore::new(store_dir.path().to_owned()));
+    let sync = |repo: &'static str| {
+        let (toml, store) = (toml.clone(), store.clone());
+        async move {
+            let work = harness::tempdir(); // a cold work directory every time
+            let config = gitferry_core::config::Config::parse(&toml, Path::new("test.toml"), &|_| None).unwrap();
+            let manager = gitferry_core::sync::SyncManager::new(
+                std::sync::Arc::new(config),
+                store,
+                gitferry_core::notify::Notifier::new(&Default::default()),
+                gitferry_core::metrics::Metrics::discard(),
+                gitferry_core::sync::SyncOptions {
+                    work_dir: work.path().to_owned(),
+                    ..Default::default()
+                },
+            );
+            let request = gitferry_core::request::SyncRequest::poll(repo, 1);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+            let out = manager.handle_batch(&[request], deadline).await;
+            let status = manager.status_book().get(repo).await.unwrap().unwrap();
+            assert!(status.error_class.is_none(), "{repo}: {status:?} {:?}", out.repos);
+        }
+    };
+    sync("app").await;
+    assert!(
+        case.servers.has_object("org/dst.git", &oid),
+        "app's target got the object"
+    );
+    assert!(
+        store
+            .get(&format!("lfs/{}/{}/{oid}", &oid[..2], &oid[2..4]))
+            .await
+            .unwrap()
+            .is_some(),
+        "kept in the store"
+    );
+    let dir = harness::tempdir();
+    case.clone_checked("org/dst.git", dir.path());
+    assert!(!case.servers.has_object("org/fork.git", &oid));
+    sync("fork").await;
+    assert!(
+        case.servers.has_object("org/dst2.git", &oid),
+        "restored from the store, not the source"
+    );
+    let dir2 = harness::tempdir();
+    case.clone_checked("org/dst2.git", dir2.path());
+}

@@ -667,6 +667,7 @@ async fn mirror(args: MirrorArgs) -> ExitCode {
         lfs: Some(git::lfs::LfsOptions {
             mode: lfs,
             objects: cache_dir.join("lfs"),
+            tier: None,
         }),
         refs: patterns,
         prune: !no_prune,

@@ -33,6 +33,15 @@ pub fn config_seen(digest: &str) -> String {
     format!("state/config-seen/{digest}")
 }
 
+/// A Git LFS object, by its SHA-256 (shared by every repository that points at it).
+pub fn lfs_object(oid: &str) -> String {
+    format!(
+        "lfs/{}/{}/{oid}",
+        &oid[..2.min(oid.len())],
+        &oid[2.min(oid.len())..4.min(oid.len())]
+    )
+}
+
 pub fn manifest(repo: &str) -> String {
     format!("repos/{repo}/manifest.json")
 }

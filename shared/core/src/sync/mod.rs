@@ -30,6 +30,7 @@
 //!   committed stays: the request is continued ([`Verdict::Continue`]) rather than restarted.
 //!   A first mirror too big for one invocation goes in batches of refs (see `run`).
 
+mod lfs;
 pub mod plan;
 mod run;
 mod target;

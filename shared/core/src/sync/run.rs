@@ -92,6 +92,8 @@ pub(super) struct Work {
     pub cache_rebuilt: Option<String>,
     /// The generation of the last commit this run wrote: progress nothing can take away.
     pub committed: Option<u64>,
+    /// What the LFS step did (none when the repository has `lfs = false` or no pointer came).
+    pub lfs: Option<git::lfs::LfsSummary>,
     /// Refs the cache has of those the source advertised, and how many it advertised.
     pub refs_done: usize,
     pub refs_total: usize,
@@ -120,6 +122,8 @@ pub(super) struct Run<'a> {
     /// Refs per batch to record in the next commit (`None` once the final round runs).
     batch_refs: Option<usize>,
     start_generation: u64,
+    /// The cache's packs once restored: LFS pointers are looked for in the packs added since.
+    packs: git::lfs::PackSnapshot,
 }
 
 impl<'a> Run<'a> {
@@ -148,6 +152,7 @@ impl<'a> Run<'a> {
             work: Work::default(),
             batch_refs,
             start_generation,
+            packs: git::lfs::PackSnapshot::default(),
         }
     }
 
@@ -216,6 +221,7 @@ impl<'a> Run<'a> {
             Err(e) => return Err(e.into()),
         }
         self.cache.invalidate_local()?;
+        self.packs = git::lfs::PackSnapshot::take(self.cache.path());
         Ok(())
     }
 
@@ -279,8 +285,56 @@ impl<'a> Run<'a> {
         self.batch_refs = None;
         self.commit(fetched.source.clone()).await?;
         self.work.refs_done = self.work.refs_total;
+        self.lfs().await?;
         self.push_all(prune, true, fetched.forward.as_ref()).await?;
         self.compact_and_collect().await
+    }
+
+    /// The LFS objects of the pointers this run brought (every batch's and the final fetch's)
+    /// to every target, before the final push gives it the refs that need them. (A first
+    /// mirror in batches pushes its batches' refs first: their objects follow in this step.)
+    async fn lfs(&mut self) -> Result<(), Failure> {
+        if self.config.lfs == git::lfs::LfsMode::Off {
+            return Ok(());
+        }
+        self.check("mirroring LFS objects")?;
+        let options = git::lfs::LfsOptions {
+            mode: self.config.lfs,
+            objects: self.cache.path().with_extension("lfs"),
+            tier: Some(Arc::new(super::lfs::StoreTier {
+                store: self.cache.store().clone(),
+                runtime: tokio::runtime::Handle::current(),
+            })),
+        };
+        let (path, source, packs, flag) = (
+            self.cache.path().to_owned(),
+            self.config.source.clone(),
+            self.packs.clone(),
+            self.interrupt.flag(),
+        );
+        let targets: Vec<git::Remote> = self.config.targets.iter().map(|t| t.remote.clone()).collect();
+        let summary = blocking("mirroring LFS objects", move || {
+            let r = repo::open(&path)?;
+            let found = git::lfs::scan::new_pointers(&r, &packs)?;
+            let targets: Vec<&git::Remote> = targets.iter().collect();
+            Ok(git::lfs::mirror_objects(&r, found, &source, &targets, &options, &flag)?)
+        })
+        .await
+        .map_err(|f| self.stopped_or(f, "mirroring LFS objects"))?;
+        if summary.objects > 0 {
+            tracing::info!(
+                repo = %self.config.name,
+                objects = summary.objects,
+                bytes = summary.bytes,
+                downloaded = summary.downloaded,
+                restored = summary.restored,
+                uploaded = summary.uploaded,
+                missing = summary.missing.len(),
+                "LFS objects mirrored"
+            );
+            self.work.lfs = Some(summary);
+        }
+        Ok(())
     }
 
     /// Fetch `refs` (no prune: the guard decides); `follow_head` only when fetching everything.

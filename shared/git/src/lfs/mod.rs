@@ -67,11 +67,35 @@ impl std::str::FromStr for LfsMode {
 }
 
 /// How to mirror LFS objects.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct LfsOptions {
     pub mode: LfsMode,
     /// Where objects are cached (`{cache_dir}/lfs` for `gitferry mirror`).
     pub objects: PathBuf,
+    /// A second, lasting tier behind that cache (the sync service's object store, where the
+    /// local disk does not outlive the function): objects are looked for there before the
+    /// source is asked, and kept there once downloaded — one download per object, ever.
+    pub tier: Option<std::sync::Arc<dyn ObjectTier>>,
+}
+
+impl std::fmt::Debug for LfsOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LfsOptions")
+            .field("mode", &self.mode)
+            .field("objects", &self.objects)
+            .field("tier", &self.tier.is_some())
+            .finish()
+    }
+}
+
+/// Lasting storage of LFS objects by oid, behind the local [`ObjectCache`] (implemented by the
+/// service over its object store: keys `lfs/{oid[0:2]}/{oid[2:4]}/{oid}`). Both calls stream
+/// files; neither holds an object in memory.
+pub trait ObjectTier: Send + Sync {
+    /// Write the object into `dest` if the tier has it; `Ok(false)` if it does not.
+    fn fetch(&self, pointer: &Pointer, dest: &Path) -> Result<bool, LfsError>;
+    /// Keep the verified object found at `path`.
+    fn keep(&self, pointer: &Pointer, path: &Path) -> Result<(), LfsError>;
 }
 
 /// What happened to LFS objects in one mirror.
@@ -83,6 +107,9 @@ pub struct LfsSummary {
     pub bytes: u64,
     /// Downloaded from the source (the rest were cached already).
     pub downloaded: u64,
+    /// Taken from the lasting tier (the service's object store) instead of the source.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub restored: u64,
     /// Uploaded to the targets (the rest they had already).
     pub uploaded: u64,
     pub uploaded_bytes: u64,
@@ -118,6 +145,10 @@ impl LfsSummary {
         }
         out
     }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// An object the source could not provide.
@@ -161,6 +192,8 @@ pub enum LfsError {
     },
     #[error("LFS cache {path}: {message}")]
     Local { path: String, message: String },
+    #[error("LFS objects in the object store: {message}{}", if *transient { "; will be retried" } else { "" })]
+    Store { message: String, transient: bool },
     #[error("interrupted")]
     Interrupted,
 }
@@ -171,7 +204,7 @@ impl LfsError {
             LfsError::Network { .. } | LfsError::Protocol { .. } | LfsError::Corrupt { .. } | LfsError::Interrupted => {
                 true
             }
-            LfsError::Http { transient, .. } => *transient,
+            LfsError::Http { transient, .. } | LfsError::Store { transient, .. } => *transient,
             LfsError::NoEndpoint { .. }
             | LfsError::NoServer { .. }
             | LfsError::Auth { .. }
@@ -299,6 +332,7 @@ pub fn mirror_objects(
     let transfers = Transfers {
         http: http_client()?,
         cache: ObjectCache::new(&options.objects),
+        tier: options.tier.as_deref(),
         interrupt,
     };
     let (source_ep, target_eps) = endpoints;
@@ -328,14 +362,22 @@ fn endpoints(
 struct Transfers<'a> {
     http: reqwest::blocking::Client,
     cache: ObjectCache,
+    tier: Option<&'a dyn ObjectTier>,
     interrupt: &'a AtomicBool,
 }
 
 impl Transfers<'_> {
-    /// Download every pointer's object not cached yet; objects the source lacks go to
-    /// `summary.missing`.
+    /// Download every pointer's object not cached yet (nor in the lasting tier); objects the
+    /// source lacks go to `summary.missing`. Each object downloaded is kept in the tier at once:
+    /// a run stopped half-way resumes after the last object it finished.
     fn download_all(&self, source: &Endpoint, pointers: &[Pointer], summary: &mut LfsSummary) -> Result<(), LfsError> {
-        let wanted: Vec<Pointer> = pointers.iter().filter(|p| !self.cache.has(p)).cloned().collect();
+        let mut wanted = Vec::new();
+        for pointer in pointers.iter().filter(|p| !self.cache.has(p)) {
+            match self.tier {
+                Some(tier) if transfer::restore(&self.cache, tier, pointer)? => summary.restored += 1,
+                _ => wanted.push(pointer.clone()),
+            }
+        }
         for chunk in wanted.chunks(batch::BATCH_SIZE) {
             let answers = batch::batch(&self.http, source, Operation::Download, chunk, self.interrupt)?;
             for pointer in chunk {
@@ -344,6 +386,9 @@ impl Transfers<'_> {
                     None => summary
                         .missing
                         .push(missing(pointer, "not in the source's batch answer")),
+                }
+                if let Some(tier) = self.tier.filter(|_| self.cache.has(pointer)) {
+                    tier.keep(pointer, &self.cache.path(&pointer.oid))?;
                 }
             }
         }

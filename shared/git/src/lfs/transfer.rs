@@ -76,6 +76,25 @@ pub fn download(
     Ok(())
 }
 
+/// Bring `pointer` into `cache` from a second tier (the sync service's object store), verified
+/// as a download is. Returns whether the tier had it, intact.
+pub fn restore(cache: &ObjectCache, tier: &dyn super::ObjectTier, pointer: &Pointer) -> Result<bool, LfsError> {
+    let dest = cache.path(&pointer.oid);
+    let dir = dest.parent().expect("oid path has a parent");
+    std::fs::create_dir_all(dir).map_err(|e| cache.local(dir, e))?;
+    let tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| cache.local(dir, e))?;
+    if !tier.fetch(pointer, tmp.path())? {
+        return Ok(false);
+    }
+    let (size, digest) = hash_file(tmp.path()).map_err(|e| cache.local(tmp.path(), e))?;
+    if check(pointer, size, &digest, "restored").is_err() {
+        tracing::warn!(oid = %pointer.oid, "LFS object in the store does not match its pointer: downloading it again");
+        return Ok(false);
+    }
+    tmp.persist(&dest).map_err(|e| cache.local(&dest, e.error))?;
+    Ok(true)
+}
+
 /// Upload the cached `pointer` with `action`, after checking the cached file.
 pub fn upload(
     http: &reqwest::blocking::Client,
