@@ -57,9 +57,20 @@ struct Ferry {
 
 impl Ferry {
     fn new(text: &str) -> Ferry {
+        Self::build(text, None)
+    }
+
+    /// With notifications (`[notify]` with `generic_webhook_url_env = "NOTIFY_URL"`) going to
+    /// `notify_url`.
+    fn notifying(text: &str, notify_url: String) -> Ferry {
+        Self::build(text, Some(notify_url))
+    }
+
+    fn build(text: &str, notify_url: Option<String>) -> Ferry {
         let env = |name: &str| match name {
             "ACME_TOKEN" => Some(TOKEN.to_owned()),
             "ORG_SECRET" => Some(ORG_SECRET.to_owned()),
+            "NOTIFY_URL" => notify_url.clone(),
             _ => None,
         };
         let config = Arc::new(Config::parse(text, Path::new("mirrors.toml"), &env).unwrap());
@@ -67,10 +78,11 @@ impl Ferry {
         let store = Arc::new(FaultStore::new(Arc::new(FsStore::new(dir.path().to_owned()))));
         let queue = Arc::new(MemoryQueue::new(5));
         let catalog = Catalog::new(config.clone(), store.clone());
+        let notifier = Notifier::new(&config.notify);
         let manager = SyncManager::new(
             config.clone(),
             store.clone(),
-            Notifier::new(&config.notify),
+            notifier.clone(),
             Metrics::discard(),
             SyncOptions {
                 work_dir: work.path().to_owned(),
@@ -86,7 +98,8 @@ impl Ferry {
             Metrics::discard(),
             PollOptions::default(),
         )
-        .with_catalog(catalog.clone());
+        .with_catalog(catalog.clone())
+        .with_notifier(notifier);
         Ferry {
             poller,
             manager,
@@ -343,7 +356,9 @@ async fn renames_followed_deletions_kept_explicit_wins_rate_limits_wait() {
         servers.url(Proto::Http, "acme/lib.git"),
         servers.path("elsewhere/lib.git").display()
     ));
-    let ferry = Ferry::new(&text);
+    text.push_str("[notify]\ngeneric_webhook_url_env = \"NOTIFY_URL\"\n");
+    let receiver = harness::receiver::Receiver::start();
+    let ferry = Ferry::notifying(&text, receiver.url());
     let (first, synced) = ferry.tick(T0).await;
     assert_eq!(synced, ["app", "gone", "lib", "old"], "{first:?}");
     // The explicit entry wins: lib goes where [repos.lib] says, and no target is created for it.
@@ -364,6 +379,25 @@ async fn renames_followed_deletions_kept_explicit_wins_rate_limits_wait() {
     let (second, _) = ferry.tick(T0 + MINUTE).await;
     let d = &second.discovery;
     assert_eq!((d.renamed, d.vanished), (1, 1), "{d:?}");
+    // Reported once each: the deleted and the archived source (kept), the rename (followed).
+    receiver.wait_for(3, Duration::from_secs(5));
+    let repos = |event: &str| {
+        let mut r: Vec<String> = receiver
+            .events(event)
+            .iter()
+            .map(|b| b["repo"].as_str().unwrap_or("").to_owned())
+            .collect();
+        r.sort();
+        r
+    };
+    assert_eq!(repos("source_gone"), ["gone", "old"], "{:?}", receiver.bodies());
+    assert_eq!(repos("source_renamed"), ["app"], "{:?}", receiver.bodies());
+    let text = receiver.events("source_renamed")[0]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(text.contains("app2"), "the new name is said: {text}");
+    harness::leaks::check("notifications", &format!("{:?}", receiver.bodies()));
     assert_eq!(
         forge.state().count("PATCH", "/repos/mirrors/app"),
         1,

@@ -230,7 +230,15 @@ async fn handle(State(api): State<Arc<Api>>, request: axum::extract::Request) ->
             } else {
                 (400, "the request body could not be read".to_owned())
             };
-            return to_axum(api.refuse_body(method, path, &headers, status, &message));
+            // The rest of the body is never read: the connection cannot carry another request,
+            // and a client must not put it back in its pool (it did, and its next delivery
+            // failed with "error sending request").
+            let mut response = to_axum(api.refuse_body(method, path, &headers, status, &message));
+            response.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+            return response;
         }
     };
     let reply = api
