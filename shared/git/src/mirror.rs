@@ -132,6 +132,7 @@ fn mirror_through_cache(
             target,
             options,
             packs: &packs,
+            interrupt: &interrupt,
             connecting: Some(s.spawn(|| push::connect(target))),
             connected: None,
             pipeline: None,
@@ -145,7 +146,9 @@ fn mirror_through_cache(
     let (connected, pipeline, scanned) = forwarder;
     let found = match scanned {
         Some(found) => found?,
-        None if super::lfs::enabled(options.lfs.as_ref()) => super::lfs::scan::new_pointers(&cache, &packs)?,
+        None if super::lfs::enabled(options.lfs.as_ref()) => {
+            super::lfs::scan::new_pointers(&cache, &packs, &interrupt)?
+        }
         None => Vec::new(),
     };
     let lfs = super::lfs::for_mirror(&cache, found, source, target, options.lfs.as_ref(), &interrupt, &say)?;
@@ -319,6 +322,7 @@ struct Forwarder<'a, 'scope> {
     options: &'a MirrorOptions,
     /// The cache's packs before the fetch (new LFS pointers are in the packs added since).
     packs: &'a super::lfs::PackSnapshot,
+    interrupt: &'a AtomicBool,
     connecting: Option<std::thread::ScopedJoinHandle<'scope, Result<Option<push::Connected>, Error>>>,
     connected: Option<Result<Option<push::Connected>, Error>>,
     pipeline: Option<push::Pipeline>,
@@ -361,7 +365,7 @@ impl PackTee for Forwarder<'_, '_> {
             return;
         };
         if super::lfs::enabled(self.options.lfs.as_ref()) {
-            let found = super::lfs::scan::new_pointers(self.cache, self.packs);
+            let found = super::lfs::scan::new_pointers(self.cache, self.packs, self.interrupt);
             let clear = found.as_ref().is_ok_and(Vec::is_empty);
             self.scanned = Some(found);
             if !clear {

@@ -315,7 +315,7 @@ impl<'a> Run<'a> {
         let targets: Vec<git::Remote> = self.config.targets.iter().map(|t| t.remote.clone()).collect();
         let summary = blocking("mirroring LFS objects", move || {
             let r = repo::open(&path)?;
-            let found = git::lfs::scan::new_pointers(&r, &packs)?;
+            let found = git::lfs::scan::new_pointers(&r, &packs, &flag)?;
             let targets: Vec<&git::Remote> = targets.iter().collect();
             Ok(git::lfs::mirror_objects(&r, found, &source, &targets, &options, &flag)?)
         })

@@ -9,6 +9,7 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::LfsError;
 use super::pointer::{MAX_POINTER_SIZE, Pointer};
@@ -38,23 +39,36 @@ impl PackSnapshot {
 }
 
 /// The LFS pointers among the blobs of the packs that appeared in `repo` since `before`, sorted
-/// and without duplicates.
-pub fn new_pointers(repo: &gix::Repository, before: &PackSnapshot) -> Result<Vec<Pointer>, LfsError> {
+/// and without duplicates. Stops with [`LfsError::Interrupted`] when `interrupt` is set (a big
+/// pack's scan takes seconds, and the sync function must stop before its time limit).
+pub fn new_pointers(
+    repo: &gix::Repository,
+    before: &PackSnapshot,
+    interrupt: &AtomicBool,
+) -> Result<Vec<Pointer>, LfsError> {
     let now = PackSnapshot::take(repo.path());
     let mut found = BTreeSet::new();
     for idx in before.added(&now) {
-        scan_index(repo, idx, &mut found)?;
+        scan_index(repo, idx, &mut found, interrupt)?;
     }
     Ok(found.into_iter().collect())
 }
 
-fn scan_index(repo: &gix::Repository, idx: &Path, found: &mut BTreeSet<Pointer>) -> Result<(), LfsError> {
+fn scan_index(
+    repo: &gix::Repository,
+    idx: &Path,
+    found: &mut BTreeSet<Pointer>,
+    interrupt: &AtomicBool,
+) -> Result<(), LfsError> {
     let local = |e: &dyn std::fmt::Display| LfsError::Local {
         path: idx.display().to_string(),
         message: e.to_string(),
     };
     let index = gix_pack::index::File::at(idx, repo.object_hash()).map_err(|e| local(&e))?;
-    for entry in index.iter() {
+    for (n, entry) in index.iter().enumerate() {
+        if n % 1024 == 0 && interrupt.load(Ordering::Relaxed) {
+            return Err(LfsError::Interrupted);
+        }
         let header = repo.find_header(entry.oid).map_err(|e| local(&e))?;
         if header.kind() != gix::object::Kind::Blob || header.size() >= MAX_POINTER_SIZE as u64 {
             continue;
