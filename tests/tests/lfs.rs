@@ -387,11 +387,21 @@ async fn the_sync_service_mirrors_lfs_objects_through_the_store() {
         ],
     );
     case.servers.create_bare("org/dst2.git");
+    // app's second target is a local path, which has no LFS server: it gets the refs (lfs =
+    // "auto" skips it) and does not keep the first target from getting the object.
+    let plain = harness::tempdir();
+    let plain_repo = plain.path().join("plain.git");
+    harness::git(
+        plain.path(),
+        ["init", "--quiet", "--bare", plain_repo.to_str().unwrap()],
+    );
     let toml = format!(
-        "[repos.app]\nurl = \"{}\"\n[[repos.app.targets]]\nurl = \"{}\"\n\n\
+        "[repos.app]\nurl = \"{}\"\n[[repos.app.targets]]\nurl = \"{}\"\n\
+         [[repos.app.targets]]\nname = \"plain\"\nurl = \"{}\"\n\n\
          [repos.fork]\nurl = \"{}\"\n[[repos.fork.targets]]\nurl = \"{}\"\n",
         case.servers.url("org/src.git"),
         case.servers.url("org/dst.git"),
+        plain_repo.display(),
         case.servers.url("org/fork.git"),
         case.servers.url("org/dst2.git"),
     );
@@ -425,6 +435,7 @@ async fn the_sync_service_mirrors_lfs_objects_through_the_store() {
         case.servers.has_object("org/dst.git", &oid),
         "app's target got the object"
     );
+    assert_refs_equal(&case.servers.path("org/src.git"), &plain_repo);
     assert!(
         store
             .get(&format!("lfs/{}/{}/{oid}", &oid[..2], &oid[2..4]))

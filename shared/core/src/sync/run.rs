@@ -293,11 +293,19 @@ impl<'a> Run<'a> {
     /// The LFS objects of the pointers this run brought (every batch's and the final fetch's)
     /// to every target, before the final push gives it the refs that need them. (A first
     /// mirror in batches pushes its batches' refs first: their objects follow in this step.)
+    /// Target by target, as the push: one that fails (no LFS server, refused) is reported and
+    /// gets no refs; the others go on. Objects are downloaded once, for the first target.
     async fn lfs(&mut self) -> Result<(), Failure> {
         if self.config.lfs == git::lfs::LfsMode::Off {
             return Ok(());
         }
-        self.check("mirroring LFS objects")?;
+        self.check("looking for LFS pointers")?;
+        let (path, packs, flag) = (self.cache.path().to_owned(), self.packs.clone(), self.interrupt.flag());
+        let found = blocking("looking for LFS pointers", move || {
+            Ok(git::lfs::scan::new_pointers(&repo::open(&path)?, &packs, &flag)?)
+        })
+        .await
+        .map_err(|f| self.stopped_or(f, "looking for LFS pointers"))?;
         let options = git::lfs::LfsOptions {
             mode: self.config.lfs,
             objects: self.cache.path().with_extension("lfs"),
@@ -306,35 +314,75 @@ impl<'a> Run<'a> {
                 runtime: tokio::runtime::Handle::current(),
             })),
         };
-        let (path, source, packs, flag) = (
-            self.cache.path().to_owned(),
-            self.config.source.clone(),
-            self.packs.clone(),
-            self.interrupt.flag(),
-        );
-        let targets: Vec<git::Remote> = self.config.targets.iter().map(|t| t.remote.clone()).collect();
-        let summary = blocking("mirroring LFS objects", move || {
-            let r = repo::open(&path)?;
-            let found = git::lfs::scan::new_pointers(&r, &packs, &flag)?;
-            let targets: Vec<&git::Remote> = targets.iter().collect();
-            Ok(git::lfs::mirror_objects(&r, found, &source, &targets, &options, &flag)?)
-        })
-        .await
-        .map_err(|f| self.stopped_or(f, "mirroring LFS objects"))?;
-        if summary.objects > 0 {
+        for target in &self.config.targets {
+            if self.work.targets.get(&target.name).is_some_and(|t| t.error.is_some()) {
+                continue; // failed earlier in this run: its push is skipped too
+            }
+            let phase = format!("mirroring LFS objects to {}", target.name);
+            self.check(&phase)?;
+            let (path, source, remote) = (
+                self.cache.path().to_owned(),
+                self.config.source.clone(),
+                target.remote.clone(),
+            );
+            let (found, options, flag) = (found.clone(), options.clone(), self.interrupt.flag());
+            let done = blocking("mirroring LFS objects", move || {
+                let r = repo::open(&path)?;
+                Ok(git::lfs::mirror_objects(
+                    &r,
+                    found,
+                    &source,
+                    &[&remote],
+                    &options,
+                    &flag,
+                )?)
+            })
+            .await;
+            match done {
+                Ok(summary) => self.count_lfs(summary),
+                Err(f) if f.interrupted || self.interrupt.fired() => {
+                    return Err(Failure::interrupted(format!("stopped while {phase}")));
+                }
+                Err(f) => {
+                    tracing::warn!(repo = %self.config.name, target = %target.name, error = %f.message, "LFS objects not mirrored: the target gets no refs");
+                    let finish = TargetFinish {
+                        error: Some((f.message, f.class)),
+                        ..Default::default()
+                    };
+                    target::merge(self.work.targets.entry(target.name.clone()).or_default(), finish);
+                }
+            }
+        }
+        if let Some(s) = &self.work.lfs {
             tracing::info!(
                 repo = %self.config.name,
-                objects = summary.objects,
-                bytes = summary.bytes,
-                downloaded = summary.downloaded,
-                restored = summary.restored,
-                uploaded = summary.uploaded,
-                missing = summary.missing.len(),
+                objects = s.objects,
+                bytes = s.bytes,
+                downloaded = s.downloaded,
+                restored = s.restored,
+                uploaded = s.uploaded,
+                missing = s.missing.len(),
                 "LFS objects mirrored"
             );
-            self.work.lfs = Some(summary);
         }
         Ok(())
+    }
+
+    /// One target's LFS summary into the run's: the objects are the same for every target,
+    /// what moved adds up.
+    fn count_lfs(&mut self, next: git::lfs::LfsSummary) {
+        if next.objects == 0 {
+            return;
+        }
+        match &mut self.work.lfs {
+            None => self.work.lfs = Some(next),
+            Some(total) => {
+                total.downloaded += next.downloaded;
+                total.restored += next.restored;
+                total.uploaded += next.uploaded;
+                total.uploaded_bytes += next.uploaded_bytes;
+            }
+        }
     }
 
     /// Fetch `refs` (no prune: the guard decides); `follow_head` only when fetching everything.
