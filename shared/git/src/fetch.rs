@@ -103,11 +103,11 @@ fn fetch_and_prune(
     // read before the fetch (which wrote no ref); HEAD like the source's.
     let updates = ref_updates(&before, &source, options.prune);
     let applied = repo::apply_cache_ref_updates(cache, &updates, source.head.as_deref(), "gitferry: fetch");
-    tracing::debug!(updates = updates.len(), "cache refs written");
     // Released either way: a pack kept forever would never be repacked; unreferenced objects
     // are what gc is for.
     received.release();
     applied?;
+    tracing::debug!(updates = updates.len(), "cache refs written");
     let (deltas, after) = match updates.is_empty() {
         true => (Vec::new(), before.clone()),
         false => {

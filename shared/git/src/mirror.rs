@@ -247,11 +247,18 @@ impl PushStep<'_> {
     fn commit(&self, mut pipeline: push::Pipeline, forward: Option<&push::Forward>) -> Result<PushSummary, Error> {
         let (target, say) = (self.target, self.say);
         if !pipeline.finished() {
-            if pipeline.idle() >= CONNECTION_FRESH_FOR || *pipeline.desired() != self.desired.ids() {
-                say(format!(
-                    "{target} waited {:.0?} for the rest of the pack; pushing again",
+            let why = if pipeline.idle() >= CONNECTION_FRESH_FOR {
+                Some(format!(
+                    "{target} waited {:.0?} for the rest of the pack",
                     pipeline.idle()
-                ));
+                ))
+            } else if *pipeline.desired() != self.desired.ids() {
+                Some("the cache's refs are not those the forwarded push was started for".to_owned())
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                say(format!("{why}; pushing again"));
                 drop(pipeline);
                 return self.push(None, forward);
             }

@@ -123,7 +123,8 @@ pub fn copy_pack(path: &std::path::Path, out: &mut dyn Write, interrupt: &Atomic
         return Err(PackError::Local(format!("{} is not a pack file", path.display())));
     }
     out.write_all(&header).map_err(PackError::Write)?;
-    let mut bytes = header.len() as u64;
+    let mut counted = Counted::default();
+    counted.add(&header);
     let mut buf = vec![0u8; PIECE];
     loop {
         if interrupt.load(Ordering::Relaxed) {
@@ -134,11 +135,35 @@ pub fn copy_pack(path: &std::path::Path, out: &mut dyn Write, interrupt: &Atomic
             break;
         }
         out.write_all(&buf[..n]).map_err(PackError::Write)?;
-        bytes += n as u64;
+        counted.add(&buf[..n]);
     }
-    let objects = u64::from(u32::from_be_bytes([header[8], header[9], header[10], header[11]]));
+    let (objects, bytes) = (counted.objects(), counted.bytes);
     tracing::debug!(objects, bytes, "forwarded the received pack");
     Ok(PackStats { objects, bytes })
+}
+
+/// A pack stream's bytes, and the object count of its header.
+#[derive(Default)]
+pub(crate) struct Counted {
+    header: Vec<u8>,
+    pub bytes: u64,
+}
+
+impl Counted {
+    pub fn add(&mut self, bytes: &[u8]) {
+        if self.header.len() < 12 {
+            let n = (12 - self.header.len()).min(bytes.len());
+            self.header.extend_from_slice(&bytes[..n]);
+        }
+        self.bytes += bytes.len() as u64;
+    }
+
+    pub fn objects(&self) -> u64 {
+        match self.header.get(8..12) {
+            Some(n) => u64::from(u32::from_be_bytes([n[0], n[1], n[2], n[3]])),
+            None => 0,
+        }
+    }
 }
 
 /// What to send: `tips` are the object ids the receiver's refs will point to; `haves` are ids

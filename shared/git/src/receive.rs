@@ -18,6 +18,8 @@ use gix::protocol::fetch::{self, Arguments, RefMap, Shallow, Tags};
 use gix::protocol::transport::client::blocking_io::Transport;
 use gix::protocol::{Handshake, transport::Protocol};
 
+use super::pack::Counted;
+
 /// A source's refs as listed at the start of a conversation that can still ask for a pack.
 pub(crate) struct Listing<T> {
     transport: T,
@@ -220,30 +222,6 @@ pub trait PackTee {
     fn write(&mut self, bytes: &[u8]);
     /// The whole pack is in the cache, checked and indexed (no ref points into it yet).
     fn received(&mut self) {}
-}
-
-/// A pack stream's bytes, and the object count of its header.
-#[derive(Default)]
-pub(crate) struct Counted {
-    header: Vec<u8>,
-    pub bytes: u64,
-}
-
-impl Counted {
-    pub fn add(&mut self, bytes: &[u8]) {
-        if self.header.len() < 12 {
-            let n = (12 - self.header.len()).min(bytes.len());
-            self.header.extend_from_slice(&bytes[..n]);
-        }
-        self.bytes += bytes.len() as u64;
-    }
-
-    pub fn objects(&self) -> u64 {
-        match self.header.get(8..12) {
-            Some(n) => u64::from(u32::from_be_bytes([n[0], n[1], n[2], n[3]])),
-            None => 0,
-        }
-    }
 }
 
 /// A reader that counts what is read through it and hands it to a [`PackTee`].

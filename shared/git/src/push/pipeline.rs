@@ -32,7 +32,7 @@ use super::{
     Capabilities, Command, Connected, PushOptions, PushOutcome, RemoteMessages, plan, read_report, results,
     write_commands,
 };
-use crate::receive::Counted;
+use crate::pack::Counted;
 use crate::refs::{RefPatterns, RefState};
 use crate::remote::Remote;
 use crate::{Error, lsremote};
@@ -49,7 +49,6 @@ pub struct Pipeline {
     /// Received, not yet queued: at least the held-back tail.
     pending: Vec<u8>,
     hold: usize,
-    commands: Vec<Command>,
     /// The refs the push gives the target: the cache's after the fetch.
     desired: BTreeMap<String, ObjectId>,
     target_before: BTreeMap<String, ObjectId>,
@@ -94,19 +93,19 @@ impl Pipeline {
         let Some(Fit {
             commands,
             caps,
+            atomic,
             desired,
             target_before,
         }) = fits(repo, remote, &connected, before, source, options)
         else {
             return Err(Some(connected));
         };
-        let atomic = options.atomic && connected.advertised.offers("atomic");
         let (to_sender, from_fetch) = sync_channel(QUEUED);
-        let (name, sent) = (remote.clone(), commands.clone());
+        let name = remote.clone();
         let hash = repo.object_hash();
         let sender = std::thread::Builder::new()
             .name("gitferry-forward".into())
-            .spawn(move || send(&name, connected.t, &caps, hash, sent, from_fetch));
+            .spawn(move || send(&name, connected.t, &caps, hash, commands, from_fetch));
         let Ok(sender) = sender else {
             return Err(None); // no thread (out of resources): the connection went with it
         };
@@ -116,7 +115,6 @@ impl Pipeline {
             remote: remote.clone(),
             pending: Vec::with_capacity(PIECE + 64),
             hold: repo.object_hash().len_in_bytes(),
-            commands,
             desired,
             target_before,
             prune: options.prune,
@@ -162,24 +160,22 @@ impl Pipeline {
     }
 
     /// The pack is in `repo` (the cache: received, checked, indexed): send its end, with the
-    /// commands' kinds classified now that the new objects can be walked. The target then
-    /// finishes the pack and updates its refs while the caller goes on; [`Pipeline::outcome`]
-    /// waits for its report.
+    /// commands' kinds classified now that the new objects can be walked (the same plan as the
+    /// commands sent, on the same refs: only the kinds differ). The target then finishes the
+    /// pack and updates its refs while the caller goes on; [`Pipeline::outcome`] waits for its
+    /// report.
     pub fn finish(&mut self, repo: &gix::Repository) {
         if self.finished {
             return;
         }
         self.finished = true;
+        if self.pending.len() < self.hold {
+            self.to_sender = None; // shorter than a trailer: not a pack; hang up
+            return;
+        }
         let commands = plan(&self.desired, &self.target_before, self.prune, |old, new| {
             crate::repo::is_ancestor(repo, old, new)
         });
-        let same = |a: &Command, b: &Command| (&a.name, a.old, a.new) == (&b.name, b.old, b.new);
-        let as_sent =
-            commands.len() == self.commands.len() && commands.iter().zip(&self.commands).all(|(a, b)| same(a, b));
-        if !as_sent || self.pending.len() < self.hold {
-            self.to_sender = None; // cannot happen (same plan, same refs); hang up rather than guess
-            return;
-        }
         let tail = self.pending.split_off(self.pending.len() - self.hold);
         let rest = std::mem::take(&mut self.pending);
         if !rest.is_empty() {
@@ -222,6 +218,7 @@ impl Pipeline {
 struct Fit {
     commands: Vec<Command>,
     caps: Capabilities,
+    atomic: bool,
     desired: BTreeMap<String, ObjectId>,
     target_before: BTreeMap<String, ObjectId>,
 }
@@ -264,6 +261,7 @@ fn fits(
     Some(Fit {
         commands,
         caps,
+        atomic,
         desired,
         target_before: current,
     })
