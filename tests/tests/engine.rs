@@ -812,6 +812,101 @@ fn target_without_ofs_delta_gets_ref_deltas() {
     }
 }
 
+/// Pseudo-random text lines: deflate cannot shrink them much, a delta against an edited copy can.
+fn noisy_text(lines: usize) -> Vec<u8> {
+    let mut s: u64 = 7;
+    (0..lines)
+        .flat_map(|i| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            format!("{i:05} {:016x} {:016x}\n", s, s.rotate_left(17)).into_bytes()
+        })
+        .collect()
+}
+
+/// Bytes of the pack `git pack-objects --revs --thin` makes in `repo` for `tips` to a receiver
+/// with `old` refs: what `git push` would send.
+fn git_thin_pack_bytes(
+    repo: &std::path::Path,
+    tips: &[String],
+    old: &std::collections::BTreeMap<String, String>,
+) -> usize {
+    use std::io::Write;
+    let mut child = harness::git_cmd(repo)
+        .args(["pack-objects", "--revs", "--thin", "--stdout", "-q"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    for tip in tips {
+        writeln!(input, "{tip}").unwrap();
+    }
+    for id in old.values() {
+        writeln!(input, "^{id}").unwrap();
+    }
+    drop(input);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    out.stdout.len()
+}
+
+/// A target that lags, mirrored from a cache whose pack holds the new version of a file whole
+/// (a first fetch from a repacked source: git stores the newest version whole): the file goes
+/// as a delta against the target's version, as `git push` sends it — not whole.
+#[test]
+fn a_lagging_target_gets_deltas_against_its_own_versions() {
+    for proto in Proto::ALL {
+        let mut case = Case::new(proto);
+        let mut content = noisy_text(3000);
+        case.wt.commit_file("data.txt", &content, "data");
+        case.wt.push_all();
+        case.mirror();
+        let old_target = mirrored_refs(&case.target);
+        content.splice(40_000..40_000, b"an edit in the middle\n".iter().copied());
+        content.extend_from_slice(b"and a new line at the end\n");
+        case.wt.commit_file("data.txt", &content, "edit data");
+        case.wt.push_all();
+        git(&case.source, ["repack", "-adfq"]);
+        let new_blob = git(&case.source, ["rev-parse", "main:data.txt"]);
+        let tips: Vec<String> = mirrored_refs(&case.source).into_values().collect();
+        let git_bytes = git_thin_pack_bytes(&case.source, &tips, &old_target);
+
+        let fresh_cache = harness::tempdir();
+        let s = git::mirror(
+            &case.source_remote(),
+            &case.target_remote(),
+            fresh_cache.path(),
+            &options(),
+        )
+        .unwrap();
+        assert_refs_equal(&case.source, &case.target);
+        assert_fsck_clean(&case.target);
+        let cache = git::mirror::cache_path(fresh_cache.path(), &case.source_remote());
+        let whole = format!("{} {}", new_blob.trim(), "0".repeat(40));
+        let stored = git(
+            &cache,
+            [
+                "cat-file",
+                "--batch-check=%(objectname) %(deltabase)",
+                "--batch-all-objects",
+            ],
+        );
+        assert!(
+            stored.lines().any(|l| l == whole),
+            "{proto:?}: the new version is stored whole in the cache"
+        );
+        assert_eq!(s.push.pack, PackMode::Counted, "{proto:?}: {s:?}");
+        // The file whole deflates to ~68 KB; its delta, the commit and the trees take ~1 KB.
+        // (git's own thin pack here carries it whole: it takes thin bases from at most
+        // `pack.window` edge commits, and this history has more.)
+        assert!(
+            s.push.bytes < 4096 && s.push.bytes as usize <= git_bytes,
+            "{proto:?}: pushed {} bytes where git pushes {git_bytes}",
+            s.push.bytes
+        );
+    }
+}
+
 #[test]
 fn ls_remote_lists_refs_peeled_tags_and_head() {
     for proto in Proto::ALL {

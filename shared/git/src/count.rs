@@ -18,7 +18,9 @@
 //!    history counted 15,718 objects instead of 241).
 //! 3. **Thin bases**: the parents' versions of the paths that changed are recorded as
 //!    [`Counted::known`] — each is the receiver's or in the pack, so the pack may carry deltas
-//!    against them without the bases (a thin pack), as `git push` does.
+//!    against them without the bases (a thin pack), as `git push` does — and, per object, the
+//!    first parent's version as [`Counted::hints`]: the base to try a new delta against when
+//!    the object is stored whole.
 //!
 //! The result may hold an object the receiver has under another path (a rename, a revert), as
 //! git's sparse walk does; it never lacks one it needs.
@@ -39,6 +41,9 @@ pub struct Counted {
     pub objects: Vec<ObjectId>,
     /// Objects the receiver has that the changed paths touched: usable as thin-pack bases.
     pub known: HashSet<ObjectId>,
+    /// For a counted tree or blob, a parent's version at the same path — the receiver's or
+    /// counted too: the base a delta is worth trying against when the object is stored whole.
+    pub hints: HashMap<ObjectId, ObjectId>,
 }
 
 /// Commits popped after only uninteresting ones are queued (git's `SLOP`), so a commit whose
@@ -416,6 +421,9 @@ impl TreeWalk {
                 continue;
             }
             counted.objects.push(tree);
+            if let Some(&base) = boundary.first() {
+                counted.hints.insert(tree, base);
+            }
             counted.known.extend(boundary.iter().copied());
             let entries = read_tree(repo, tree)?;
             let theirs: Vec<Vec<Entry>> = boundary.iter().map(|b| read_tree(repo, *b)).collect::<Result<_, _>>()?;
@@ -442,6 +450,9 @@ impl TreeWalk {
                     self.stack.push((e.id, at_path));
                 } else if seen.insert(e.id) {
                     counted.objects.push(e.id);
+                    if let Some(&base) = at_path.first() {
+                        counted.hints.insert(e.id, base);
+                    }
                     counted.known.extend(at_path);
                 }
             }

@@ -14,7 +14,8 @@
 //!   dangling HEAD symref);
 //! * [`fetch`] — mirror fetch into a bare cache, with prune;
 //! * [`mod@push`] — a receive-pack client (plan, pack, report-status) and local-path pushes;
-//! * [`pack`] / [`local`] — streamed pack generation and local object copies;
+//! * [`pack`] / [`local`] — streamed pack generation (with `delta`, git's delta encoding) and
+//!   local object copies;
 //! * [`ssh`] — ssh:// in process (russh), host keys always verified;
 //! * [`lfs`] — Git LFS objects: pointers among fetched objects, the Batch API, a cache by oid;
 //! * [`mirror()`] — the one-shot porcelain behind `gitferry mirror`.
@@ -24,6 +25,7 @@
 
 pub mod advert;
 mod count;
+mod delta;
 pub mod error;
 pub mod fetch;
 pub mod guard;

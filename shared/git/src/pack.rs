@@ -14,6 +14,12 @@
 //!    written, so bases always precede their deltas) or, in a thin pack, when its base is one the
 //!    receiver has; otherwise the object is decoded and deflated whole. Objects outside our packs
 //!    (loose ones, alternates) are deflated whole too.
+//! 4. a tree or blob that would go whole is first tried as a delta ([`crate::delta`]) against
+//!    its previous version at the same path, when the receiver has that (a thin pack) or it is
+//!    already written: after a repack the newest version of each file is stored whole, and a
+//!    lagging target would otherwise get every changed file whole where `git push` sends a
+//!    delta. Only objects up to [`DELTA_MAX`] bytes are tried, and a delta is kept only when it
+//!    is under half the object's size.
 //!
 //! Nothing is buffered beyond one object: the header's object count is the number of counted
 //! objects (each is checked to exist before anything is written, so exactly that many entries
@@ -33,6 +39,8 @@ use crate::count;
 
 /// Entries larger than this are read from the pack file piecewise instead of from its mapping.
 pub const STREAM_ABOVE: u64 = 1 << 20;
+/// Objects larger than this are never delta-encoded here: both versions are held in memory.
+pub const DELTA_MAX: u64 = 4 << 20;
 const PIECE: usize = 64 << 10;
 
 /// What was written.
@@ -195,6 +203,7 @@ pub fn write_pack(
         packs: &packs,
         items: &items,
         known: &counted.known,
+        hints: &counted.hints,
         options,
         out: HashingWriter {
             inner: out,
@@ -214,6 +223,7 @@ pub fn write_pack(
         bytes,
         copied = stats.copied,
         thin = stats.thin,
+        deltified = stats.deltified,
         recompressed = stats.recompressed,
         streamed = stats.streamed,
         elapsed_ms = started.elapsed().as_millis() as u64,
@@ -356,6 +366,8 @@ struct WriteStats {
     copied: usize,
     /// Deltas against a base the receiver has (not in the pack).
     thin: usize,
+    /// Objects stored whole sent as a delta made here.
+    deltified: usize,
     recompressed: usize,
     streamed: usize,
 }
@@ -372,6 +384,11 @@ enum Plan {
     Wait(usize),
     /// Decoded and deflated whole.
     Whole,
+    /// Tried as a delta against `base` (as in `Copy`), else written as `otherwise` says.
+    Delta {
+        base: (Option<usize>, ObjectId),
+        otherwise: Box<Plan>,
+    },
 }
 
 struct Writer<'a> {
@@ -379,6 +396,7 @@ struct Writer<'a> {
     packs: &'a Packs,
     items: &'a [Item],
     known: &'a HashSet<ObjectId>,
+    hints: &'a HashMap<ObjectId, ObjectId>,
     options: PackOptions,
     out: HashingWriter<'a>,
     /// The pack offset at which each item was written.
@@ -436,7 +454,37 @@ impl Writer<'_> {
             .copied()
     }
 
+    /// How item `i` is written: as stored when that is possible, else tried as a delta against
+    /// its hint (see the module docs, step 4), else whole.
     fn plan(&self, i: usize) -> Result<Plan, PackError> {
+        let plan = self.stored_plan(i)?;
+        let whole = match &plan {
+            Plan::Whole => true,
+            Plan::Copy { entry, base: None } => {
+                matches!(entry.header, Header::Tree | Header::Blob) && entry.decompressed_size <= DELTA_MAX
+            }
+            _ => false,
+        };
+        Ok(match self.hint_base(i).filter(|_| whole) {
+            Some(base) => Plan::Delta {
+                base,
+                otherwise: Box::new(plan),
+            },
+            None => plan,
+        })
+    }
+
+    /// The hinted base of item `i` if a delta may name it now: written already, or the
+    /// receiver's in a thin pack.
+    fn hint_base(&self, i: usize) -> Option<(Option<usize>, ObjectId)> {
+        let base = *self.hints.get(&self.items[i].id)?;
+        match self.index_of_id(&base) {
+            Some(b) => self.written[b].map(|_| (Some(b), base)),
+            None => (self.options.thin && self.known.contains(&base)).then_some((None, base)),
+        }
+    }
+
+    fn stored_plan(&self, i: usize) -> Result<Plan, PackError> {
         let Some((pack, offset)) = self.items[i].at else {
             return Ok(Plan::Whole);
         };
@@ -482,16 +530,7 @@ impl Writer<'_> {
             Plan::Copy { entry, base } => {
                 let header = match base {
                     None => entry.header,
-                    Some((Some(b), id)) => match (self.options.ofs_delta, self.written[b]) {
-                        (true, Some(at)) => Header::OfsDelta {
-                            base_distance: here - at,
-                        },
-                        _ => Header::RefDelta { base_id: id },
-                    },
-                    Some((None, id)) => {
-                        self.stats.thin += 1;
-                        Header::RefDelta { base_id: id }
-                    }
+                    Some(base) => self.delta_header(here, base),
                 };
                 self.write_header(header, entry.decompressed_size)?;
                 let (pack, offset) = self.items[i].at.expect("copied items are packed");
@@ -500,10 +539,70 @@ impl Writer<'_> {
                 self.stats.copied += 1;
             }
             Plan::Whole => self.write_whole(i)?,
+            Plan::Delta { base, otherwise } => {
+                if !self.write_delta(i, here, base)? {
+                    return self.write_item(i, *otherwise);
+                }
+            }
             Plan::Wait(_) => unreachable!("waiting items are written once their base is"),
         }
         self.written[i] = Some(here);
         Ok(())
+    }
+
+    /// The header of a delta written at `here` against `base` (its index in the pack, or `None`
+    /// for the receiver's).
+    fn delta_header(&mut self, here: u64, (index, id): (Option<usize>, ObjectId)) -> Header {
+        match index {
+            Some(b) => match (self.options.ofs_delta, self.written[b]) {
+                (true, Some(at)) => Header::OfsDelta {
+                    base_distance: here - at,
+                },
+                _ => Header::RefDelta { base_id: id },
+            },
+            None => {
+                self.stats.thin += 1;
+                Header::RefDelta { base_id: id }
+            }
+        }
+    }
+
+    /// Write item `i` as a delta against `base` if one is worth it (under half its size);
+    /// `false` when it is not and nothing was written.
+    fn write_delta(&mut self, i: usize, here: u64, base: (Option<usize>, ObjectId)) -> Result<bool, PackError> {
+        let size = |id| self.repo.find_header(id).map(|h| h.size()).unwrap_or(u64::MAX);
+        if size(self.items[i].id) > DELTA_MAX || size(base.1) > DELTA_MAX {
+            return Ok(false);
+        }
+        let target = self.decode(self.items[i].id)?;
+        let source = self.decode(base.1)?;
+        let Some(delta) = crate::delta::encode(&source.data, &target.data, target.data.len() / 2) else {
+            return Ok(false);
+        };
+        let header = self.delta_header(here, base);
+        self.write_header(header, delta.len() as u64)?;
+        self.deflate(&delta)?;
+        self.stats.deltified += 1;
+        Ok(true)
+    }
+
+    fn decode(&self, id: ObjectId) -> Result<gix::ObjectDetached, PackError> {
+        self.repo
+            .find_object(id)
+            .map(|o| o.detach())
+            .map_err(|e| PackError::Local(format!("reading object {id}: {e}")))
+    }
+
+    fn deflate(&mut self, data: &[u8]) -> Result<(), PackError> {
+        let compression = self
+            .repo
+            .pack_compression()
+            .map_err(|e| PackError::Local(e.to_string()))?;
+        let mut deflate = gix::zlib::stream::deflate::Write::new(&mut self.out, compression);
+        for piece in data.chunks(PIECE) {
+            deflate.write_all(piece).map_err(PackError::Write)?;
+        }
+        deflate.flush().map_err(PackError::Write)
     }
 
     fn write_header(&mut self, header: Header, size: u64) -> Result<(), PackError> {
@@ -548,10 +647,6 @@ impl Writer<'_> {
     /// Decode the object and deflate it into the pack as it is written.
     fn write_whole(&mut self, i: usize) -> Result<(), PackError> {
         let id = self.items[i].id;
-        let compression = self
-            .repo
-            .pack_compression()
-            .map_err(|e| PackError::Local(e.to_string()))?;
         let mut buf = std::mem::take(&mut self.buf);
         let found = gix::prelude::Find::try_find(&self.repo.objects, &id, &mut buf)
             .map_err(|e| PackError::Local(format!("reading object {id}: {e}")))?
@@ -564,12 +659,7 @@ impl Writer<'_> {
         };
         let data = found.data;
         self.write_header(header, data.len() as u64)?;
-        let mut deflate = gix::zlib::stream::deflate::Write::new(&mut self.out, compression);
-        for piece in data.chunks(PIECE) {
-            deflate.write_all(piece).map_err(PackError::Write)?;
-        }
-        deflate.flush().map_err(PackError::Write)?;
-        drop(deflate);
+        self.deflate(data)?;
         if buf.capacity() <= STREAM_ABOVE as usize {
             self.buf = buf; // keep a small buffer for the next object, not a huge one
         }
