@@ -366,6 +366,71 @@ fn a_run_that_failed_after_its_fetch_resumes_the_objects_next_time() {
     case.clone_checked("org/dst.git", dir.path());
 }
 
+/// One sync of `repo` by the sync service, as a function runs it: a cold work directory every
+/// time, the store shared. Returns the repository's status after it.
+async fn service_sync(
+    toml: &str,
+    store: std::sync::Arc<dyn gitferry_core::store::ObjectStore>,
+    repo: &str,
+) -> gitferry_core::status::RepoStatus {
+    let work = harness::tempdir();
+    let config = gitferry_core::config::Config::parse(toml, Path::new("test.toml"), &|_| None).unwrap();
+    let manager = gitferry_core::sync::SyncManager::new(
+        std::sync::Arc::new(config),
+        store,
+        gitferry_core::notify::Notifier::new(&Default::default()),
+        gitferry_core::metrics::Metrics::discard(),
+        gitferry_core::sync::SyncOptions {
+            work_dir: work.path().to_owned(),
+            ..Default::default()
+        },
+    );
+    let request = gitferry_core::request::SyncRequest::poll(repo, 1);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    manager.handle_batch(&[request], deadline).await;
+    manager.status_book().get(repo).await.unwrap().unwrap()
+}
+
+/// A sync whose LFS step failed after its commit (the cache, with the new packs, is in the
+/// store) transfers the objects on the next run — on another machine, whose fetch brings
+/// nothing to scan — before the target gets the refs: the pointers pending are in the manifest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sync_service_resumes_lfs_objects_on_another_machine() {
+    let mut case = Case::new();
+    let oid = case.push_lfs("a.bin", &harness::pseudo_random_bytes(2_000, 23));
+    let toml = format!(
+        "[repos.app]\nurl = \"{}\"\n[[repos.app.targets]]\nurl = \"{}\"\n",
+        case.servers.url("org/src.git"),
+        case.servers.url("org/dst.git"),
+    );
+    let store_dir = harness::tempdir();
+    let store: std::sync::Arc<dyn gitferry_core::store::ObjectStore> =
+        std::sync::Arc::new(gitferry_core::store::fs::FsStore::new(store_dir.path().to_owned()));
+    let throttle = |n| {
+        case.servers
+            .counts
+            .throttle_batches
+            .store(n, std::sync::atomic::Ordering::Relaxed)
+    };
+    throttle(100);
+    let failed = service_sync(&toml, store.clone(), "app").await;
+    assert!(failed.error_class.is_some(), "the LFS step gave up: {failed:?}");
+    assert!(
+        harness::mirrored_refs(&case.servers.path("org/dst.git")).is_empty(),
+        "no refs without the objects"
+    );
+    throttle(0);
+    let status = service_sync(&toml, store, "app").await;
+    assert!(status.error_class.is_none(), "{status:?}");
+    assert!(
+        case.servers.has_object("org/dst.git", &oid),
+        "the object reached the target"
+    );
+    assert_refs_equal(&case.servers.path("org/src.git"), &case.servers.path("org/dst.git"));
+    let dir = harness::tempdir();
+    case.clone_checked("org/dst.git", dir.path());
+}
+
 /// The sync service mirrors LFS objects too, and keeps each in the object store
 /// (`lfs/ab/cd/{oid}`) once downloaded: a repository whose source's LFS server lacks an object
 /// another repository already brought (a fork pushed without its LFS objects) gets it from the
@@ -411,23 +476,8 @@ async fn the_sync_service_mirrors_lfs_objects_through_the_store() {
     let sync = |repo: &'static str| {
         let (toml, store) = (toml.clone(), store.clone());
         async move {
-            let work = harness::tempdir(); // a cold work directory every time
-            let config = gitferry_core::config::Config::parse(&toml, Path::new("test.toml"), &|_| None).unwrap();
-            let manager = gitferry_core::sync::SyncManager::new(
-                std::sync::Arc::new(config),
-                store,
-                gitferry_core::notify::Notifier::new(&Default::default()),
-                gitferry_core::metrics::Metrics::discard(),
-                gitferry_core::sync::SyncOptions {
-                    work_dir: work.path().to_owned(),
-                    ..Default::default()
-                },
-            );
-            let request = gitferry_core::request::SyncRequest::poll(repo, 1);
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-            let out = manager.handle_batch(&[request], deadline).await;
-            let status = manager.status_book().get(repo).await.unwrap().unwrap();
-            assert!(status.error_class.is_none(), "{repo}: {status:?} {:?}", out.repos);
+            let status = service_sync(&toml, store, repo).await;
+            assert!(status.error_class.is_none(), "{repo}: {status:?}");
         }
     };
     sync("app").await;

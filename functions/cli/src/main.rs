@@ -668,6 +668,7 @@ async fn mirror(args: MirrorArgs) -> ExitCode {
             mode: lfs,
             objects: cache_dir.join("lfs"),
             tier: None,
+            pending_in_cache: true,
         }),
         refs: patterns,
         prune: !no_prune,

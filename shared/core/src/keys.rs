@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! config/mirrors.toml              the configuration (AWS; `GITFERRY_CONFIG_KEY` may move it)
-//! repos/{repo}/manifest.json       the cached bare repository: packs, refs, per-target state
+//! repos/{repo}/manifest.json       the cached bare repository: packs, refs, per-target state,
+//!                                  LFS pointers whose objects are not on every target yet
 //! repos/{repo}/packs/{sha}.pack    immutable, content-addressed packs of the cache
 //! repos/{repo}/packs/{sha}.idx     ...and their indexes
 //! repos/{repo}/lease.json          who is syncing the repo (owner, heartbeat, expiry)

@@ -120,6 +120,12 @@ pub struct Manifest {
     /// function's time limit): refs per batch to resume with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch_refs: Option<usize>,
+    /// LFS pointers among the packs committed here whose objects have not reached every
+    /// target yet: recorded with the packs that brought them, so a sync stopped or failed
+    /// after its commit still transfers them next time — on any machine — although its fetch
+    /// then brings nothing to scan.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lfs_pending: Vec<git::lfs::Pointer>,
     pub updated_at: u64,
 }
 
@@ -144,6 +150,7 @@ impl Manifest {
             && self.backups == other.backups
             && self.targets == other.targets
             && self.batch_refs == other.batch_refs
+            && self.lfs_pending == other.lfs_pending
     }
 }
 
@@ -175,6 +182,8 @@ pub struct NextState {
     pub targets: BTreeMap<String, BTreeMap<String, String>>,
     /// See [`Manifest::batch_refs`].
     pub batch_refs: Option<usize>,
+    /// See [`Manifest::lfs_pending`].
+    pub lfs_pending: Vec<git::lfs::Pointer>,
 }
 
 /// What a commit did.
@@ -385,6 +394,7 @@ impl RepoCache {
             backups: next.backups,
             targets: next.targets,
             batch_refs: next.batch_refs,
+            lfs_pending: next.lfs_pending,
             updated_at: now_ms(),
         };
         // Skip a pack only if the manifest names it and we know the stored object is intact.

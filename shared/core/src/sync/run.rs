@@ -122,8 +122,12 @@ pub(super) struct Run<'a> {
     /// Refs per batch to record in the next commit (`None` once the final round runs).
     batch_refs: Option<usize>,
     start_generation: u64,
-    /// The cache's packs once restored: LFS pointers are looked for in the packs added since.
+    /// The cache's packs as last scanned for LFS pointers (once restored, then before each
+    /// commit): pointers are looked for in the packs added since.
     packs: git::lfs::PackSnapshot,
+    /// LFS pointers whose objects have not reached every target (see
+    /// [`crate::cache::Manifest::lfs_pending`]).
+    lfs_pending: Vec<git::lfs::Pointer>,
 }
 
 impl<'a> Run<'a> {
@@ -139,6 +143,7 @@ impl<'a> Run<'a> {
         snapshot: Snapshot,
     ) -> Run<'a> {
         let batch_refs = snapshot.manifest.batch_refs;
+        let lfs_pending = snapshot.manifest.lfs_pending.clone();
         let start_generation = snapshot.manifest.generation;
         Run {
             config,
@@ -153,6 +158,7 @@ impl<'a> Run<'a> {
             batch_refs,
             start_generation,
             packs: git::lfs::PackSnapshot::default(),
+            lfs_pending,
         }
     }
 
@@ -269,6 +275,7 @@ impl<'a> Run<'a> {
         })
         .await?
         .refs;
+        self.note_lfs_pointers().await?;
         self.commit(source).await?;
         // No forwarding: the batch's pack is valid for the batch's refs only, not for the
         // target's whole ref set that the push compares.
@@ -283,6 +290,7 @@ impl<'a> Run<'a> {
         self.work.source_refs = Some(fetched.source.len());
         let prune = self.prune_and_back_up(&fetched).await?;
         self.batch_refs = None;
+        self.note_lfs_pointers().await?;
         self.commit(fetched.source.clone()).await?;
         self.work.refs_done = self.work.refs_total;
         self.lfs().await?;
@@ -290,22 +298,42 @@ impl<'a> Run<'a> {
         self.compact_and_collect().await
     }
 
-    /// The LFS objects of the pointers this run brought (every batch's and the final fetch's)
-    /// to every target, before the final push gives it the refs that need them. (A first
-    /// mirror in batches pushes its batches' refs first: their objects follow in this step.)
-    /// Target by target, as the push: one that fails (no LFS server, refused) is reported and
-    /// gets no refs; the others go on. Objects are downloaded once, for the first target.
-    async fn lfs(&mut self) -> Result<(), Failure> {
+    /// Look for LFS pointers in the packs fetched since the last look, and add them to those
+    /// pending — before the commit that records these packs, which records the pointers too.
+    async fn note_lfs_pointers(&mut self) -> Result<(), Failure> {
         if self.config.lfs == git::lfs::LfsMode::Off {
             return Ok(());
         }
         self.check("looking for LFS pointers")?;
         let (path, packs, flag) = (self.cache.path().to_owned(), self.packs.clone(), self.interrupt.flag());
-        let found = blocking("looking for LFS pointers", move || {
-            Ok(git::lfs::scan::new_pointers(&repo::open(&path)?, &packs, &flag)?)
+        let (found, scanned) = blocking("looking for LFS pointers", move || {
+            let found = git::lfs::scan::new_pointers(&repo::open(&path)?, &packs, &flag)?;
+            Ok((found, git::lfs::PackSnapshot::take(&path)))
         })
         .await
         .map_err(|f| self.stopped_or(f, "looking for LFS pointers"))?;
+        self.packs = scanned;
+        if !found.is_empty() {
+            self.lfs_pending.extend(found);
+            self.lfs_pending.sort();
+            self.lfs_pending.dedup();
+        }
+        Ok(())
+    }
+
+    /// The LFS objects of the pending pointers (this run's batches' and final fetch's, and
+    /// what an earlier run left) to every target, before the final push gives it the refs
+    /// that need them. (A first mirror in batches pushes its batches' refs first: their
+    /// objects follow in this step.) Target by target, as the push: one that fails (no LFS
+    /// server, refused) is reported and gets no refs; the others go on. Objects are
+    /// downloaded once, for the first target. Pointers stay pending until every target has
+    /// their objects.
+    async fn lfs(&mut self) -> Result<(), Failure> {
+        if self.config.lfs == git::lfs::LfsMode::Off || self.lfs_pending.is_empty() {
+            return Ok(());
+        }
+        let found = self.lfs_pending.clone();
+        let mut everywhere = true;
         let options = git::lfs::LfsOptions {
             mode: self.config.lfs,
             objects: self.cache.path().with_extension("lfs"),
@@ -313,9 +341,11 @@ impl<'a> Run<'a> {
                 store: self.cache.store().clone(),
                 runtime: tokio::runtime::Handle::current(),
             })),
+            pending_in_cache: false,
         };
         for target in &self.config.targets {
             if self.work.targets.get(&target.name).is_some_and(|t| t.error.is_some()) {
+                everywhere = false;
                 continue; // failed earlier in this run: its push is skipped too
             }
             let phase = format!("mirroring LFS objects to {}", target.name);
@@ -344,6 +374,7 @@ impl<'a> Run<'a> {
                     return Err(Failure::interrupted(format!("stopped while {phase}")));
                 }
                 Err(f) => {
+                    everywhere = false;
                     tracing::warn!(repo = %self.config.name, target = %target.name, error = %f.message, "LFS objects not mirrored: the target gets no refs");
                     let finish = TargetFinish {
                         error: Some((f.message, f.class)),
@@ -352,6 +383,9 @@ impl<'a> Run<'a> {
                     target::merge(self.work.targets.entry(target.name.clone()).or_default(), finish);
                 }
             }
+        }
+        if everywhere {
+            self.lfs_pending.clear(); // recorded by the next commit (the push's)
         }
         if let Some(s) = &self.work.lfs {
             tracing::info!(
@@ -575,6 +609,7 @@ impl<'a> Run<'a> {
             backups,
             targets,
             batch_refs: self.batch_refs,
+            lfs_pending: self.lfs_pending.clone(),
         };
         let committed = self.cache.commit(&self.snapshot, next).await?;
         if committed.written {

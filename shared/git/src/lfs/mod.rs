@@ -14,9 +14,10 @@
 //! 3. asks each target's LFS server which of them it lacks and uploads just those, calling
 //!    `verify` when asked to.
 //!
-//! Pointers found are recorded in the cache repository (`gitferry-lfs-pending.json`) until every
-//! target has its objects, so a sync that failed or was interrupted after the fetch still
-//! transfers them next time, although that fetch then brings nothing new.
+//! Pointers found are recorded in the cache repository (`gitferry-lfs-pending.json`; the sync
+//! service records them in its manifest, in the store) until every target has its objects, so
+//! a sync that failed or was interrupted after the fetch still transfers them next time,
+//! although that fetch then brings nothing new.
 //!
 //! An object the source's server does not have (404/410) is reported per object and does not
 //! stop the refs: the mirror stays as complete as the source. Every other failure is a
@@ -76,6 +77,10 @@ pub struct LfsOptions {
     /// local disk does not outlive the function): objects are looked for there before the
     /// source is asked, and kept there once downloaded — one download per object, ever.
     pub tier: Option<std::sync::Arc<dyn ObjectTier>>,
+    /// Keep the pointers not yet everywhere in the cache repository
+    /// (`gitferry-lfs-pending.json`), for the one-shot command. The sync service records them
+    /// in its manifest instead (with the packs, in the store), and passes them as `found`.
+    pub pending_in_cache: bool,
 }
 
 impl std::fmt::Debug for LfsOptions {
@@ -84,6 +89,7 @@ impl std::fmt::Debug for LfsOptions {
             .field("mode", &self.mode)
             .field("objects", &self.objects)
             .field("tier", &self.tier.is_some())
+            .field("pending_in_cache", &self.pending_in_cache)
             .finish()
     }
 }
@@ -307,14 +313,21 @@ pub fn mirror_objects(
     if options.mode == LfsMode::Off {
         return Ok(LfsSummary::default());
     }
-    let mut pointers = read_pending(cache.path());
+    let pending = |pointers: &[Pointer]| match options.pending_in_cache {
+        true => write_pending(cache.path(), pointers),
+        false => Ok(()),
+    };
+    let mut pointers = match options.pending_in_cache {
+        true => read_pending(cache.path()),
+        false => Vec::new(),
+    };
     pointers.extend(found);
     pointers.sort();
     pointers.dedup();
     if pointers.is_empty() {
         return Ok(LfsSummary::default());
     }
-    write_pending(cache.path(), &pointers)?;
+    pending(&pointers)?;
     let mut summary = LfsSummary {
         objects: pointers.len() as u64,
         bytes: pointers.iter().map(|p| p.size).sum(),
@@ -324,7 +337,7 @@ pub fn mirror_objects(
         Ok(e) => e,
         Err(e @ LfsError::NoEndpoint { .. }) if options.mode == LfsMode::Auto => {
             summary.skipped = Some(e.to_string());
-            write_pending(cache.path(), &[])?;
+            pending(&[])?;
             return Ok(summary);
         }
         Err(e) => return Err(e),
@@ -341,7 +354,7 @@ pub fn mirror_objects(
     for target in &target_eps {
         transfers.upload_all(target, &available, &mut summary)?;
     }
-    write_pending(cache.path(), &[])?;
+    pending(&[])?;
     Ok(summary)
 }
 
