@@ -155,11 +155,27 @@ impl<T: Transport> Listing<T> {
             r
         };
         let mut graph = graph_repo.revision_graph(None);
+        // The mappings without their local side: gix would look each one up in the cache's
+        // ref store (five file probes per name, 100,000 for 20,000 tags: ~0.3 s before the
+        // first `want`) only to tell unchanged refs, which the caller already ruled out. The
+        // haves are every cache ref either way (`mark_complete_and_common_ref` walks them all).
+        let wants_only = RefMap {
+            mappings: self
+                .ref_map
+                .mappings
+                .iter()
+                .map(|m| fetch::refmap::Mapping {
+                    local: None,
+                    ..m.clone()
+                })
+                .collect(),
+            ..self.ref_map.clone()
+        };
         let mut negotiator = Negotiator {
             objects: &graph_repo.objects,
             refs: &graph_repo.refs,
             graph: &mut graph,
-            ref_map: &self.ref_map,
+            ref_map: &wants_only,
             algorithm: gix::negotiate::Algorithm::Consecutive.into_negotiator(),
         };
         let mut received = Received::default();

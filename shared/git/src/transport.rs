@@ -134,9 +134,14 @@ fn open_git(
                 // every advertised ref cost two reads (and two setsockopt calls): 160,000 system
                 // calls to list 20,000 refs on two connections.
                 let read = std::io::BufReader::with_capacity(1 << 16, QuickAck(stream.try_clone().map_err(io_err)?));
+                // Buffered writes too: gix writes each pkt-line (and its 4-byte length) on its
+                // own, so 20,003 `want` lines were 40,000 tiny sends — ~0.3 s more before
+                // upload-pack could start the pack. gix flushes before it reads a response, and
+                // so do our pushes.
+                let write = std::io::BufWriter::with_capacity(1 << 16, stream);
                 let conn = Connection::new(
                     read,
-                    stream,
+                    write,
                     version,
                     url.path.clone(),
                     Some((host.clone(), port)),

@@ -77,9 +77,12 @@ pub(crate) fn open(
         half: Some(write),
         timeout: limits.io,
     };
+    // Buffered: one channel message per pkt-line (gix writes each on its own) was one
+    // `block_on` and one SSH packet per `want` or push command. Flushed before every read of
+    // a response (gix, our pushes); the buffer is flushed before the EOF when dropped.
     let connection = Connection::new(
         reader,
-        writer,
+        io::BufWriter::with_capacity(1 << 16, writer),
         version,
         url.path.clone(),
         None::<(String, Option<u16>)>,
