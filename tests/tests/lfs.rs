@@ -426,6 +426,13 @@ async fn the_sync_service_resumes_lfs_objects_on_another_machine() {
         case.servers.has_object("org/dst.git", &oid),
         "the object reached the target"
     );
+    let counts: Vec<_> = status
+        .targets
+        .values()
+        .filter_map(|t| t.lfs.as_ref())
+        .map(|c| (c.objects, c.uploaded))
+        .collect();
+    assert_eq!(counts, [(1, 1)], "the resumed object is counted: {status:?}");
     assert_refs_equal(&case.servers.path("org/src.git"), &case.servers.path("org/dst.git"));
     let dir = harness::tempdir();
     case.clone_checked("org/dst.git", dir.path());
@@ -478,9 +485,27 @@ async fn the_sync_service_mirrors_lfs_objects_through_the_store() {
         async move {
             let status = service_sync(&toml, store, repo).await;
             assert!(status.error_class.is_none(), "{repo}: {status:?}");
+            status
         }
     };
-    sync("app").await;
+    let status = sync("app").await;
+    // Counted per target in the status: uploaded to the HTTP target, skipped on the path.
+    let plain_lfs = status.targets["plain"].lfs.clone().expect("plain's LFS count");
+    assert!(plain_lfs.skipped.is_some() && plain_lfs.uploaded == 0, "{plain_lfs:?}");
+    let http_lfs: Vec<_> = status
+        .targets
+        .values()
+        .filter_map(|t| t.lfs.clone())
+        .filter(|c| c.skipped.is_none())
+        .collect();
+    assert_eq!(
+        http_lfs
+            .iter()
+            .map(|c| (c.objects, c.bytes, c.uploaded, c.uploaded_bytes))
+            .collect::<Vec<_>>(),
+        [(1, 3_000, 1, 3_000)],
+        "{status:?}"
+    );
     assert!(
         case.servers.has_object("org/dst.git", &oid),
         "app's target got the object"

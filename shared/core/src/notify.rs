@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::config::NotifyConfig;
 use crate::git::{DeltaKind, RefDelta};
-use crate::status::{Backup, RefIssue};
+use crate::status::{Backup, LfsCount, RefIssue};
 
 /// Something worth telling people about a repository.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -27,6 +27,9 @@ pub enum Event {
         overwritten: Vec<Backup>,
         #[serde(skip_serializing_if = "Vec::is_empty")]
         diverged: Vec<RefIssue>,
+        /// Git LFS objects, by target (only targets that had any).
+        #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+        lfs: std::collections::BTreeMap<String, LfsCount>,
     },
     /// The first failure of a streak.
     Failed {
@@ -73,6 +76,7 @@ impl Event {
                 changes,
                 overwritten,
                 diverged,
+                lfs,
             } => {
                 let mut out = format!("gitferry: *{repo}* mirrored {} ref change(s)", changes.len());
                 for d in changes.iter().take(10) {
@@ -92,6 +96,7 @@ impl Event {
                 for d in diverged.iter().take(10) {
                     out.push_str(&format!("\n⚠ {} left as is on a target: {}", d.name, d.reason));
                 }
+                lfs_lines(&mut out, lfs);
                 out
             }
             Event::Failed { repo, error, transient } => format!(
@@ -108,6 +113,34 @@ impl Event {
             Event::SourceRenamed { repo, account, message } => {
                 format!("gitferry: *{repo}* (account {account}): source {message}")
             }
+        }
+    }
+}
+
+/// Per target, its LFS objects; then the objects the source lacks (the same for every target).
+fn lfs_lines(out: &mut String, lfs: &std::collections::BTreeMap<String, LfsCount>) {
+    for (target, c) in lfs {
+        if let Some(why) = &c.skipped {
+            out.push_str(&format!(
+                "\n• LFS on {target}: {} object(s) not transferred: {why}",
+                c.objects
+            ));
+            continue;
+        }
+        out.push_str(&format!(
+            "\n• LFS on {target}: {} object(s), {}; {} uploaded ({})",
+            c.objects,
+            crate::git::mirror::human_bytes(c.bytes),
+            c.uploaded,
+            crate::git::mirror::human_bytes(c.uploaded_bytes)
+        ));
+    }
+    if let Some(c) = lfs.values().find(|c| c.missing_count > 0) {
+        for m in c.missing.iter().take(10) {
+            out.push_str(&format!("\n⚠ LFS object {} missing on the source: {}", m.oid, m.reason));
+        }
+        if c.missing_count > 10 {
+            out.push_str(&format!("\n… and {} more missing LFS objects", c.missing_count - 10));
         }
     }
 }
@@ -225,6 +258,7 @@ mod tests {
             changes: (0..13).map(|i| delta(i, DeltaKind::Updated)).collect(),
             overwritten: vec![],
             diverged: vec![],
+            lfs: Default::default(),
         };
         let text = e.text();
         assert_eq!(text.lines().filter(|l| l.starts_with('•')).count(), 10);
@@ -235,8 +269,48 @@ mod tests {
             changes: vec![delta(5, DeltaKind::Forced)],
             overwritten: vec![],
             diverged: vec![],
+            lfs: Default::default(),
         };
         assert!(forced.text().contains("force-pushed 05050505...06060606"));
+    }
+
+    #[test]
+    fn lfs_objects_are_counted_per_target_and_missing_ones_named() {
+        let missing = |i: u8| crate::git::lfs::Missing {
+            oid: format!("{i:064x}"),
+            size: 10,
+            reason: "404 from the source's LFS server".into(),
+        };
+        let count = |uploaded| LfsCount {
+            objects: 12,
+            bytes: 3 << 20,
+            uploaded,
+            uploaded_bytes: uploaded << 18,
+            missing: (0..12).map(missing).collect(),
+            missing_count: 12,
+            skipped: None,
+        };
+        let e = Event::Changed {
+            repo: "app".into(),
+            changes: vec![delta(1, DeltaKind::Updated)],
+            overwritten: vec![],
+            diverged: vec![],
+            lfs: [("gitlab".to_owned(), count(4)), ("backup".to_owned(), count(0))].into(),
+        };
+        let text = e.text();
+        assert!(
+            text.contains("LFS on gitlab: 12 object(s), 3.0 MiB; 4 uploaded (1.0 MiB)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("LFS on backup: 12 object(s), 3.0 MiB; 0 uploaded"),
+            "{text}"
+        );
+        assert_eq!(text.matches("missing on the source").count(), 10, "{text}");
+        assert!(text.ends_with("… and 2 more missing LFS objects"), "{text}");
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["lfs"]["gitlab"]["uploaded"], 4);
+        assert_eq!(v["lfs"]["backup"]["missing_count"], 12);
     }
 
     #[test]

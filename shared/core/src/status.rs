@@ -81,6 +81,53 @@ pub struct TargetStatus {
     pub rejected: Vec<RefIssue>,
     /// Refs left as they are because someone else moved them (`divergence = "keep"`).
     pub diverged: Vec<RefIssue>,
+    /// The LFS objects of the last sync, when it had any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lfs: Option<LfsCount>,
+}
+
+/// One target's Git LFS objects in a sync.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LfsCount {
+    /// Objects the mirrored refs point to (new in this sync, or left from one before it).
+    pub objects: u64,
+    pub bytes: u64,
+    /// Uploaded to this target (it had the others already).
+    pub uploaded: u64,
+    pub uploaded_bytes: u64,
+    /// Objects the source's LFS server does not have (their pointers are mirrored as they
+    /// are), the first [`LFS_MISSING_SHOWN`] of them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub missing: Vec<crate::git::lfs::Missing>,
+    /// How many the source lacks in all.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub missing_count: usize,
+    /// Why nothing was transferred (`lfs = "auto"` and a target without an LFS server).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
+}
+
+/// Missing LFS objects listed in a status (the count says how many there are).
+pub const LFS_MISSING_SHOWN: usize = 20;
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+impl LfsCount {
+    /// What one target's LFS step did.
+    pub fn of(summary: &crate::git::lfs::LfsSummary) -> LfsCount {
+        LfsCount {
+            objects: summary.objects,
+            bytes: summary.bytes,
+            uploaded: summary.uploaded,
+            uploaded_bytes: summary.uploaded_bytes,
+            missing: summary.missing.iter().take(LFS_MISSING_SHOWN).cloned().collect(),
+            missing_count: summary.missing.len(),
+            skipped: summary.skipped.clone(),
+        }
+    }
 }
 
 /// A tip the source force-pushed or deleted, kept in the cache.
@@ -192,6 +239,8 @@ pub struct TargetFinish {
     pub refs_changed: usize,
     pub rejected: Vec<RefIssue>,
     pub diverged: Vec<RefIssue>,
+    /// What the LFS step did for this target (none when there was nothing to do).
+    pub lfs: Option<LfsCount>,
 }
 
 /// Streak transitions of a finished sync: the repository's, and each target's.
@@ -513,6 +562,7 @@ fn finish_target(entry: &mut TargetStatus, t: TargetFinish, now: u64) -> Option<
     entry.refs_changed = t.refs_changed;
     entry.rejected = t.rejected;
     entry.diverged = t.diverged;
+    entry.lfs = t.lfs;
     match t.error {
         None if entry.rejected.is_empty() => {
             entry.state = State::Success;

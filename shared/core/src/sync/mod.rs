@@ -702,6 +702,11 @@ impl SyncManager {
                 changes: work.changes.clone(),
                 overwritten: work.new_backups.clone(),
                 diverged,
+                lfs: work
+                    .targets
+                    .iter()
+                    .filter_map(|(name, t)| Some((name.clone(), t.lfs.clone()?)))
+                    .collect(),
             })
             .await;
         }

@@ -369,7 +369,13 @@ impl<'a> Run<'a> {
             })
             .await;
             match done {
-                Ok(summary) => self.count_lfs(summary),
+                Ok(summary) => {
+                    if summary.objects > 0 {
+                        let count = crate::status::LfsCount::of(&summary);
+                        self.work.targets.entry(target.name.clone()).or_default().lfs = Some(count);
+                    }
+                    self.count_lfs(summary)
+                }
                 Err(f) if f.interrupted || self.interrupt.fired() => {
                     return Err(Failure::interrupted(format!("stopped while {phase}")));
                 }

@@ -149,6 +149,7 @@ fn landed(outcome: git::PushOutcome, last_known: Option<&BTreeMap<String, Object
     let finish = TargetFinish {
         error: None,
         complete: false,
+        lfs: None,
         refs_changed: outcome.applied().count(),
         rejected: outcome
             .rejected()
@@ -187,4 +188,7 @@ pub(super) fn merge(into: &mut TargetFinish, batch: TargetFinish) {
     into.diverged = batch.diverged;
     into.error = batch.error;
     into.complete = batch.complete;
+    if batch.lfs.is_some() {
+        into.lfs = batch.lfs; // the LFS step's, not undone by the push after it
+    }
 }

@@ -158,7 +158,7 @@ fn is_zero(n: &u64) -> bool {
 }
 
 /// An object the source could not provide.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct Missing {
     pub oid: String,
     pub size: u64,
