@@ -212,7 +212,7 @@ pub(crate) fn route(path: &str) -> Option<bool> {
 }
 
 /// Forward `request` to giftless on `port`, the response streamed back unchanged. The `Host`
-/// header is the front's, so the action URLs giftless writes lead back through the front.
+/// header is the client's, so the action URLs giftless writes lead back the same way.
 pub(crate) fn proxy(mut request: tiny_http::Request, port: u16, front_port: u16, counts: &LfsCounts) {
     count(&request, counts);
     let throttle = request.url().ends_with("/objects/batch")
@@ -245,8 +245,16 @@ pub(crate) fn proxy(mut request: tiny_http::Request, port: u16, front_port: u16,
         // Without a length (chunked), buffer it: the test bodies that come this way are small.
         let _ = request.as_reader().read_to_end(&mut body);
     }
+    // The client's `Host` (the front, or a fault proxy in front of it): the action URLs
+    // giftless writes lead back the way the client came.
+    let host = request
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("Host"))
+        .map(|h| h.value.as_str().to_owned())
+        .unwrap_or_else(|| format!("127.0.0.1:{front_port}"));
     let mut head = format!(
-        "{} {} HTTP/1.0\r\nHost: 127.0.0.1:{front_port}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        "{} {} HTTP/1.0\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n",
         request.method(),
         request.url(),
         length.unwrap_or(body.len())

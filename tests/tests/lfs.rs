@@ -366,6 +366,66 @@ fn a_run_that_failed_after_its_fetch_resumes_the_objects_next_time() {
     case.clone_checked("org/dst.git", dir.path());
 }
 
+/// A connection cut in the middle of an object's download (a fault proxy in front of the
+/// source's git and LFS server): the run fails as transient with nothing pushed and no partial
+/// object cached; the next run downloads it whole, verified, and the mirror checks out.
+#[test]
+fn a_download_cut_midway_leaves_nothing_half_done_and_the_next_run_completes_it() {
+    let mut case = Case::new();
+    let oid = case.push_lfs("big.bin", &harness::pseudo_random_bytes(2_000_000, 31));
+    let proxy = harness::proxy::FaultProxy::start(case.servers.http.port);
+    let source = format!("http://127.0.0.1:{}/org/src.git", proxy.port);
+    let run = || {
+        let out = std::process::Command::new(harness::gitferry_bin())
+            .args(["mirror", &source, &case.servers.url("org/dst.git"), "--cache-dir"])
+            .arg(case.cache.path())
+            .arg("--json")
+            .checked_output()
+            .expect("gitferry runs");
+        let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        (
+            out.status.code(),
+            summary,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // Every connection is cut after 300 KB from the server: git's exchanges are smaller, the
+    // object is not.
+    proxy.set(harness::proxy::Plan {
+        cut_downstream_after: Some(300_000),
+        ..Default::default()
+    });
+    let (code, _, stderr) = run();
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("will be retried"), "transient: {stderr}");
+    let (_, downloads, _) = case.servers.counts.get();
+    assert!(
+        downloads >= 1,
+        "the batch call went through, the download was cut: {stderr}"
+    );
+    assert!(
+        harness::mirrored_refs(&case.servers.path("org/dst.git")).is_empty(),
+        "no refs pushed"
+    );
+    let cached = case
+        .cache
+        .path()
+        .join("lfs")
+        .join(&oid[..2])
+        .join(&oid[2..4])
+        .join(&oid);
+    assert!(!cached.exists(), "no partial object is kept as the object");
+    assert!(!case.servers.has_object("org/dst.git", &oid));
+
+    proxy.clear();
+    let (code, summary, stderr) = run();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(lfs(&summary), (1, 1, 1), "{summary}");
+    assert!(cached.is_file() && case.servers.has_object("org/dst.git", &oid));
+    let dir = harness::tempdir();
+    case.clone_checked("org/dst.git", dir.path());
+}
+
 /// One sync of `repo` by the sync service, as a function runs it: a cold work directory every
 /// time, the store shared. Returns the repository's status after it.
 async fn service_sync(
