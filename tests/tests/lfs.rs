@@ -184,6 +184,23 @@ fn an_object_the_target_has_is_not_uploaded_again() {
     case.clone_checked("org/dst.git", dir.path());
 }
 
+/// A second, empty target mirrored with the same cache directory: the fetch brings nothing,
+/// yet the target gets the objects of the whole history (from the cache, not the source).
+#[test]
+fn a_new_target_on_a_used_cache_gets_every_lfs_object() {
+    let mut case = Case::new();
+    let oid = case.push_lfs("a.bin", &harness::pseudo_random_bytes(30_000, 9));
+    case.mirror();
+    case.servers.create_bare("org/second.git");
+    let (code, summary, stderr) = case.mirror_to("org/second.git", &[], &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(summary["fetch"]["up_to_date"], true, "{summary}");
+    assert_eq!(lfs(&summary), (1, 0, 1), "{summary}");
+    assert!(case.servers.has_object("org/second.git", &oid));
+    let dir = harness::tempdir();
+    case.clone_checked("org/second.git", dir.path());
+}
+
 #[test]
 fn a_missing_object_is_reported_and_the_refs_are_still_mirrored() {
     let mut case = Case::new();
@@ -496,6 +513,51 @@ async fn the_sync_service_resumes_lfs_objects_on_another_machine() {
     assert_refs_equal(&case.servers.path("org/src.git"), &case.servers.path("org/dst.git"));
     let dir = harness::tempdir();
     case.clone_checked("org/dst.git", dir.path());
+}
+
+/// A target added to a repository mirrored before gets the LFS objects of the whole history,
+/// although the sync that adds it fetches nothing new; the first target is not sent them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_added_later_gets_the_lfs_objects_of_the_whole_history() {
+    let mut case = Case::new();
+    let oid = case.push_lfs("a.bin", &harness::pseudo_random_bytes(4_000, 27));
+    case.servers.create_bare("org/late.git");
+    let toml = |targets: &[&str]| {
+        let mut t = format!("[repos.app]\nurl = \"{}\"\n", case.servers.url("org/src.git"));
+        for name in targets {
+            t.push_str(&format!(
+                "[[repos.app.targets]]\nname = \"{}\"\nurl = \"{}\"\n",
+                name.trim_end_matches(".git"),
+                case.servers.url(&format!("org/{name}"))
+            ));
+        }
+        t
+    };
+    let store_dir = harness::tempdir();
+    let store: std::sync::Arc<dyn gitferry_core::store::ObjectStore> =
+        std::sync::Arc::new(gitferry_core::store::fs::FsStore::new(store_dir.path().to_owned()));
+    let first = service_sync(&toml(&["dst.git"]), store.clone(), "app").await;
+    assert!(
+        first.error_class.is_none() && case.servers.has_object("org/dst.git", &oid),
+        "{first:?}"
+    );
+    let (_, _, uploads_before) = case.servers.counts.get();
+    let status = service_sync(&toml(&["dst.git", "late.git"]), store, "app").await;
+    assert!(status.error_class.is_none(), "{status:?}");
+    assert!(
+        case.servers.has_object("org/late.git", &oid),
+        "the new target got the object"
+    );
+    assert_eq!(
+        case.servers.counts.get().2 - uploads_before,
+        1,
+        "uploaded to the new target only"
+    );
+    let late = status.targets["late"].lfs.clone().expect("late's LFS count");
+    assert_eq!((late.objects, late.uploaded), (1, 1), "{status:?}");
+    assert_refs_equal(&case.servers.path("org/src.git"), &case.servers.path("org/late.git"));
+    let dir = harness::tempdir();
+    case.clone_checked("org/late.git", dir.path());
 }
 
 /// The sync service mirrors LFS objects too, and keeps each in the object store

@@ -144,10 +144,17 @@ fn mirror_through_cache(
     });
     let (fetch, forward, desired) = fetched?;
     let (connected, pipeline, scanned) = forwarder;
+    // An empty target mirrored from a cache that had packs already (a cache directory used for
+    // another target before) needs the LFS objects of the whole history: every pack is looked at.
+    let new_target = matches!(&connected, Some(Ok(Some(c))) if c.is_empty());
     let found = match scanned {
         Some(found) => found?,
         None if super::lfs::enabled(options.lfs.as_ref()) => {
-            super::lfs::scan::new_pointers(&cache, &packs, &interrupt)?
+            let before = match new_target {
+                true => super::lfs::PackSnapshot::default(),
+                false => packs,
+            };
+            super::lfs::scan::new_pointers(&cache, &before, &interrupt)?
         }
         None => Vec::new(),
     };

@@ -269,6 +269,11 @@ impl Connected {
     pub fn age(&self) -> std::time::Duration {
         self.opened.elapsed()
     }
+
+    /// The target has no refs at all (a new repository).
+    pub fn is_empty(&self) -> bool {
+        self.advertised.refs.is_empty()
+    }
 }
 
 /// Connect to a network target's receive-pack and read its advertisement; `None` for a local

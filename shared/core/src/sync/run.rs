@@ -128,6 +128,9 @@ pub(super) struct Run<'a> {
     /// LFS pointers whose objects have not reached every target (see
     /// [`crate::cache::Manifest::lfs_pending`]).
     lfs_pending: Vec<git::lfs::Pointer>,
+    /// Look for LFS pointers in every pack, not only the new ones: a target never pushed to
+    /// needs the objects of the whole history.
+    lfs_backfill: bool,
 }
 
 impl<'a> Run<'a> {
@@ -159,6 +162,7 @@ impl<'a> Run<'a> {
             start_generation,
             packs: git::lfs::PackSnapshot::default(),
             lfs_pending,
+            lfs_backfill: false,
         }
     }
 
@@ -228,6 +232,10 @@ impl<'a> Run<'a> {
         }
         self.cache.invalidate_local()?;
         self.packs = git::lfs::PackSnapshot::take(self.cache.path());
+        let recorded = &self.snapshot.manifest.targets;
+        let new_target = (self.config.targets.iter())
+            .any(|t| !recorded.contains_key(&t.state_key()) && !recorded.contains_key(&t.name));
+        self.lfs_backfill = new_target && !self.packs.is_empty();
         Ok(())
     }
 
@@ -298,14 +306,19 @@ impl<'a> Run<'a> {
         self.compact_and_collect().await
     }
 
-    /// Look for LFS pointers in the packs fetched since the last look, and add them to those
-    /// pending — before the commit that records these packs, which records the pointers too.
+    /// Look for LFS pointers in the packs fetched since the last look (in every pack, once,
+    /// when a target is new), and add them to those pending — before the commit that records
+    /// these packs, which records the pointers too.
     async fn note_lfs_pointers(&mut self) -> Result<(), Failure> {
         if self.config.lfs == git::lfs::LfsMode::Off {
             return Ok(());
         }
         self.check("looking for LFS pointers")?;
-        let (path, packs, flag) = (self.cache.path().to_owned(), self.packs.clone(), self.interrupt.flag());
+        let packs = match std::mem::take(&mut self.lfs_backfill) {
+            true => git::lfs::PackSnapshot::default(),
+            false => self.packs.clone(),
+        };
+        let (path, flag) = (self.cache.path().to_owned(), self.interrupt.flag());
         let (found, scanned) = blocking("looking for LFS pointers", move || {
             let found = git::lfs::scan::new_pointers(&repo::open(&path)?, &packs, &flag)?;
             Ok((found, git::lfs::PackSnapshot::take(&path)))

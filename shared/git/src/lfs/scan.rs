@@ -32,6 +32,11 @@ impl PackSnapshot {
         PackSnapshot(indexes)
     }
 
+    /// No pack at all (a new repository).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// Indexes present in `now` but not in `self`.
     fn added<'a>(&'a self, now: &'a PackSnapshot) -> impl Iterator<Item = &'a PathBuf> + 'a {
         now.0.difference(&self.0)
