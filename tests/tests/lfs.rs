@@ -560,6 +560,68 @@ async fn a_target_added_later_gets_the_lfs_objects_of_the_whole_history() {
     case.clone_checked("org/late.git", dir.path());
 }
 
+/// A first mirror goes in batches of refs, each pushed before the next is fetched: each
+/// batch's LFS objects reach the target before the batch's refs do. The target's pre-receive
+/// hook refuses any ref whose tree holds a pointer its LFS server lacks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_in_batches_never_gives_a_target_pointers_before_their_objects() {
+    let mut case = Case::new();
+    let mut oids = vec![case.push_lfs("main.bin", &harness::pseudo_random_bytes(5_000, 41))];
+    for (i, branch) in ["b1", "b2"].into_iter().enumerate() {
+        case.wt.git(["checkout", "--quiet", "-b", branch, "main"]);
+        oids.push(case.push_lfs(
+            &format!("{branch}.bin"),
+            &harness::pseudo_random_bytes(5_000, 42 + i as u64),
+        ));
+    }
+    let storage = case.servers.giftless.object_path("org", "dst", "x");
+    let storage = storage.parent().unwrap().display().to_string();
+    let refused = harness::tempdir();
+    let log = refused.path().join("refused.log").display().to_string();
+    harness::install_hook(
+        &case.servers.path("org/dst.git"),
+        "pre-receive",
+        &format!(
+            r#"#!/bin/sh
+while read old new ref; do
+  [ "$new" = 0000000000000000000000000000000000000000 ] && continue
+  git ls-tree -r "$new" | while read mode type id path; do
+    [ "$type" = blob ] || continue
+    oid=$(git cat-file -p "$id" | sed -n 's/^oid sha256://p')
+    [ -z "$oid" ] || [ -f "{storage}/$oid" ] || {{ echo "no LFS object $oid for $ref" | tee -a {log}; exit 1; }}
+  done || exit 1
+done
+"#
+        ),
+    );
+    let toml = format!(
+        "[repos.app]\nurl = \"{}\"\n[[repos.app.targets]]\nname = \"dst\"\nurl = \"{}\"\n",
+        case.servers.url("org/src.git"),
+        case.servers.url("org/dst.git"),
+    );
+    let store_dir = harness::tempdir();
+    let store: std::sync::Arc<dyn gitferry_core::store::ObjectStore> =
+        std::sync::Arc::new(gitferry_core::store::fs::FsStore::new(store_dir.path().to_owned()));
+    let status = service_sync(&toml, store, "app").await;
+    assert!(status.error_class.is_none(), "{status:?}");
+    // A refused batch would be pushed again by the final round: the hook's log tells.
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap_or_default(),
+        "",
+        "no push was refused"
+    );
+    assert_refs_equal(&case.servers.path("org/src.git"), &case.servers.path("org/dst.git"));
+    for oid in &oids {
+        assert!(case.servers.has_object("org/dst.git", oid));
+    }
+    let count = status.targets["dst"].lfs.clone().expect("dst's LFS count");
+    assert_eq!(
+        (count.objects, count.uploaded),
+        (3, 3),
+        "counted over the batches: {status:?}"
+    );
+}
+
 /// The sync service mirrors LFS objects too, and keeps each in the object store
 /// (`lfs/ab/cd/{oid}`) once downloaded: a repository whose source's LFS server lacks an object
 /// another repository already brought (a fork pushed without its LFS objects) gets it from the

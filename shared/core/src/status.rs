@@ -128,6 +128,22 @@ impl LfsCount {
             skipped: summary.skipped.clone(),
         }
     }
+
+    /// This step's count added to an earlier step's of the same sync (a mirror in batches).
+    pub fn after(mut self, earlier: Option<LfsCount>) -> LfsCount {
+        if let Some(e) = earlier {
+            self.objects += e.objects;
+            self.bytes += e.bytes;
+            self.uploaded += e.uploaded;
+            self.uploaded_bytes += e.uploaded_bytes;
+            self.missing_count += e.missing_count;
+            let mut missing = e.missing;
+            missing.append(&mut self.missing);
+            missing.truncate(LFS_MISSING_SHOWN);
+            self.missing = missing;
+        }
+        self
+    }
 }
 
 /// A tip the source force-pushed or deleted, kept in the cache.

@@ -265,7 +265,8 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    /// One batch: fetch `names`, back up what they overwrote, commit, push every target.
+    /// One batch: fetch `names`, back up what they overwrote, commit, the batch's LFS objects,
+    /// push every target.
     async fn batch(&mut self, names: &[String]) -> Result<u64, Failure> {
         let patterns = RefPatterns::new(names.to_vec(), Vec::new()).map_err(Failure::from)?;
         let fetched = self.fetch(patterns, false).await?;
@@ -285,6 +286,7 @@ impl<'a> Run<'a> {
         .refs;
         self.note_lfs_pointers().await?;
         self.commit(source).await?;
+        self.lfs().await?;
         // No forwarding: the batch's pack is valid for the batch's refs only, not for the
         // target's whole ref set that the push compares.
         self.push_all(false, false, None).await?;
@@ -334,19 +336,18 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    /// The LFS objects of the pending pointers (this run's batches' and final fetch's, and
-    /// what an earlier run left) to every target, before the final push gives it the refs
-    /// that need them. (A first mirror in batches pushes its batches' refs first: their
-    /// objects follow in this step.) Target by target, as the push: one that fails (no LFS
-    /// server, refused) is reported and gets no refs; the others go on. Objects are
-    /// downloaded once, for the first target. Pointers stay pending until every target has
-    /// their objects.
+    /// The LFS objects of the pending pointers (the batch's or final fetch's, and what an
+    /// earlier step or run left) to every target, before the push gives it the refs that need
+    /// them. Target by target, as the push: one that fails (no LFS server, refused) is
+    /// reported and gets no refs; the others go on. Objects are downloaded once, for the first
+    /// target. Pointers stay pending until every target has their objects.
     async fn lfs(&mut self) -> Result<(), Failure> {
         if self.config.lfs == git::lfs::LfsMode::Off || self.lfs_pending.is_empty() {
             return Ok(());
         }
         let found = self.lfs_pending.clone();
         let mut everywhere = true;
+        let mut first = true; // the first target's count of this step
         let options = git::lfs::LfsOptions {
             mode: self.config.lfs,
             objects: self.cache.path().with_extension("lfs"),
@@ -385,9 +386,10 @@ impl<'a> Run<'a> {
                 Ok(summary) => {
                     if summary.objects > 0 {
                         let count = crate::status::LfsCount::of(&summary);
-                        self.work.targets.entry(target.name.clone()).or_default().lfs = Some(count);
+                        let entry = &mut self.work.targets.entry(target.name.clone()).or_default().lfs;
+                        *entry = Some(count.after(entry.take()));
                     }
-                    self.count_lfs(summary)
+                    self.count_lfs(summary, std::mem::take(&mut first))
                 }
                 Err(f) if f.interrupted || self.interrupt.fired() => {
                     return Err(Failure::interrupted(format!("stopped while {phase}")));
@@ -421,15 +423,21 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    /// One target's LFS summary into the run's: the objects are the same for every target,
-    /// what moved adds up.
-    fn count_lfs(&mut self, next: git::lfs::LfsSummary) {
+    /// One target's LFS summary into the run's: the objects are the same for every target of
+    /// a step (`first_of_step` brings new ones), what moved adds up.
+    fn count_lfs(&mut self, mut next: git::lfs::LfsSummary, first_of_step: bool) {
         if next.objects == 0 {
             return;
         }
         match &mut self.work.lfs {
             None => self.work.lfs = Some(next),
             Some(total) => {
+                if first_of_step {
+                    // A new step (a mirror in batches): new objects.
+                    total.objects += next.objects;
+                    total.bytes += next.bytes;
+                    total.missing.append(&mut next.missing);
+                }
                 total.downloaded += next.downloaded;
                 total.restored += next.restored;
                 total.uploaded += next.uploaded;
