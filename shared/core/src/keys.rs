@@ -13,6 +13,7 @@
 //! state/config-seen/{digest}       "this configuration was reconciled" markers of the poller
 //! state/queue.json                 the embedded queue of `gitferry serve` (local only)
 //! state/accounts/{account}.json    discovered repositories of an account (`crate::accounts`)
+//! state/accounts/{account}.creations.json  target repositories created for it in the last hour
 //! repos/{repo}/created.json        targets gitferry created for a discovered repo (sync)
 //! ```
 //!
@@ -75,6 +76,11 @@ pub fn index(repo: &str, name: &str) -> String {
 /// The discovery state of an account.
 pub fn account(account: &str) -> String {
     format!("state/accounts/{account}.json")
+}
+
+/// When target repositories were created for an account's repositories (the shared budget).
+pub fn creations(account: &str) -> String {
+    format!("state/accounts/{account}.creations.json")
 }
 
 /// The targets gitferry created for a discovered repository.

@@ -999,21 +999,53 @@ impl CreatedTargets {
     }
 }
 
-/// Creation requests a process makes per minute at most (GitHub allows 80 content-creating
-/// requests a minute and 500 an hour; the rest wait for later syncs).
+/// Target repositories created for one account's repositories per minute and per hour at
+/// most, by every process together (GitHub allows a user 80 content-creating requests a minute
+/// and 500 an hour; GitLab and Gitea document less): the rest wait for later syncs, which the
+/// poll schedule brings — 500 new repositories are created over a little more than an hour.
 pub const CREATIONS_PER_MINUTE: usize = 20;
+pub const CREATIONS_PER_HOUR: usize = 400;
 
-static CREATIONS: Mutex<Vec<Instant>> = Mutex::new(Vec::new());
+/// `state/accounts/{account}.creations.json`: when targets were created in the last hour.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct CreationLog {
+    /// Unix milliseconds.
+    at: Vec<u64>,
+}
 
-fn creation_permit() -> bool {
-    let mut recent = CREATIONS.lock().expect("not poisoned");
-    let window = scaled(Duration::from_secs(60));
-    recent.retain(|t| t.elapsed() < window);
-    if recent.len() >= CREATIONS_PER_MINUTE {
-        return false;
+/// One creation from the account's budget, shared through the store by every sync function
+/// running at once (each is a process of its own: a per-process count let ten of them create
+/// ten times the limit). `false` when the budget is spent for now. The write is conditional,
+/// so two processes taking the last permit at once cannot both have it.
+pub async fn creation_permit(store: &dyn ObjectStore, account: &str) -> Result<bool, StoreError> {
+    let key = keys::creations(account);
+    let (hour, minute) = (
+        scaled(Duration::from_secs(3600)).as_millis() as u64,
+        scaled(Duration::from_secs(60)).as_millis() as u64,
+    );
+    for _ in 0..32 {
+        let (mut log, condition) = match store.get(&key).await? {
+            Some(o) => (
+                serde_json::from_slice::<CreationLog>(&o.body).unwrap_or_default(),
+                Condition::IfMatch(o.etag),
+            ),
+            None => (CreationLog::default(), Condition::IfAbsent),
+        };
+        let now = now_ms();
+        log.at.retain(|&t| now.saturating_sub(t) < hour);
+        let last_minute = log.at.iter().filter(|&&t| now.saturating_sub(t) < minute).count();
+        if last_minute >= CREATIONS_PER_MINUTE || log.at.len() >= CREATIONS_PER_HOUR {
+            return Ok(false);
+        }
+        log.at.push(now);
+        let body = serde_json::to_vec(&log).expect("serialises");
+        match store.put(&key, body, condition).await {
+            Ok(_) => return Ok(true),
+            Err(StoreError::PreconditionFailed { .. }) => continue, // someone took one: count again
+            Err(e) => return Err(e),
+        }
     }
-    recent.push(Instant::now());
-    true
+    Ok(false)
 }
 
 /// Why a target could not be made to exist.
@@ -1040,13 +1072,26 @@ pub async fn ensure_target(
             transient: false,
         });
     };
-    if !creation_permit() {
-        return Err(CreateError {
-            message: format!(
-                "creating {namespace}/{name} deferred: {CREATIONS_PER_MINUTE} repositories created in the last minute"
-            ),
-            transient: true,
-        });
+    let account = repo
+        .discovered
+        .as_ref()
+        .map_or(repo.name.as_str(), |o| o.account.as_str());
+    match creation_permit(store, account).await {
+        Ok(true) => {}
+        Ok(false) => {
+            return Err(CreateError {
+                message: format!(
+                    "creating {namespace}/{name} deferred: account {account} created {CREATIONS_PER_MINUTE} repositories in the last minute or {CREATIONS_PER_HOUR} in the last hour"
+                ),
+                transient: true,
+            });
+        }
+        Err(e) => {
+            return Err(CreateError {
+                message: format!("creating {namespace}/{name}: the creation budget could not be read: {e}"),
+                transient: e.is_transient(),
+            });
+        }
     }
     let origin = repo.discovered.as_ref();
     let spec = discover::CreateSpec {
@@ -1090,6 +1135,65 @@ impl fmt::Display for OwnerKind {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A store whose reads take a while: concurrent read-then-write sequences interleave.
+    #[derive(Debug)]
+    struct SlowReads(crate::store::fs::FsStore);
+
+    #[async_trait::async_trait]
+    impl ObjectStore for SlowReads {
+        async fn get(&self, key: &str) -> Result<Option<crate::store::Object>, StoreError> {
+            let got = self.0.get(key).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            got
+        }
+        async fn put(&self, key: &str, body: Vec<u8>, condition: Condition) -> Result<String, StoreError> {
+            self.0.put(key, body, condition).await
+        }
+        async fn delete(&self, key: &str) -> Result<(), StoreError> {
+            self.0.delete(key).await
+        }
+        async fn list(&self, prefix: &str) -> Result<Vec<crate::store::ObjectInfo>, StoreError> {
+            self.0.list(prefix).await
+        }
+        async fn download(&self, key: &str, dest: &std::path::Path) -> Result<crate::store::ObjectInfo, StoreError> {
+            self.0.download(key, dest).await
+        }
+        async fn upload(&self, key: &str, src: &std::path::Path, condition: Condition) -> Result<String, StoreError> {
+            self.0.upload(key, src, condition).await
+        }
+    }
+
+    /// Four "processes" asking at once share one budget through the store: exactly
+    /// `CREATIONS_PER_MINUTE` permits, however their reads and writes interleave.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn the_creation_budget_is_shared_by_concurrent_processes() {
+        let dir = std::env::temp_dir().join(format!("gitferry-budget-{}", std::process::id()));
+        let store: Arc<dyn ObjectStore> = Arc::new(SlowReads(crate::store::fs::FsStore::new(dir.clone())));
+        let asks: Vec<_> = (0..4)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let mut granted = 0;
+                    for _ in 0..10 {
+                        granted += usize::from(creation_permit(store.as_ref(), "acme").await.unwrap());
+                    }
+                    granted
+                })
+            })
+            .collect();
+        let mut granted = 0;
+        for ask in asks {
+            granted += ask.await.unwrap();
+        }
+        assert_eq!(granted, CREATIONS_PER_MINUTE);
+        assert!(
+            !creation_permit(store.as_ref(), "acme").await.unwrap(),
+            "spent for this minute"
+        );
+        assert!(creation_permit(store.as_ref(), "other").await.unwrap(), "per account");
+        let _ = std::fs::remove_dir_all(dir);
+    }
 
     #[test]
     fn templates_refuse_unknown_placeholders() {
