@@ -88,6 +88,17 @@ deps:
 	  echo "installing playwright-core into tests/ui"; \
 	  (cd tests/ui && npm ci --no-audit --no-fund --silent); \
 	fi
+	@# GitHub's published REST API description (npm @octokit/openapi, pinned in
+	@# tests/openapi/package-lock.json): the GitHub stand-in of the account tests answers with its
+	@# response shapes and is validated against its schemas. Only the extract is kept (the package
+	@# unpacks to ~400 MB).
+	@if [ ! -f tests/openapi/github.json ] || [ tests/openapi/package-lock.json -nt tests/openapi/github.json ] \
+	    || [ tests/openapi/extract.py -nt tests/openapi/github.json ]; then \
+	  command -v npm >/dev/null || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; }; \
+	  echo "extracting GitHub's OpenAPI description into tests/openapi/github.json"; \
+	  (cd tests/openapi && npm ci --no-audit --no-fund --silent && python3 extract.py && rm -rf node_modules); \
+	fi
 	@# Headless Chromium renders the status page in one end-to-end test.
 	@if ! command -v chromium >/dev/null; then \
 	  echo "installing chromium (headless browser for the status page test) from Debian"; \

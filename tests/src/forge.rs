@@ -6,7 +6,10 @@
 //!
 //! Followed descriptions (request parameters, headers, status codes, the fields gitferry reads):
 //!
-//! * GitHub REST API (github/rest-api-description, `api.github.com` OpenAPI;
+//! * GitHub REST API (github/rest-api-description, `api.github.com` OpenAPI, as the npm package
+//!   `@octokit/openapi` publishes it — `make deps` extracts `tests/openapi/github.json` from it:
+//!   the stand-in's repository objects and error bodies start from its smallest valid instances
+//!   of each schema, and `accounts.rs` validates every answer against the schemas;
 //!   <https://docs.github.com/en/rest/repos/repos>): `GET /orgs/{org}/repos` and
 //!   `GET /users/{username}/repos` (`per_page` max 100, default 30; `page` from 1; `Link` header
 //!   with `rel="next"`); repository fields `id`, `full_name`, `clone_url`, `private`, `fork`,
@@ -303,7 +306,8 @@ fn route(
             ("POST", ["orgs", owner, "repos"]) => create(kind, st, owner, body),
             ("PATCH", ["repos", owner, name]) => rename(kind, st, &format!("{owner}/{name}"), body),
             ("GET", ["repos", owner, name]) => match st.find(&format!("{owner}/{name}")) {
-                Some(r) => Reply::json(200, repo_json(kind, r)),
+                Some(r) => Reply::json(200, repo_full_json(kind, r)),
+                None if kind == Kind::Github => github_error(404, "Not Found", Value::Null),
                 None => Reply::json(404, json!({ "message": "Not Found" })),
             },
             _ => Reply::json(404, json!({ "message": "Not Found" })),
@@ -327,7 +331,61 @@ fn route(
     }
 }
 
+/// GitHub's answers as its published description has them (`tests/openapi/github.json`, made by
+/// `make deps` from the npm package `@octokit/openapi`): a smallest valid instance of each object
+/// the stand-in returns, which it fills in with its own values — so the answers carry every
+/// field GitHub's do, and `tests/openapi/validate.py` checks them against GitHub's schemas.
+fn github_template(name: &str) -> Value {
+    static DOC: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+    let doc = DOC.get_or_init(|| {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("openapi/github.json");
+        let text = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e} (`make deps` makes it)", path.display()));
+        serde_json::from_slice(&text).expect("github.json is JSON")
+    });
+    let template = doc["templates"][name].clone();
+    assert!(template.is_object(), "no template {name} in github.json");
+    template
+}
+
+/// `values` written over `into`, objects merged key by key.
+fn overlay(into: &mut Value, values: Value) {
+    match (into, values) {
+        (Value::Object(into), Value::Object(values)) => {
+            for (k, v) in values {
+                overlay(into.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (into, v) => *into = v,
+    }
+}
+
+/// A GitHub error body (`basic-error`, or `validation-error` with `errors`).
+fn github_error(status: u16, message: &str, errors: Value) -> Reply {
+    let mut body = match status {
+        422 => github_template("validation-error"),
+        _ => github_template("basic-error"),
+    };
+    overlay(
+        &mut body,
+        json!({ "message": message, "documentation_url": "https://docs.github.com/rest/repos/repos" }),
+    );
+    if status == 422 {
+        body["errors"] = errors;
+    }
+    Reply::json(status, body)
+}
+
+/// A repository as listed (`minimal-repository` on GitHub).
 fn repo_json(kind: Kind, r: &Repo) -> Value {
+    repo_json_as(kind, r, "minimal-repository")
+}
+
+/// A repository as fetched, created or updated (`full-repository` on GitHub).
+fn repo_full_json(kind: Kind, r: &Repo) -> Value {
+    repo_json_as(kind, r, "full-repository")
+}
+
+fn repo_json_as(kind: Kind, r: &Repo, github_schema: &str) -> Value {
     let path = format!("{}/{}", r.owner, r.name);
     match kind {
         Kind::Gitlab => {
@@ -342,7 +400,22 @@ fn repo_json(kind: Kind, r: &Repo) -> Value {
             }
             v
         }
-        _ => json!({
+        Kind::Github => {
+            let mut v = github_template(github_schema);
+            overlay(
+                &mut v,
+                json!({
+                    "id": r.id, "name": r.name, "full_name": path, "clone_url": r.clone_url,
+                    "private": r.private, "fork": r.fork, "archived": r.archived,
+                    "visibility": if r.private { "private" } else { "public" },
+                    "default_branch": r.default_branch, "description": r.description, "has_wiki": r.has_wiki,
+                    "html_url": format!("https://github.com/{path}"),
+                    "owner": { "login": r.owner },
+                }),
+            );
+            v
+        }
+        Kind::Gitea => json!({
             "id": r.id, "name": r.name, "full_name": path, "clone_url": r.clone_url,
             "private": r.private, "fork": r.fork, "archived": r.archived,
             "default_branch": r.default_branch, "description": r.description, "has_wiki": r.has_wiki,
@@ -437,10 +510,11 @@ fn create(kind: Kind, st: &mut State, owner: &str, body: &Value) -> Reply {
     }
     if st.find(&format!("{owner}/{name}")).is_some() {
         return match kind {
-            Kind::Github => Reply::json(
+            Kind::Github => github_error(
                 422,
-                json!({ "message": "Repository creation failed.", "errors": [{ "resource": "Repository",
-                        "code": "custom", "field": "name", "message": "name already exists on this account" }] }),
+                "Repository creation failed.",
+                json!([{ "resource": "Repository", "code": "custom", "field": "name",
+                         "message": "name already exists on this account" }]),
             ),
             Kind::Gitlab => Reply::json(
                 400,
@@ -465,7 +539,7 @@ fn create(kind: Kind, st: &mut State, owner: &str, body: &Value) -> Reply {
     let repo = st.add(owner, &name, &url);
     repo.private = private;
     repo.description = body["description"].as_str().unwrap_or_default().to_owned();
-    let v = repo_json(kind, &repo.clone());
+    let v = repo_full_json(kind, &repo.clone());
     Reply::json(201, v)
 }
 
@@ -482,6 +556,6 @@ fn rename(kind: Kind, st: &mut State, path: &str, body: &Value) -> Reply {
         let _ = std::fs::rename(dir.join(format!("{}.git", repo.name)), dir.join(format!("{to}.git")));
     }
     repo.name = to;
-    let v = repo_json(kind, repo);
+    let v = repo_full_json(kind, repo);
     Reply::json(200, v)
 }

@@ -746,3 +746,61 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
         })
         .collect()
 }
+
+/// The GitHub stand-in answers as GitHub's published REST API description says: every call it
+/// serves, at every status it answers with, gives a body valid against that call's response
+/// schema in `@octokit/openapi` (checked by `tests/openapi/validate.py`, with the OpenAPI 3.0
+/// validator `openapi-schema-validator`) — not only the fields gitferry reads.
+#[test]
+fn the_github_stand_in_answers_as_githubs_openapi_description_says() {
+    let forge = Forge::start(Kind::Github);
+    {
+        let mut st = forge.state();
+        st.owners.insert("acme".into());
+        st.add("acme", "app", "https://github.com/acme/app.git");
+        st.add("acme", "tools", "https://github.com/acme/tools.git").private = true;
+    }
+    let api = forge.api_url();
+    let http = reqwest::blocking::Client::new();
+    let mut answers = Vec::new();
+    let mut call = |method: &str, path: &str, body: Option<serde_json::Value>, status: u16, described: &str| {
+        let mut req = http.request(method.parse().unwrap(), format!("{api}{path}"));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let res = req.send().unwrap();
+        assert_eq!(res.status().as_u16(), status, "{method} {path}");
+        let body: serde_json::Value = res.json().unwrap();
+        answers.push(serde_json::json!({ "call": format!("{method} {described} {status}"), "body": body }));
+    };
+    call("GET", "/orgs/acme/repos?per_page=1", None, 200, "/orgs/{org}/repos");
+    call("GET", "/users/acme/repos", None, 200, "/users/{username}/repos");
+    let new = serde_json::json!({ "name": "new", "private": true, "description": "made here" });
+    call("POST", "/orgs/acme/repos", Some(new.clone()), 201, "/orgs/{org}/repos");
+    call("POST", "/orgs/acme/repos", Some(new), 422, "/orgs/{org}/repos");
+    call("GET", "/repos/acme/app", None, 200, "/repos/{owner}/{repo}");
+    call("GET", "/repos/acme/nothing", None, 404, "/repos/{owner}/{repo}");
+    let rename = serde_json::json!({ "name": "renamed" });
+    call("PATCH", "/repos/acme/new", Some(rename), 200, "/repos/{owner}/{repo}");
+    assert_eq!(answers[0]["body"].as_array().map(Vec::len), Some(1), "paginated");
+    assert_eq!(answers[6]["body"]["full_name"], "acme/renamed");
+
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let mut child = std::process::Command::new(root.join(".venv/bin/python"))
+        .arg(root.join("tests/openapi/validate.py"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the venv's python (`make deps` makes it)");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(serde_json::to_string(&answers).unwrap().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "answers not as described:\n{report}");
+    assert!(report.contains("7 of 7 answers valid"), "{report}");
+}
