@@ -90,9 +90,11 @@ deps:
 	fi
 	@# GitHub's published REST API description (npm @octokit/openapi, pinned in
 	@# tests/openapi/package-lock.json): the GitHub stand-in of the account tests answers with its
-	@# response shapes and is validated against its schemas. Only the extract is kept (the package
-	@# unpacks to ~400 MB).
-	@if [ ! -f tests/openapi/github.json ] || [ tests/openapi/package-lock.json -nt tests/openapi/github.json ] \
+	@# response shapes and is validated against its schemas; and recorded real GitHub sessions
+	@# (npm @octokit/fixtures) replayed to gitferry's GitHub client. Only the extract is kept (the
+	@# packages unpack to ~400 MB).
+	@if [ ! -f tests/openapi/github.json ] || [ ! -d tests/openapi/recordings ] \
+	    || [ tests/openapi/package-lock.json -nt tests/openapi/github.json ] \
 	    || [ tests/openapi/extract.py -nt tests/openapi/github.json ]; then \
 	  command -v npm >/dev/null || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	    $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; }; \

@@ -11,6 +11,10 @@ document this writes `github.json` (not committed; `make deps` makes it):
   typed as the schema says), which the stand-in fills in with its own values — so its answers
   carry every field GitHub's do, not only the ones gitferry reads.
 
+It also copies two recorded real GitHub API sessions of the npm package @octokit/fixtures
+(scenarios `get-repository` and `rename-repository`, their `normalized-fixture.json`) into
+`recordings/`, which tests/tests/accounts.rs replays to gitferry's GitHub client.
+
     python3 tests/openapi/extract.py [DESCRIPTION.json] [OUT.json]
 """
 import json
@@ -75,6 +79,21 @@ def instance(schema):
     return None
 
 
+RECORDINGS = ["get-repository", "rename-repository"]
+
+
+def copy_recordings():
+    scenarios = os.path.join(HERE, "node_modules/@octokit/fixtures/scenarios/api.github.com")
+    out = os.path.join(HERE, "recordings")
+    os.makedirs(out, exist_ok=True)
+    for name in RECORDINGS:
+        with open(os.path.join(scenarios, name, "normalized-fixture.json")) as f:
+            exchanges = json.load(f)
+        with open(os.path.join(out, f"{name}.json"), "w") as f:
+            json.dump(exchanges, f)
+    print(f"copied {len(RECORDINGS)} recorded sessions into {out}")
+
+
 def main():
     source = sys.argv[1] if len(sys.argv) > 1 else DEFAULT_IN
     out = sys.argv[2] if len(sys.argv) > 2 else os.path.join(HERE, "github.json")
@@ -94,6 +113,8 @@ def main():
         json.dump({"source": f"@octokit/openapi {version}, {os.path.basename(source)}",
                    "responses": responses, "templates": templates}, f)
     print(f"wrote {out}: {len(responses)} responses, {len(templates)} templates")
+    if len(sys.argv) <= 1:
+        copy_recordings()
 
 
 if __name__ == "__main__":

@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
-"""Check answers of the GitHub stand-in against GitHub's published response schemas.
+"""Check answers of a provider stand-in against the provider's published response schemas.
 
 Reads, on stdin, a JSON list of `{"call": "GET /orgs/{org}/repos 200", "body": ...}`; prints one
 line per body that does not validate (the schema's first errors) and exits 1 if any, 0 if all
-do. The schemas come from `github.json`, made by extract.py.
+do. The schemas come from `PROVIDER.json` here: `github.json` is made by extract.py from GitHub's
+OpenAPI description (npm @octokit/openapi); `gitea.json` and `gitlab.json` are committed, taken
+from Gitea's and GitLab's Swagger 2.0 descriptions (their `source` says which file at which
+commit), with every `$ref` inlined.
 
-    .venv/bin/python tests/openapi/validate.py < answers.json
+    .venv/bin/python tests/openapi/validate.py [github|gitea|gitlab] < answers.json
 """
 import json
 import os
@@ -17,7 +20,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def main():
-    with open(os.path.join(HERE, "github.json")) as f:
+    provider = sys.argv[1] if len(sys.argv) > 1 else "github"
+    with open(os.path.join(HERE, f"{provider}.json")) as f:
         responses = json.load(f)["responses"]
     answers = json.load(sys.stdin)
     failed = 0

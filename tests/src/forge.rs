@@ -325,7 +325,9 @@ fn route(
                     None => Reply::json(404, json!({ "message": "404 Namespace Not Found" })),
                 }
             }
-            ("PUT", ["projects", path]) => rename(kind, st, path, body),
+            // `:id` is a number or the URL-encoded path (`grp%2Fapp`), decoded above into
+            // several segments.
+            ("PUT", ["projects", id @ ..]) if !id.is_empty() => rename(kind, st, &id.join("/"), body),
             _ => Reply::json(404, json!({ "message": "404 Not Found" })),
         },
     }

@@ -443,6 +443,13 @@ fn a_download_cut_midway_leaves_nothing_half_done_and_the_next_run_completes_it(
     case.clone_checked("org/dst.git", dir.path());
 }
 
+/// An object store in a directory (kept while the returned guard lives), as `serve` has one.
+fn fs_store() -> (std::sync::Arc<dyn gitferry_core::store::ObjectStore>, harness::TempDir) {
+    let dir = harness::tempdir();
+    let store = gitferry_core::store::fs::FsStore::new(dir.path().to_owned());
+    (std::sync::Arc::new(store), dir)
+}
+
 /// One sync of `repo` by the sync service, as a function runs it: a cold work directory every
 /// time, the store shared. Returns the repository's status after it.
 async fn service_sync(
@@ -480,9 +487,7 @@ async fn the_sync_service_resumes_lfs_objects_on_another_machine() {
         case.servers.url("org/src.git"),
         case.servers.url("org/dst.git"),
     );
-    let store_dir = harness::tempdir();
-    let store: std::sync::Arc<dyn gitferry_core::store::ObjectStore> =
-        std::sync::Arc::new(gitferry_core::store::fs::FsStore::new(store_dir.path().to_owned()));
+    let (store, _store_dir) = fs_store();
     let throttle = |n| {
         case.servers
             .counts
@@ -533,9 +538,7 @@ async fn a_target_added_later_gets_the_lfs_objects_of_the_whole_history() {
         }
         t
     };
-    let store_dir = harness::tempdir();
-    let store: std::sync::Arc<dyn gitferry_core::store::ObjectStore> =
-        std::sync::Arc::new(gitferry_core::store::fs::FsStore::new(store_dir.path().to_owned()));
+    let (store, _store_dir) = fs_store();
     let first = service_sync(&toml(&["dst.git"]), store.clone(), "app").await;
     assert!(
         first.error_class.is_none() && case.servers.has_object("org/dst.git", &oid),
@@ -599,9 +602,7 @@ done
         case.servers.url("org/src.git"),
         case.servers.url("org/dst.git"),
     );
-    let store_dir = harness::tempdir();
-    let store: std::sync::Arc<dyn gitferry_core::store::ObjectStore> =
-        std::sync::Arc::new(gitferry_core::store::fs::FsStore::new(store_dir.path().to_owned()));
+    let (store, _store_dir) = fs_store();
     let status = service_sync(&toml, store, "app").await;
     assert!(status.error_class.is_none(), "{status:?}");
     // A refused batch would be pushed again by the final round: the hook's log tells.
@@ -628,7 +629,6 @@ done
 /// store, on a cold work directory — never downloaded twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sync_service_mirrors_lfs_objects_through_the_store() {
-    use gitferry_core::store::ObjectStore;
     let mut case = Case::new();
     let oid = case.push_lfs("a.bin", &harness::pseudo_random_bytes(3_000, 21));
     // The fork: the same git history, no LFS object on its LFS server.
@@ -661,9 +661,7 @@ async fn the_sync_service_mirrors_lfs_objects_through_the_store() {
         case.servers.url("org/fork.git"),
         case.servers.url("org/dst2.git"),
     );
-    let store_dir = harness::tempdir();
-    let store: std::sync::Arc<dyn ObjectStore> =
-        std::sync::Arc::new(gitferry_core::store::fs::FsStore::new(store_dir.path().to_owned()));
+    let (store, _store_dir) = fs_store();
     let sync = |repo: &'static str| {
         let (toml, store) = (toml.clone(), store.clone());
         async move {
