@@ -155,22 +155,7 @@ impl<T: Transport> Listing<T> {
             r
         };
         let mut graph = graph_repo.revision_graph(None);
-        // The mappings without their local side: gix would look each one up in the cache's
-        // ref store (five file probes per name, 100,000 for 20,000 tags: ~0.3 s before the
-        // first `want`) only to tell unchanged refs, which the caller already ruled out. The
-        // haves are every cache ref either way (`mark_complete_and_common_ref` walks them all).
-        let wants_only = RefMap {
-            mappings: self
-                .ref_map
-                .mappings
-                .iter()
-                .map(|m| fetch::refmap::Mapping {
-                    local: None,
-                    ..m.clone()
-                })
-                .collect(),
-            ..self.ref_map.clone()
-        };
+        let wants_only = wants_only(&self.ref_map);
         let mut negotiator = Negotiator {
             objects: &graph_repo.objects,
             refs: &graph_repo.refs,
@@ -274,6 +259,22 @@ impl std::io::BufRead for Teed<'_, '_, '_> {
             seen(counted, tee, &buf[..amount.min(buf.len())]);
         }
         inner.consume(amount);
+    }
+}
+
+/// The mappings without their local side: gix would look each one up in the cache's ref store
+/// (five file probes per name, 100,000 for 20,000 tags: ~0.3 s before the first `want`) only to
+/// tell unchanged refs, which the caller already ruled out. The haves are every cache ref
+/// either way (`mark_complete_and_common_ref` walks them all).
+fn wants_only(ref_map: &RefMap) -> RefMap {
+    RefMap {
+        mappings: (ref_map.mappings.iter())
+            .map(|m| fetch::refmap::Mapping {
+                local: None,
+                ..m.clone()
+            })
+            .collect(),
+        ..ref_map.clone()
     }
 }
 

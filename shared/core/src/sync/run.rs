@@ -383,14 +383,7 @@ impl<'a> Run<'a> {
             })
             .await;
             match done {
-                Ok(summary) => {
-                    if summary.objects > 0 {
-                        let count = crate::status::LfsCount::of(&summary);
-                        let entry = &mut self.work.targets.entry(target.name.clone()).or_default().lfs;
-                        *entry = Some(count.after(entry.take()));
-                    }
-                    self.count_lfs(summary, std::mem::take(&mut first))
-                }
+                Ok(summary) => self.count_lfs(&target.name, summary, std::mem::take(&mut first)),
                 Err(f) if f.interrupted || self.interrupt.fired() => {
                     return Err(Failure::interrupted(format!("stopped while {phase}")));
                 }
@@ -423,12 +416,15 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    /// One target's LFS summary into the run's: the objects are the same for every target of
-    /// a step (`first_of_step` brings new ones), what moved adds up.
-    fn count_lfs(&mut self, mut next: git::lfs::LfsSummary, first_of_step: bool) {
+    /// One target's LFS summary into its status count and the run's: the objects are the same
+    /// for every target of a step (`first_of_step` brings new ones), what moved adds up.
+    fn count_lfs(&mut self, target: &str, mut next: git::lfs::LfsSummary, first_of_step: bool) {
         if next.objects == 0 {
             return;
         }
+        let count = crate::status::LfsCount::of(&next);
+        let entry = &mut self.work.targets.entry(target.to_owned()).or_default().lfs;
+        *entry = Some(count.after(entry.take()));
         match &mut self.work.lfs {
             None => self.work.lfs = Some(next),
             Some(total) => {
