@@ -103,6 +103,20 @@ impl Case {
         summary
     }
 
+    /// `mirrors.toml` for the sync service: repository `app` (org/src.git) to `targets`
+    /// (`org/{target}` each, named without `.git`).
+    fn service_toml(&self, targets: &[&str]) -> String {
+        let mut toml = format!("[repos.app]\nurl = \"{}\"\n", self.servers.url("org/src.git"));
+        for name in targets {
+            toml.push_str(&format!(
+                "[[repos.app.targets]]\nname = \"{}\"\nurl = \"{}\"\n",
+                name.trim_end_matches(".git"),
+                self.servers.url(&format!("org/{name}"))
+            ));
+        }
+        toml
+    }
+
     /// A fresh git-lfs clone of `name` (every LFS file smudged), checked by `git lfs fsck`.
     fn clone_checked(&self, name: &str, dir: &Path) -> PathBuf {
         let clone = harness::lfs::lfs_clone(&self.servers.url(name), dir, "clone");
@@ -482,11 +496,7 @@ async fn service_sync(
 async fn the_sync_service_resumes_lfs_objects_on_another_machine() {
     let mut case = Case::new();
     let oid = case.push_lfs("a.bin", &harness::pseudo_random_bytes(2_000, 23));
-    let toml = format!(
-        "[repos.app]\nurl = \"{}\"\n[[repos.app.targets]]\nurl = \"{}\"\n",
-        case.servers.url("org/src.git"),
-        case.servers.url("org/dst.git"),
-    );
+    let toml = case.service_toml(&["dst.git"]);
     let (store, _store_dir) = fs_store();
     let throttle = |n| {
         case.servers
@@ -527,25 +537,14 @@ async fn a_target_added_later_gets_the_lfs_objects_of_the_whole_history() {
     let mut case = Case::new();
     let oid = case.push_lfs("a.bin", &harness::pseudo_random_bytes(4_000, 27));
     case.servers.create_bare("org/late.git");
-    let toml = |targets: &[&str]| {
-        let mut t = format!("[repos.app]\nurl = \"{}\"\n", case.servers.url("org/src.git"));
-        for name in targets {
-            t.push_str(&format!(
-                "[[repos.app.targets]]\nname = \"{}\"\nurl = \"{}\"\n",
-                name.trim_end_matches(".git"),
-                case.servers.url(&format!("org/{name}"))
-            ));
-        }
-        t
-    };
     let (store, _store_dir) = fs_store();
-    let first = service_sync(&toml(&["dst.git"]), store.clone(), "app").await;
+    let first = service_sync(&case.service_toml(&["dst.git"]), store.clone(), "app").await;
     assert!(
         first.error_class.is_none() && case.servers.has_object("org/dst.git", &oid),
         "{first:?}"
     );
     let (_, _, uploads_before) = case.servers.counts.get();
-    let status = service_sync(&toml(&["dst.git", "late.git"]), store, "app").await;
+    let status = service_sync(&case.service_toml(&["dst.git", "late.git"]), store, "app").await;
     assert!(status.error_class.is_none(), "{status:?}");
     assert!(
         case.servers.has_object("org/late.git", &oid),
@@ -597,11 +596,7 @@ done
 "#
         ),
     );
-    let toml = format!(
-        "[repos.app]\nurl = \"{}\"\n[[repos.app.targets]]\nname = \"dst\"\nurl = \"{}\"\n",
-        case.servers.url("org/src.git"),
-        case.servers.url("org/dst.git"),
-    );
+    let toml = case.service_toml(&["dst.git"]);
     let (store, _store_dir) = fs_store();
     let status = service_sync(&toml, store, "app").await;
     assert!(status.error_class.is_none(), "{status:?}");

@@ -267,15 +267,11 @@ impl std::io::BufRead for Teed<'_, '_, '_> {
 /// tell unchanged refs, which the caller already ruled out. The haves are every cache ref
 /// either way (`mark_complete_and_common_ref` walks them all).
 fn wants_only(ref_map: &RefMap) -> RefMap {
-    RefMap {
-        mappings: (ref_map.mappings.iter())
-            .map(|m| fetch::refmap::Mapping {
-                local: None,
-                ..m.clone()
-            })
-            .collect(),
-        ..ref_map.clone()
+    let mut map = ref_map.clone();
+    for m in &mut map.mappings {
+        m.local = None;
     }
+    map
 }
 
 /// gix's negotiation helpers, fed with the cache (no alternates, no shallow, no tag following).

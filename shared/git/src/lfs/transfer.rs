@@ -42,6 +42,16 @@ impl ObjectCache {
         std::fs::metadata(self.path(&pointer.oid)).is_ok_and(|m| m.len() == pointer.size)
     }
 
+    /// Where `oid` goes, and a temporary file beside it to fill and verify before it is
+    /// renamed there (so the cache never holds a partial object).
+    fn temp_for(&self, oid: &str) -> Result<(PathBuf, tempfile::NamedTempFile), LfsError> {
+        let dest = self.path(oid);
+        let dir = dest.parent().expect("oid path has a parent");
+        std::fs::create_dir_all(dir).map_err(|e| self.local(dir, e))?;
+        let tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| self.local(dir, e))?;
+        Ok((dest, tmp))
+    }
+
     fn local(&self, path: &Path, e: impl std::fmt::Display) -> LfsError {
         LfsError::Local {
             path: path.display().to_string(),
@@ -62,10 +72,7 @@ pub fn download(
     let mut response = with_retries(endpoint, interrupt, || {
         with_headers(http.get(&action.href), action).send()
     })?;
-    let dest = cache.path(&pointer.oid);
-    let dir = dest.parent().expect("oid path has a parent");
-    std::fs::create_dir_all(dir).map_err(|e| cache.local(dir, e))?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| cache.local(dir, e))?;
+    let (dest, mut tmp) = cache.temp_for(&pointer.oid)?;
     let mut hashing = Hashing::new(tmp.as_file_mut());
     // At most one byte more than announced: enough to tell an oversized body.
     io::copy(&mut (&mut response).take(pointer.size + 1), &mut hashing).map_err(|e| network_error(endpoint, &e))?;
@@ -79,10 +86,7 @@ pub fn download(
 /// Bring `pointer` into `cache` from a second tier (the sync service's object store), verified
 /// as a download is. Returns whether the tier had it, intact.
 pub fn restore(cache: &ObjectCache, tier: &dyn super::ObjectTier, pointer: &Pointer) -> Result<bool, LfsError> {
-    let dest = cache.path(&pointer.oid);
-    let dir = dest.parent().expect("oid path has a parent");
-    std::fs::create_dir_all(dir).map_err(|e| cache.local(dir, e))?;
-    let tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| cache.local(dir, e))?;
+    let (dest, tmp) = cache.temp_for(&pointer.oid)?;
     if !tier.fetch(pointer, tmp.path())? {
         return Ok(false);
     }
